@@ -1,0 +1,5 @@
+import sys
+
+from speechssl.cli.main import main
+
+sys.exit(main())

@@ -1,0 +1,1 @@
+"""Command-line front ends: argument parsing only; every verb calls a library function."""

@@ -1,0 +1,1 @@
+"""Kaldi-compatible features (fbank, MFCC, spectrogram, deltas, CMVN) and corpus-scale dumping."""
