@@ -1,0 +1,67 @@
+"""What every pretraining model offers the trainer, feature dumping and downstream probing."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from torch import Tensor, nn
+
+from speechssl.core.loss import LossRecord
+from speechssl.data.batch import AudioBatch
+
+
+@dataclass
+class PretrainOutput:
+    """Result of a pretraining forward pass.
+
+    Attributes:
+        loss: the typed loss record (``loss.total`` is what the trainer backpropagates).
+        metrics: detached scalar tensors to log, e.g. ``acc_masked``, ``acc_unmasked``,
+            ``code_perplexity``, ``prob_perplexity``, ``temperature``.
+        num_frames: number of encoder frames in the batch (for throughput/normalisation).
+    """
+
+    loss: LossRecord
+    metrics: dict[str, Tensor] = field(default_factory=dict)
+    num_frames: int = 0
+
+
+@dataclass
+class ExtractOutput:
+    """All layer hidden states for frozen use.
+
+    Attributes:
+        hidden_states: ``[N, S, D]`` per layer; index 0 is the encoder input (after the
+            front end, projection and positional convolution, as in ``transformers``'
+            ``hidden_states[0]``), index ``i`` the output of transformer layer ``i``.
+        padding_mask: ``[N, S]`` bool, True at padding; ``None`` if nothing is padded.
+        frame_rate: frames per second of the hidden states.
+    """
+
+    hidden_states: list[Tensor]
+    padding_mask: Tensor | None
+    frame_rate: float
+
+
+class PretrainModel(nn.Module):
+    """Base class of speech pretraining models created through the model registry."""
+
+    #: frames per second of the encoder output (50 for the 20 ms waveform front end)
+    frame_rate: float = 50.0
+    #: waveform sample rate the model expects
+    sample_rate: int = 16000
+
+    def forward(self, batch: AudioBatch) -> PretrainOutput:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def extract(
+        self, waveforms: Tensor, lengths: Tensor | None = None, num_layers: int | None = None
+    ) -> ExtractOutput:  # pragma: no cover - interface
+        """Hidden states of every layer (or the first ``num_layers``), no masking, no grad
+        requirement; used by probing and ``features dump --kind model``."""
+        raise NotImplementedError
+
+    def after_optimizer_step(self, num_updates: int) -> None:
+        """Hook called by the trainer after each optimizer step (Gumbel temperature
+        annealing, EMA teacher updates, ...). ``num_updates`` counts completed steps."""
+        return None
