@@ -28,8 +28,10 @@ through digests of the sorted keys (a merge of the two files runs only when they
 from __future__ import annotations
 
 import hashlib
+import itertools
 import math
 import multiprocessing
+import operator
 import random
 import re
 from collections import Counter
@@ -54,6 +56,12 @@ _ILLEGAL_WORD = re.compile(r"^(?:<s>|</s>|<eps>|#\d+)$")
 _ODD_SPACE = re.compile(r"[^\S \t]")
 #: control characters (tab allowed); Kaldi's "non-printable" check
 _CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f-\x9f]")
+#: the same two checks over a block of lines (newlines allowed)
+_PLAIN_ASCII = bytes(range(0x20, 0x7F)) + b"\t\n"
+_ODD_SPACE_BLOCK = re.compile(r"[^\S \t\n]")
+_CONTROL_BLOCK = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+#: a reserved word anywhere in a block (a hit sends the block through the per-row check)
+_ILLEGAL_BLOCK = re.compile(r"(?:^|[ \t])(?:<s>|</s>|<eps>|#\d+)(?=[ \t]|$)", re.M)
 
 
 @dataclass(kw_only=True)
@@ -225,6 +233,8 @@ class TableScan:
     digest: str = ""
     """blake2b of the keys in file order (equal digests of two sorted, unique tables mean
     equal key sets)."""
+    prev: str | None = None
+    """Last key seen (while scanning)."""
 
     @property
     def orderly(self) -> bool:
@@ -233,6 +243,20 @@ class TableScan:
 
 RowHook = Callable[[int, str, list[str], str], None]
 """Called for each well-formed line: ``(lineno, key, fields_after_key, line_text)``."""
+BlockHook = Callable[[int, list[list[str]], list[str], str, bool], bool]
+"""Called for a clean block: ``(lines_before, rows, lines, block_text, plain_ascii)``;
+returns False (having changed nothing) to have the row hook check each row and report."""
+
+_BLOCK_LINES = 1 << 16
+
+
+def _iter_blocks(path: Path) -> Iterator[list[bytes]]:
+    with open(path, "rb") as fh:
+        while True:
+            block = fh.readlines(_BLOCK_LINES * 48)
+            if not block:
+                return
+            yield block
 
 
 def _iter_lines(path: Path) -> Iterator[tuple[int, bytes]]:
@@ -247,9 +271,25 @@ def _iter_lines(path: Path) -> Iterator[tuple[int, bytes]]:
                 yield lineno, raw
 
 
-def iter_rows(path: Path) -> Iterator[tuple[int, str, list[str]]]:
-    """``(lineno, key, fields_after_key)`` of the lines that decode and are not blank."""
+def iter_rows(
+    path: Path,
+    *,
+    only_lines: set[int] | None = None,
+    only_values: set[bytes] | None = None,
+    field: int = 0,
+) -> Iterator[tuple[int, str, list[str]]]:
+    """``(lineno, key, fields_after_key)`` of the lines that decode and are not blank.
+
+    ``only_lines`` keeps those line numbers; ``only_values`` keeps lines whose ``field``-th
+    field (0: the key) is one of them. Other lines are skipped without being decoded.
+    """
     for lineno, raw in _iter_lines(path):
+        if only_lines is not None and lineno not in only_lines:
+            continue
+        if only_values is not None:
+            parts = raw.split(None, field + 1)
+            if len(parts) <= field or parts[field] not in only_values:
+                continue
         try:
             fields = raw.decode("utf-8").split()
         except UnicodeDecodeError:
@@ -276,8 +316,16 @@ class _Validator:
     def warn(self, code: str, file: str, line: int | None, key: str | None, reason: str) -> None:
         self.report.warning(code, file, line, key, reason)
 
-    def scan(self, name: str, hook: RowHook | None = None) -> TableScan | None:
-        """One streaming pass over a table: format, order, uniqueness, key digest, hook."""
+    def scan(
+        self, name: str, hook: RowHook | None = None, block_hook: BlockHook | None = None
+    ) -> TableScan | None:
+        """One streaming pass over a table: format, order, uniqueness, key digest, hooks.
+
+        Lines come in blocks. A block that is clean (UTF-8, no CR, no odd whitespace, right
+        field counts, keys strictly increasing) is checked with whole-block operations and
+        handed to ``block_hook``, which returns False to have ``hook`` run per row instead;
+        any other block goes line by line so each problem is reported with its line.
+        """
         path = self.dir / name
         if not path.is_file():
             return None
@@ -286,12 +334,81 @@ class _Validator:
         max_f = spec.max_fields if spec else None
         scan = TableScan(name)
         digest = hashlib.blake2b(digest_size=16)
-        prev: bytes | None = None
-        odd_space = _ODD_SPACE.search
         last_raw = b""
-        for lineno, raw in _iter_lines(path):
-            scan.lines = lineno
-            last_raw = raw
+        base = 0
+        for block in _iter_blocks(path):
+            last_raw = block[-1]
+            if not self._scan_block_fast(scan, digest, block, base, min_f, max_f, hook, block_hook):
+                self._scan_block_lines(scan, digest, block, base, min_f, max_f, hook)
+            base += len(block)
+        scan.lines = base
+        if scan.lines == 0:
+            self.err("empty-file", name, None, None, "file is empty")
+        elif not last_raw.endswith(b"\n"):
+            self.err("missing-newline", name, scan.lines, None, "last line has no newline")
+        if not scan.sorted_ok:
+            self._report_unsorted_duplicates(name, scan)
+        scan.digest = digest.hexdigest()
+        self.scans[name] = scan
+        return scan
+
+    def _scan_block_fast(
+        self,
+        scan: TableScan,
+        digest: Any,
+        block: list[bytes],
+        base: int,
+        min_f: int,
+        max_f: int | None,
+        hook: RowHook | None,
+        block_hook: BlockHook | None,
+    ) -> bool:
+        data = b"".join(block)
+        if b"\r" in data:
+            return False
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError:
+            return False
+        # printable ASCII, tab and newline only: no odd whitespace, no control characters
+        plain = data.isascii() and not data.translate(None, _PLAIN_ASCII)
+        if not plain and _ODD_SPACE_BLOCK.search(text):
+            return False
+        lines = text.split("\n")
+        if len(lines) > len(block):  # the block ended with a newline
+            lines.pop()
+        rows = list(map(str.split, lines))
+        lengths = list(map(len, rows))
+        if min(lengths) < min_f or (max_f is not None and max(lengths) > max_f):
+            return False
+        # str order is code point order, which is UTF-8 byte order, i.e. LC_ALL=C order
+        keys = [r[0] for r in rows]
+        if scan.prev is not None and keys[0] <= scan.prev:
+            return False
+        if not all(map(operator.lt, keys, itertools.islice(keys, 1, None))):
+            return False
+        handled = block_hook is not None and block_hook(base, rows, lines, text, plain)
+        if not handled and hook is not None:
+            for i, (row, line) in enumerate(zip(rows, lines)):
+                hook(base + i + 1, row[0], row[1:], line)
+        digest.update(("\n".join(keys) + "\n").encode("utf-8"))
+        scan.prev = keys[-1]
+        return True
+
+    def _scan_block_lines(
+        self,
+        scan: TableScan,
+        digest: Any,
+        block: list[bytes],
+        base: int,
+        min_f: int,
+        max_f: int | None,
+        hook: RowHook | None,
+    ) -> None:
+        name = scan.name
+        odd_space = _ODD_SPACE.search
+        for offset, raw in enumerate(block):
+            lineno = base + offset + 1
             if raw.endswith(b"\r\n"):
                 self.err("crlf", name, lineno, None, "line ends with CR LF (Windows line ending)")
                 raw = raw[:-2] + b"\n"
@@ -321,9 +438,9 @@ class _Validator:
                     want = str(min_f) if min_f == max_f else f"{min_f} to {max_f}"
                 self.err("bad-fields", name, lineno, key, f"needs {want} fields, got {nf}")
                 continue
-            kb = key.encode("utf-8")
-            if prev is not None and kb <= prev:
-                if kb == prev:
+            prev = scan.prev
+            if prev is not None and key <= prev:
+                if key == prev:
                     scan.unique_ok = False
                     self.err("duplicate-key", name, lineno, key, "duplicate key")
                 else:
@@ -337,19 +454,10 @@ class _Validator:
                             "`speechssl data fix` sorts)",
                         )
                     scan.sorted_ok = False
-            prev = kb
-            digest.update(kb + b"\n")
+            scan.prev = key
+            digest.update((key + "\n").encode("utf-8"))
             if hook is not None:
                 hook(lineno, key, fields[1:], line)
-        if scan.lines == 0:
-            self.err("empty-file", name, None, None, "file is empty")
-        elif not last_raw.endswith(b"\n"):
-            self.err("missing-newline", name, scan.lines, None, "last line has no newline")
-        if not scan.sorted_ok:
-            self._report_unsorted_duplicates(name, scan)
-        scan.digest = digest.hexdigest()
-        self.scans[name] = scan
-        return scan
 
     def _report_unsorted_duplicates(self, name: str, scan: TableScan) -> None:
         # in an unsorted file duplicates need not be adjacent: one more pass with a set
@@ -382,8 +490,8 @@ class _Validator:
             it_a, it_b = self.keys_of(ref), self.keys_of(other)
             x, y = next(it_a, None), next(it_b, None)
             while x is not None or y is not None:
-                ka = x[1].encode() if x is not None else None
-                kb = y[1].encode() if y is not None else None
+                ka = x[1] if x is not None else None
+                kb = y[1] if y is not None else None
                 if kb is None or (ka is not None and ka < kb):
                     assert x is not None
                     missing += 1
@@ -472,7 +580,12 @@ class _Validator:
             elif path.startswith("~"):
                 self.err("tilde", "wav.scp", lineno, key, "path starts with ~ (not expanded)")
 
-        self.scan("wav.scp", hook)
+        def block(
+            base: int, rows: list[list[str]], lines: list[str], text: str, plain: bool
+        ) -> bool:
+            return "|" not in text and "~" not in text
+
+        self.scan("wav.scp", hook, block)
         if has_segments and not self.has("wav.scp"):
             self.err("missing-file", "wav.scp", None, None, "segments exists but wav.scp does not")
         self.report.stats["pipe_entries"] = pipes
@@ -488,7 +601,17 @@ class _Validator:
             elif table is not None:
                 table[key] = dur
 
-        if self.scan("reco2dur", hook) is None:
+        def block(
+            base: int, rows: list[list[str]], lines: list[str], text: str, plain: bool
+        ) -> bool:
+            vals = _positive_block([r[1] for r in rows], integer=False)
+            if vals is None:
+                return False
+            if table is not None:
+                table.update(zip((r[0] for r in rows), vals))
+            return True
+
+        if self.scan("reco2dur", hook, block) is None:
             return None
         return table
 
@@ -526,7 +649,27 @@ class _Validator:
                     f"ends at {end} s, after the end of {reco} ({reco2dur[reco]} s in reco2dur)",
                 )
 
-        self.scan("segments", hook)
+        def block(
+            base: int, rows: list[list[str]], lines: list[str], text: str, plain: bool
+        ) -> bool:
+            try:
+                starts = [float(r[2]) for r in rows]
+                ends = [float(r[3]) for r in rows]
+            except ValueError:
+                return False
+            if not all(0 <= a < b < math.inf for a, b in zip(starts, ends)):
+                return False
+            if not all(r[1] in wav_keys for r in rows):
+                return False
+            if reco2dur is not None:
+                limit = math.inf
+                for r, end in zip(rows, ends):
+                    if end > reco2dur.get(r[1], limit) + overshoot:
+                        return False
+            recos.update(r[1] for r in rows)
+            return True
+
+        self.scan("segments", hook, block)
         for reco in sorted(wav_keys - recos):
             self.err(
                 "unused-recording",
@@ -541,7 +684,7 @@ class _Validator:
         mask = (1 << 64) - 1
         acc_u2s = acc_s2u = 0
         n_u2s = n_s2u = 0
-        prev_spk: bytes | None = None
+        prev_spk: str | None = None
         spk_sorted = True
 
         def u2s_hook(lineno: int, key: str, rest: list[str], line: str) -> None:
@@ -549,8 +692,7 @@ class _Validator:
             spk = rest[0]
             acc_u2s = (acc_u2s + hash((key, spk))) & mask
             n_u2s += 1
-            sb = spk.encode()
-            if prev_spk is not None and sb < prev_spk and spk_sorted:
+            if prev_spk is not None and spk < prev_spk and spk_sorted:
                 spk_sorted = False
                 reason = (
                     "utt2spk is not sorted by speaker as well as by utterance (make speaker "
@@ -560,24 +702,52 @@ class _Validator:
                     self.err("not-sorted-by-speaker", "utt2spk", lineno, key, reason)
                 else:
                     self.warn("not-sorted-by-speaker", "utt2spk", lineno, key, reason)
-            prev_spk = sb
+            prev_spk = spk
 
         def s2u_hook(lineno: int, key: str, rest: list[str], line: str) -> None:
             nonlocal acc_s2u, n_s2u
-            prev: bytes | None = None
+            prev: str | None = None
             for utt in rest:
                 acc_s2u = (acc_s2u + hash((utt, key))) & mask
                 n_s2u += 1
-                ub = utt.encode()
-                if prev is not None and ub <= prev:
+                if prev is not None and utt <= prev:
                     self.err(
                         "not-sorted", "spk2utt", lineno, key, f"utterance list not sorted at {utt}"
                     )
                     break
-                prev = ub
+                prev = utt
 
-        u2s = self.scan("utt2spk", u2s_hook)
-        s2u = self.scan("spk2utt", s2u_hook)
+        def u2s_block(
+            base: int, rows: list[list[str]], lines: list[str], text: str, plain: bool
+        ) -> bool:
+            nonlocal acc_u2s, n_u2s, prev_spk
+            spks = [r[1] for r in rows]
+            if prev_spk is not None and spks[0] < prev_spk:
+                return False
+            if not all(map(operator.le, spks, itertools.islice(spks, 1, None))):
+                return False
+            acc_u2s = (acc_u2s + sum(map(hash, map(tuple, rows)))) & mask
+            n_u2s += len(rows)
+            prev_spk = spks[-1]
+            return True
+
+        def s2u_block(
+            base: int, rows: list[list[str]], lines: list[str], text: str, plain: bool
+        ) -> bool:
+            nonlocal acc_s2u, n_s2u
+            for r in rows:
+                if not all(
+                    map(operator.lt, itertools.islice(r, 1, None), itertools.islice(r, 2, None))
+                ):
+                    return False
+            for r in rows:
+                spk = r[0]
+                acc_s2u = (acc_s2u + sum(hash((u, spk)) for u in r[1:])) & mask
+                n_s2u += len(r) - 1
+            return True
+
+        u2s = self.scan("utt2spk", u2s_hook, u2s_block)
+        s2u = self.scan("spk2utt", s2u_hook, s2u_block)
         if u2s is None or s2u is None or (acc_u2s == acc_s2u and n_u2s == n_s2u):
             return
         # they disagree: find out where (this needs both in memory, only on failure)
@@ -629,7 +799,18 @@ class _Validator:
                         "disambiguation symbol)",
                     )
 
-        self.scan("text", hook)
+        def block(
+            base: int, rows: list[list[str]], lines: list[str], text: str, plain: bool
+        ) -> bool:
+            if min(map(len, rows)) < 2:
+                return False
+            if not plain and not non_print and _CONTROL_BLOCK.search(text):
+                return False
+            if "<" not in text and "#" not in text:
+                return True
+            return _ILLEGAL_BLOCK.search(text) is None
+
+        self.scan("text", hook, block)
         self.compare_keys("utt2spk", "text", "utterance")
 
     def _positive_hook(self, name: str, integer: bool) -> RowHook:
@@ -640,6 +821,15 @@ class _Validator:
                 self.err("bad-value", name, lineno, key, f"{rest[0]!r} is not {want}")
 
         return hook
+
+    @staticmethod
+    def _positive_block(integer: bool) -> BlockHook:
+        def block(
+            base: int, rows: list[list[str]], lines: list[str], text: str, plain: bool
+        ) -> bool:
+            return _positive_block([r[1] for r in rows], integer=integer) is not None
+
+        return block
 
     def _warp_hook(self, name: str) -> RowHook:
         def hook(lineno: int, key: str, rest: list[str], line: str) -> None:
@@ -655,18 +845,24 @@ class _Validator:
         return hook
 
     def check_per_utt_files(self, has_segments: bool) -> None:
-        hooks: dict[str, RowHook | None] = {
-            "utt2dur": self._positive_hook("utt2dur", False),
-            "utt2num_samples": self._positive_hook("utt2num_samples", True),
-            "utt2num_frames": self._positive_hook("utt2num_frames", True),
-            "utt2warp": self._warp_hook("utt2warp"),
-            "feats.scp": None,
-            "vad.scp": None,
-            "utt2lang": None,
-            "utt2uniq": None,
+        hooks: dict[str, tuple[RowHook | None, BlockHook | None]] = {
+            "utt2dur": (self._positive_hook("utt2dur", False), self._positive_block(False)),
+            "utt2num_samples": (
+                self._positive_hook("utt2num_samples", True),
+                self._positive_block(True),
+            ),
+            "utt2num_frames": (
+                self._positive_hook("utt2num_frames", True),
+                self._positive_block(True),
+            ),
+            "utt2warp": (self._warp_hook("utt2warp"), None),
+            "feats.scp": (None, None),
+            "vad.scp": (None, None),
+            "utt2lang": (None, None),
+            "utt2uniq": (None, None),
         }
-        for name, hook in hooks.items():
-            self.scan(name, hook)
+        for name, (hook, block) in hooks.items():
+            self.scan(name, hook, block)
         for name in [*hooks, "segments" if has_segments else "wav.scp"]:
             self.compare_keys("utt2spk", name, "utterance")
 
@@ -760,8 +956,8 @@ class _Validator:
         wav_path = self.dir / "wav.scp"
 
         def selected() -> Iterator[tuple[str, int, str, bool]]:
-            for lineno, key, rest in iter_rows(wav_path):
-                if (chosen is not None and lineno not in chosen) or not rest:
+            for lineno, key, rest in iter_rows(wav_path, only_lines=chosen):
+                if not rest:
                     continue
                 path, pipe = parse_wav_entry(" ".join(rest))
                 if pipe and not allow_pipes:
@@ -771,9 +967,9 @@ class _Validator:
         segs_of: dict[str, list[tuple[str, float, float]]] = {}
         if strict and has_segments:
             # strict checks each segment for digital silence, so workers need the segments
-            wanted = {key for key, _, _, _ in selected()}
-            for _, utt, rest in iter_rows(self.dir / "segments"):
-                if len(rest) == 3 and rest[0] in wanted:
+            wanted = {key.encode() for key, _, _, _ in selected()}
+            for _, utt, rest in iter_rows(self.dir / "segments", only_values=wanted, field=1):
+                if len(rest) == 3:
                     try:
                         seg = (utt, float(rest[1]), float(rest[2]))
                     except ValueError:
@@ -843,13 +1039,14 @@ class _Validator:
             return
         tol = self.opts.duration_tolerance
         over = self.opts.segment_overshoot
+        wanted = {key.encode("utf-8") for key in infos}
 
         def seconds(key: str) -> float:
             rate, _, frames = infos[key]
             return frames / rate
 
         if self.has("reco2dur"):
-            for lineno, key, rest in iter_rows(self.dir / "reco2dur"):
+            for lineno, key, rest in iter_rows(self.dir / "reco2dur", only_values=wanted):
                 if key in infos and len(rest) == 1:
                     d = _positive(rest[0], integer=False)
                     if d is not None and abs(d - seconds(key)) > tol:
@@ -861,7 +1058,7 @@ class _Validator:
                             f"{d} s but the audio is {seconds(key):.4f} s",
                         )
         if has_segments:
-            for lineno, utt, rest in iter_rows(self.dir / "segments"):
+            for lineno, utt, rest in iter_rows(self.dir / "segments", only_values=wanted, field=1):
                 if len(rest) != 3 or rest[0] not in infos:
                     continue
                 try:
@@ -878,7 +1075,7 @@ class _Validator:
                     )
             return
         if self.has("utt2dur"):
-            for lineno, key, rest in iter_rows(self.dir / "utt2dur"):
+            for lineno, key, rest in iter_rows(self.dir / "utt2dur", only_values=wanted):
                 if key in infos and len(rest) == 1:
                     d = _positive(rest[0], integer=False)
                     if d is not None and abs(d - seconds(key)) > tol:
@@ -890,7 +1087,7 @@ class _Validator:
                             f"{d} s but the audio is {seconds(key):.4f} s",
                         )
         if self.has("utt2num_samples"):
-            for lineno, key, rest in iter_rows(self.dir / "utt2num_samples"):
+            for lineno, key, rest in iter_rows(self.dir / "utt2num_samples", only_values=wanted):
                 if key in infos and len(rest) == 1:
                     ns = _positive(rest[0], integer=True)
                     if ns is not None and int(ns) != infos[key][2]:
@@ -901,6 +1098,17 @@ class _Validator:
                             key,
                             f"{int(ns)} samples but the audio has {infos[key][2]}",
                         )
+
+
+def _positive_block(texts: list[str], *, integer: bool) -> list[float] | None:
+    """All values as numbers if every one is a positive (integer) number, else None."""
+    try:
+        vals = list(map(float, map(int, texts) if integer else texts))
+    except ValueError:
+        return None
+    if vals and min(vals) > 0 and max(vals) < math.inf and not any(map(math.isnan, vals)):
+        return vals
+    return None
 
 
 def _positive(text: str, *, integer: bool) -> float | None:
@@ -918,8 +1126,8 @@ def merge_join(
     it_a, it_b = iter_rows(a), iter_rows(b)
     x, y = next(it_a, None), next(it_b, None)
     while x is not None or y is not None:
-        ka = x[1].encode() if x is not None else None
-        kb = y[1].encode() if y is not None else None
+        ka = x[1] if x is not None else None
+        kb = y[1] if y is not None else None
         if kb is None or (ka is not None and ka < kb):
             assert x is not None
             yield x[1], (x[0], x[2]), None
