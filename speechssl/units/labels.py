@@ -389,6 +389,9 @@ class UnitLabels(Mapping[str, np.ndarray]):
         except KeyError:
             raise LabelError(utt, f"no labels in {self.root}") from None
 
+    def __contains__(self, utt: object) -> bool:
+        return utt in self._arrays
+
     def __iter__(self) -> Iterator[str]:
         return iter(self._arrays)
 
@@ -506,7 +509,7 @@ class UnitLabels(Mapping[str, np.ndarray]):
                 )
                 continue
             kept[utt] = arr
-        self.extra = [u for u in self._arrays if u not in durations]
+        self.extra = sorted(u for u in self._arrays if u not in durations)
         if self.extra:
             log.warning(
                 "%d utterance(s) have labels in %s but are not in %s (ignored): %s%s",
