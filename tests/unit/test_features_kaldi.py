@@ -194,6 +194,53 @@ def test_parity_with_torchaudio_and_knf(name: str, opts) -> None:
         assert (feats[i, int(nf[i]) :] == 0).all()
 
 
+def _synth_speech(root, rate: int, count: int) -> list[torch.Tensor]:
+    """The first utterances of the bundled eSpeak NG corpus, resampled to ``rate`` and
+    re-quantised to 16 bits, in the int16 range."""
+    import soundfile as sf
+    import torchaudio.functional as taf
+
+    from speechssl.data.kaldi_dir import KaldiDataDir
+
+    d = KaldiDataDir(root / "train")
+    out = []
+    for utt in d.utt_ids()[:count]:
+        wave, sr = sf.read(d.audio_source(utt).path, dtype="float32")
+        w = torch.from_numpy(wave)
+        if sr != rate:
+            w = taf.resample(w, sr, rate)
+        out.append(torch.round(w * 32767))
+    return out
+
+
+@pytest.mark.parametrize("rate", RATES)
+def test_parity_on_synthesized_speech(synth_corpus, rate: int) -> None:
+    """eSpeak NG speech from the bundled corpus, at every sample rate, a batch of three."""
+    waves = _synth_speech(synth_corpus, rate, 3)
+    frame = FrameOptions(sample_frequency=rate)
+    grid = [
+        FbankOptions(
+            frame=frame, mel=MelOptions(num_mel_bins=80 if rate > 8000 else 40), use_energy=True
+        ),
+        FbankOptions(
+            frame=dataclasses.replace(frame, snip_edges=False, window_type="hamming"),
+            mel=MelOptions(num_mel_bins=23, high_freq=-200.0),
+        ),
+        MfccOptions(frame=frame),
+        MfccOptions(
+            frame=dataclasses.replace(frame, snip_edges=False), use_energy=True, htk_compat=True
+        ),
+    ]
+    batch, lengths = _batch(waves)
+    for opts in grid:
+        feats, nf = compute_features(batch, lengths, opts)
+        for i, w in enumerate(waves):
+            ours = feats[i, : int(nf[i])]
+            what = f"{type(opts).__name__} {rate} Hz utt {i}"
+            _check_against(ours, torchaudio_features(w, opts), TOL, what + " vs torchaudio", opts)
+            _check_against(ours, knf_features(w.numpy(), opts), TOL, what + " vs knf", opts)
+
+
 @pytest.mark.parametrize("window", ["sine", "povey"])
 def test_sine_window_against_knf(window: str) -> None:
     opts = FbankOptions(
