@@ -24,6 +24,7 @@ from speechssl.data.synth import (
     read_phone_table,
 )
 from speechssl.data.tables import read_table
+from speechssl.data.validate import ValidateOptions, validate_data_dir
 from speechssl.errors import ConfigError
 
 SPLITS = ("train", "dev", "test")
@@ -93,6 +94,13 @@ def test_layout_and_kaldi_files(synth_corpus):
     assert not speakers["train"] & speakers["dev"]
     assert not speakers["train"] & speakers["test"]
     assert not speakers["dev"] & speakers["test"]
+
+
+def test_splits_pass_strict_validation(synth_corpus):
+    opts = ValidateOptions(level="strict", sample_rate=16000, require_text=True)
+    for split in SPLITS:
+        report = validate_data_dir(synth_corpus / split, opts)
+        assert (report.num_errors, report.num_warnings) == (0, 0), report.problems
 
 
 def test_audio_format_and_durations(synth_corpus):
