@@ -304,3 +304,37 @@ def test_alignment_boundaries_match_acoustics(synth_corpus):
     assert np.mean(onset_err <= 2) >= 0.9, onset_err
     assert len(zcr["s"]) > 20 and len(zcr["vowel"]) > 100
     assert np.mean(zcr["s"]) > 2 * np.mean(zcr["vowel"])
+
+
+def test_synth_error_pickles():
+    import pickle
+
+    from speechssl.data.synth.corpus import SynthError
+
+    err = pickle.loads(pickle.dumps(SynthError("spk01-000001", "boom", where="x:3")))
+    assert (type(err), err.item, err.reason, err.where) == (
+        SynthError,
+        "spk01-000001",
+        "boom",
+        "x:3",
+    )
+
+
+@pytest.mark.slow
+def test_worker_failure_reaches_the_parent_naming_the_utterance(tmp_path):
+    """A spawned worker's SynthError crosses the process boundary intact."""
+    import dataclasses
+    import multiprocessing
+
+    from speechssl.data.synth.corpus import CorpusPlan, SynthError, _worker_init, _worker_render
+
+    plan = CorpusPlan(SynthCorpusConfig(hours=0.01, speakers=SpeakerConfig(num_speakers=3)), 0)
+    spec = plan.spec(0)
+    bad = dataclasses.replace(spec, settings=dataclasses.replace(spec.settings, voice="xx-nope"))
+    ctx = multiprocessing.get_context("spawn")
+    expected = rf"{spec.utt_id}: eSpeak NG failed .*xx-nope"
+    with (
+        ctx.Pool(1, initializer=_worker_init, initargs=(str(tmp_path), 16000)) as pool,
+        pytest.raises(SynthError, match=expected),
+    ):
+        pool.apply(_worker_render, (bad,))
