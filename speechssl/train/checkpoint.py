@@ -66,7 +66,7 @@ def step_dir_name(step: int) -> str:
 def capture_rng_state() -> dict[str, Any]:
     """States of Python's, numpy's, torch's CPU and (if initialised) CUDA generators."""
     version, py_state, gauss_next = random.getstate()
-    kind, keys, pos, has_gauss, cached = np.random.get_state(legacy=True)  # type: ignore[misc]
+    kind, keys, pos, has_gauss, cached = np.random.get_state(legacy=True)
     state: dict[str, Any] = {
         "python": {
             "version": int(version),
@@ -140,7 +140,9 @@ def read_meta(path: Path) -> dict[str, Any]:
     """``meta.json`` of a checkpoint dir; CheckpointError if missing or unreadable."""
     meta_path = path / META_FILE
     if not meta_path.is_file():
-        raise CheckpointError(f"{path}: no {META_FILE}; the checkpoint is partial (save interrupted)")
+        raise CheckpointError(
+            f"{path}: no {META_FILE}; the checkpoint is partial (save interrupted)"
+        )
     try:
         meta = json.loads(meta_path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
@@ -231,10 +233,10 @@ def _unshared(state: dict[str, Tensor]) -> dict[str, Tensor]:
     seen: set[tuple[int, int]] = set()
     for key, value in state.items():
         t = value.detach().to("cpu").contiguous()
-        ident = (t.untyped_storage().data_ptr(), t.storage_offset())
+        ident = (t.untyped_storage().data_ptr(), int(t.storage_offset()))
         if t.numel() and ident in seen:
             t = t.clone()
-        seen.add((t.untyped_storage().data_ptr(), t.storage_offset()))
+        seen.add((t.untyped_storage().data_ptr(), int(t.storage_offset())))
         out[key] = t
     return out
 

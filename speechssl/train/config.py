@@ -209,7 +209,12 @@ class TrainerConfig:
         for name in ("max_steps", "grad_accum", "log_every", "save_every", "keep_last"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"trainer.{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("max_epochs", "validate_every", "dev_max_batches", "max_consecutive_nonfinite"):
+        for name in (
+            "max_epochs",
+            "validate_every",
+            "dev_max_batches",
+            "max_consecutive_nonfinite",
+        ):
             if getattr(self, name) < 0:
                 raise ConfigError(f"trainer.{name} must be >= 0, got {getattr(self, name)}")
 
@@ -273,7 +278,9 @@ def to_train_config(cfg: Any) -> TrainConfig:
         merged = OmegaConf.merge(OmegaConf.structured(TrainConfig), cfg)
         obj = OmegaConf.to_object(merged)
     except MissingMandatoryValue as exc:
-        raise ConfigError(f"missing mandatory value {exc.full_key} (set it on the command line)") from None
+        raise ConfigError(
+            f"missing mandatory value {exc.full_key} (set it on the command line)"
+        ) from None
     except ValidationError as exc:
         raise ConfigError(f"{exc.full_key}: {exc.msg}") from None
     assert isinstance(obj, TrainConfig)

@@ -21,6 +21,7 @@ import logging
 import math
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -73,10 +74,9 @@ class LabelStream:
         lengths = np.array([len(a) for a in arrays], dtype=np.int64)
         offsets = np.zeros(len(arrays) + 1, dtype=np.int64)
         np.cumsum(lengths, out=offsets[1:])
+        # keep the labels' own (small) integer dtype: a large corpus has 10^8+ labels
         values = (
-            np.concatenate([np.asarray(a, dtype=np.int64) for a in arrays])
-            if arrays
-            else np.zeros(0, dtype=np.int64)
+            np.concatenate([np.asarray(a) for a in arrays]) if arrays else np.zeros(0, np.int64)
         )
         return LabelStream(name=name, rate=float(rate), values=values, offsets=offsets)
 
@@ -95,6 +95,100 @@ class AudioReader:
 
     def __call__(self, utt_id: str) -> np.ndarray:  # pragma: no cover - interface
         raise NotImplementedError
+
+
+class KaldiAudioReader(AudioReader):
+    """Reads utterances of a Kaldi data dir through ``speechssl.data.audio`` (typed errors
+    naming the utterance), resampled to ``sample_rate``."""
+
+    def __init__(self, data_dir: str, sample_rate: int, allow_pipes: bool = False) -> None:
+        self.data_dir = str(data_dir)
+        self.sample_rate = sample_rate
+        self.allow_pipes = allow_pipes
+        self._dir: Any = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_dir": None}  # each worker re-reads the tables lazily
+
+    def __call__(self, utt_id: str) -> np.ndarray:
+        from speechssl.data.audio import LoadOptions, load_utterance
+        from speechssl.data.kaldi_dir import KaldiDataDir
+
+        if self._dir is None:
+            self._dir = KaldiDataDir(self.data_dir, allow_pipes=self.allow_pipes)
+        wave, _ = load_utterance(self._dir, utt_id, LoadOptions(sample_rate=self.sample_rate))
+        return wave.numpy()
+
+
+def stream_names_for(label_dirs: Sequence[str]) -> list[str]:
+    """Label-stream names: each label dir's base name, made unique with a suffix."""
+    names: list[str] = []
+    for d in label_dirs:
+        base = Path(str(d).rstrip("/")).name or "labels"
+        name, i = base, 1
+        while name in names:
+            i += 1
+            name = f"{base}_{i}"
+        names.append(name)
+    return names
+
+
+def load_corpus(
+    data_dir: str,
+    label_dirs: Sequence[str],
+    *,
+    sample_rate: int,
+    label_tolerance: float = 2.0,
+    stream_names: Sequence[str] | None = None,
+    tolerant: bool = False,
+) -> TrainCorpus:
+    """A :class:`TrainCorpus` over a Kaldi data dir and its unit-label dirs.
+
+    Every label set is checked against the utterances' durations at load time
+    (``UnitLabels.load``); a missing or misaligned utterance is a LabelError naming it
+    (in tolerant mode it is left out, logged and counted).
+    """
+    from speechssl.data.kaldi_dir import KaldiDataDir
+
+    ddir = KaldiDataDir(data_dir)
+    durations = ddir.durations()
+    utts = list(durations)
+    names = list(stream_names) if stream_names is not None else stream_names_for(label_dirs)
+    loaded = []
+    if label_dirs:
+        from speechssl.units.labels import UnitLabels
+
+        for ldir in label_dirs:
+            labels = UnitLabels.load(
+                ldir, data_dir=data_dir, tolerance=label_tolerance, tolerant=tolerant
+            )
+            if labels.skipped:
+                log.warning(
+                    "%s: left out %d utterance(s) with missing or misaligned labels",
+                    ldir,
+                    len(labels.skipped),
+                )
+            loaded.append(labels)
+        keep = set(utts)
+        for labels in loaded:
+            keep &= set(labels)
+        dropped = len(utts) - len(keep)
+        if dropped:
+            log.warning(
+                "%s: %d utterance(s) lack labels in some stream (tolerant mode)", data_dir, dropped
+            )
+        utts = [u for u in utts if u in keep]
+    streams = [
+        LabelStream.from_arrays(name, labels.label_rate, [labels[u] for u in utts])
+        for name, labels in zip(names, loaded)
+    ]
+    return TrainCorpus(
+        utt_ids=utts,
+        num_samples=np.array([round(durations[u] * sample_rate) for u in utts], dtype=np.int64),
+        sample_rate=sample_rate,
+        reader=KaldiAudioReader(data_dir, sample_rate, allow_pipes=ddir.allow_pipes),
+        streams=streams,
+    )
 
 
 @dataclass
@@ -209,7 +303,9 @@ class BatchingOptions:
             )
 
 
-def plan_batches(num_samples: np.ndarray, opts: BatchingOptions, seed: int, epoch: int) -> list[np.ndarray]:
+def plan_batches(
+    num_samples: np.ndarray, opts: BatchingOptions, seed: int, epoch: int
+) -> list[np.ndarray]:
     """The epoch's batches as arrays of corpus indices: a pure function of the arguments."""
     n = len(num_samples)
     if n == 0:
@@ -424,7 +520,7 @@ class CroppedBatchDataset(Dataset[TrainBatch]):
     def __len__(self) -> int:  # batches are addressed by spec, not by position
         return len(self.corpus)
 
-    def __getitem__(self, spec: BatchSpec) -> TrainBatch:  # type: ignore[override]
+    def __getitem__(self, spec: BatchSpec) -> TrainBatch:
         corpus = self.corpus
         waves: list[np.ndarray] = []
         kept: list[int] = []
@@ -465,11 +561,15 @@ class CroppedBatchDataset(Dataset[TrainBatch]):
             )
         # actual lengths (a resampled file can differ from utt2dur by a sample or two)
         sizes = np.array([len(w) for w in waves], dtype=np.int64)
-        offsets, lengths = plan_crops(sizes, self.opts, self.seed, spec.epoch, spec.index, self.align)
+        offsets, lengths = plan_crops(
+            sizes, self.opts, self.seed, spec.epoch, spec.index, self.align
+        )
         n, width = len(waves), int(lengths.max())
         out = torch.zeros(n, width, dtype=torch.float32)
         for row, (wave, off, length) in enumerate(zip(waves, offsets, lengths)):
-            piece = torch.from_numpy(np.ascontiguousarray(wave[off : off + length], dtype=np.float32))
+            piece = torch.from_numpy(
+                np.ascontiguousarray(wave[off : off + length], dtype=np.float32)
+            )
             if self.normalize and length > 1:
                 piece = (piece - piece.mean()) / (piece.std() + 1e-5)
             out[row, :length] = piece
@@ -514,9 +614,9 @@ def make_loader(
 ) -> torch.utils.data.DataLoader[TrainBatch]:
     """A DataLoader over batch specs (``batch_size=None``: the dataset builds whole batches)."""
     return torch.utils.data.DataLoader(
-        dataset,  # type: ignore[arg-type]
+        dataset,
         batch_size=None,
-        sampler=sampler,  # type: ignore[arg-type]
+        sampler=sampler,
         num_workers=num_workers,
         collate_fn=pass_through,
         pin_memory=pin_memory,

@@ -115,7 +115,7 @@ class RunLogger:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if self.path.exists():
             self._truncate_after(resume_step if resume_step is not None else 0)
-        self._fh = open(self.path, "a", encoding="utf-8")
+        self._fh = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
@@ -144,7 +144,11 @@ class RunLogger:
     def write(self, kind: str, record: dict[str, Any]) -> None:
         if not self.enabled or self._fh is None:
             return
-        full = {"kind": kind, "time": round(time.time(), 3), **{k: _clean(v) for k, v in record.items()}}
+        full = {
+            "kind": kind,
+            "time": round(time.time(), 3),
+            **{k: _clean(v) for k, v in record.items()},
+        }
         self._fh.write(json.dumps(full, sort_keys=True) + "\n")
         self._fh.flush()
         if self._tb is not None and kind in ("train", "dev") and "step" in record:

@@ -78,7 +78,9 @@ def constant(cfg: OptimConfig, total_steps: int, step: int) -> float:
 class Schedule:
     """Sets each param group's ``lr`` from a registered schedule; state = the step count."""
 
-    def __init__(self, optimizer: torch.optim.Optimizer, cfg: OptimConfig, total_steps: int) -> None:
+    def __init__(
+        self, optimizer: torch.optim.Optimizer, cfg: OptimConfig, total_steps: int
+    ) -> None:
         self.optimizer = optimizer
         self.cfg = cfg
         self.total_steps = total_steps
@@ -101,7 +103,11 @@ class Schedule:
         self._apply()
 
     def state_dict(self) -> dict[str, Any]:
-        return {"step": self.step_count, "schedule": self.cfg.schedule, "total_steps": self.total_steps}
+        return {
+            "step": self.step_count,
+            "schedule": self.cfg.schedule,
+            "total_steps": self.total_steps,
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.step_count = int(state["step"])
@@ -111,7 +117,11 @@ class Schedule:
 @OPTIMIZERS.register("adamw")
 def adamw(params: Iterable[Any], cfg: OptimConfig) -> torch.optim.Optimizer:
     return torch.optim.AdamW(
-        params, lr=cfg.lr, betas=(cfg.betas[0], cfg.betas[1]), eps=cfg.eps, weight_decay=cfg.weight_decay
+        params,
+        lr=cfg.lr,
+        betas=(cfg.betas[0], cfg.betas[1]),
+        eps=cfg.eps,
+        weight_decay=cfg.weight_decay,
     )
 
 
@@ -119,7 +129,11 @@ def adamw(params: Iterable[Any], cfg: OptimConfig) -> torch.optim.Optimizer:
 def adam(params: Iterable[Any], cfg: OptimConfig) -> torch.optim.Optimizer:
     """Adam with L2 (coupled) weight decay, as fairseq's ``adam`` without ``use_old_adam``."""
     return torch.optim.Adam(
-        params, lr=cfg.lr, betas=(cfg.betas[0], cfg.betas[1]), eps=cfg.eps, weight_decay=cfg.weight_decay
+        params,
+        lr=cfg.lr,
+        betas=(cfg.betas[0], cfg.betas[1]),
+        eps=cfg.eps,
+        weight_decay=cfg.weight_decay,
     )
 
 

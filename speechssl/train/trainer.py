@@ -40,6 +40,7 @@ from speechssl.train.data import (
     filter_by_duration,
     load_corpus,
     make_loader,
+    stream_names_for,
 )
 from speechssl.train.distributed import (
     DistEnv,
@@ -105,13 +106,16 @@ def _model_state(model: nn.Module, env: DistEnv, fsdp: bool) -> dict[str, Tensor
     if fsdp:
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
-        return get_model_state_dict(
+        full = get_model_state_dict(
             model, options=StateDictOptions(full_state_dict=True, cpu_offload=True)
         )
+        return {k: v for k, v in full.items() if isinstance(v, Tensor)}
     return {k: v.detach().cpu() for k, v in model.state_dict().items()}
 
 
-def _optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer, fsdp: bool) -> dict[str, Any]:
+def _optimizer_state(
+    model: nn.Module, optimizer: torch.optim.Optimizer, fsdp: bool
+) -> dict[str, Any]:
     if fsdp:
         from torch.distributed.checkpoint.state_dict import (
             StateDictOptions,
@@ -149,7 +153,11 @@ class Trainer:
         self.ckpt_root = self.exp_dir / "checkpoints"
         self.device = env.device
         self.fsdp = env.distributed and tc.strategy == "fsdp"
-        if tc.precision == "bf16" and self.device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        if (
+            tc.precision == "bf16"
+            and self.device.type == "cuda"
+            and not torch.cuda.is_bf16_supported()
+        ):
             raise ConfigError("trainer.precision=bf16 but this GPU does not support bfloat16")
 
         # 1. which checkpoint to resume from, verified before anything expensive
@@ -158,8 +166,11 @@ class Trainer:
         # 2. the model (same initial weights on every rank)
         from speechssl.models.registry import create_model
 
+        self.stream_names = stream_names_for(cfg.data.labels)
         self._seed_everything(tc.seed)
-        self.model: nn.Module = create_model(cfg.model.name, **cfg.model.overrides).to(self.device)
+        self.model: nn.Module = create_model(cfg.model.name, **self._model_overrides()).to(
+            self.device
+        )
         self.sample_rate = int(cfg.data.sample_rate or getattr(self.model, "sample_rate", 16000))
 
         # 3. data
@@ -216,7 +227,9 @@ class Trainer:
                 dev.num_samples, dev_opts, seed=tc.seed, rank=env.rank, world_size=env.world_size
             )
             dev_sampler.set_position(_DEV_EPOCH, 0)
-            self.dev_plan_size = len(dev_sampler.epoch_plan(_DEV_EPOCH)[0]) - dev_sampler.epoch_plan(_DEV_EPOCH)[1]
+            self.dev_plan_size = (
+                len(dev_sampler.epoch_plan(_DEV_EPOCH)[0]) - dev_sampler.epoch_plan(_DEV_EPOCH)[1]
+            )
             self.dev_loader = make_loader(
                 CroppedBatchDataset(dev, dev_opts, seed=tc.seed, normalize=cfg.data.normalize),
                 dev_sampler,
@@ -250,7 +263,9 @@ class Trainer:
         self.best_step = 0
         self.flops_per_sample: float | None = None
         self.peak_flops = tc.peak_flops or (
-            peak_flops_of(torch.cuda.get_device_name(self.device)) if self.device.type == "cuda" else 0.0
+            peak_flops_of(torch.cuda.get_device_name(self.device))
+            if self.device.type == "cuda"
+            else 0.0
         )
         if self.resume_from is not None:
             self._load(self.resume_from)
@@ -286,6 +301,8 @@ class Trainer:
                 label_dirs,
                 sample_rate=self.sample_rate,
                 label_tolerance=dcfg.label_tolerance,
+                stream_names=self.stream_names,
+                tolerant=dcfg.tolerant,
             )
         filtered, report = filter_by_duration(corpus, dcfg.min_seconds, dcfg.max_seconds)
         if self.env.is_main:
@@ -293,6 +310,24 @@ class Trainer:
         self._data_reports = getattr(self, "_data_reports", {})
         self._data_reports[split] = report
         return filtered, report
+
+    def _model_overrides(self) -> dict[str, Any]:
+        """The user's model overrides, plus the label streams' names and sizes (k) for
+        models that predict units, unless the user set them."""
+        from speechssl.models.registry import model_config
+
+        overrides = dict(self.cfg.model.overrides)
+        labels = self.cfg.data.labels
+        if not labels:
+            return overrides
+        config = model_config(self.cfg.model.name, **overrides)
+        if hasattr(config, "num_classes") and "num_classes" not in overrides:
+            from speechssl.units.labels import LabelsMeta
+
+            overrides["num_classes"] = tuple(LabelsMeta.read(d).k for d in labels)
+        if hasattr(config, "label_streams") and "label_streams" not in overrides:
+            overrides["label_streams"] = tuple(self.stream_names)
+        return overrides
 
     def _resolve_resume(self) -> Path | None:
         """The checkpoint to start from, or None; refuses corrupt ones before training."""
@@ -325,13 +360,17 @@ class Trainer:
         if error is not None:
             kind, _, message = error.partition(": ")
             raise (ConfigError if kind == "ConfigError" else CheckpointError)(
-                message + ("" if kind == "ConfigError" else
-                           " -- refusing to train; delete or move it, or pass resume=<older checkpoint dir>")
+                message
+                + (
+                    ""
+                    if kind == "ConfigError"
+                    else " -- refusing to train; delete or move it, or pass resume=<older checkpoint dir>"
+                )
             )
         return chosen
 
     def _load(self, path: Path) -> None:
-        model_state, state, meta = ckpt.load_checkpoint(path, verify=False)  # verified above
+        model_state, state, _ = ckpt.load_checkpoint(path, verify=False)  # verified above
         try:
             if self.fsdp:
                 from torch.distributed.checkpoint.state_dict import (
@@ -341,7 +380,7 @@ class Trainer:
                 )
 
                 opts = StateDictOptions(full_state_dict=True)
-                set_model_state_dict(self.model, model_state, options=opts)
+                set_model_state_dict(self.model, dict(model_state), options=opts)
                 set_optimizer_state_dict(
                     self.model, self.optimizer, optim_state_dict=state["optimizer"], options=opts
                 )
@@ -377,7 +416,13 @@ class Trainer:
         self.best_step = int(state.get("best_step", 0))
         self.consecutive_nonfinite = int(state.get("consecutive_nonfinite", 0))
         if self.env.is_main:
-            log.info("resumed from %s (step %d, epoch %d, batch %d)", path, self.step, self.epoch, self.index)
+            log.info(
+                "resumed from %s (step %d, epoch %d, batch %d)",
+                path,
+                self.step,
+                self.epoch,
+                self.index,
+            )
 
     def _log_start(self) -> None:
         from omegaconf import OmegaConf
@@ -385,7 +430,9 @@ class Trainer:
         if self.env.is_main:
             from speechssl.utils.atomic import atomic_write_text
 
-            atomic_write_text(self.exp_dir / "config.yaml", OmegaConf.to_yaml(OmegaConf.structured(self.cfg)))
+            atomic_write_text(
+                self.exp_dir / "config.yaml", OmegaConf.to_yaml(OmegaConf.structured(self.cfg))
+            )
         n_params = sum(p.numel() for p in self.model.parameters())
         self.logger.event(
             "resume" if self.resume_from else "start",
@@ -517,7 +564,10 @@ class Trainer:
             with flop_ctx, gradient_sync(self.wrapped, k == len(micro) - 1):
                 with _autocast(self.device, tc.precision):
                     if batch.batch_size == 0:  # every utterance failed to load (tolerant)
-                        total = sum((p.sum() * 0.0 for p in self.params), torch.zeros((), device=self.device))
+                        total = sum(
+                            (p.sum() * 0.0 for p in self.params),
+                            torch.zeros((), device=self.device),
+                        )
                         terms: dict[str, Tensor] = {}
                         metrics: dict[str, Tensor] = {}
                     else:
@@ -529,7 +579,10 @@ class Trainer:
                 self.flops_per_sample = flop_ctx.get_total_flops() / max(1, tb.waveforms.numel())
             if batch.batch_size == 0:
                 continue
-            values = {"loss": total.detach(), **{f"loss/{n}": v.detach().float() for n, v in terms.items()}}
+            values = {
+                "loss": total.detach(),
+                **{f"loss/{n}": v.detach().float() for n, v in terms.items()},
+            }
             values.update({n: v.detach().float() for n, v in metrics.items()})
             for name, value in values.items():
                 value = value.reshape(())
@@ -544,8 +597,12 @@ class Trainer:
         if self.scaler.is_enabled():
             self.scaler.unscale_(self.optimizer)
         max_norm = tc.clip_norm if tc.clip_norm > 0 else float("inf")
-        grad_norm = float(_total_norm(torch.nn.utils.clip_grad_norm_(self.params, max_norm, foreach=True)))
-        flag = torch.tensor([float(local_nonfinite or not math.isfinite(grad_norm))], device=self.device)
+        grad_norm = float(
+            _total_norm(torch.nn.utils.clip_grad_norm_(self.params, max_norm, foreach=True))
+        )
+        flag = torch.tensor(
+            [float(local_nonfinite or not math.isfinite(grad_norm))], device=self.device
+        )
         nonfinite = bool(all_reduce(flag, self.env, op="max").item() > 0)
         if nonfinite:
             self.optimizer.zero_grad(set_to_none=True)
@@ -574,14 +631,20 @@ class Trainer:
                 acc[1] += n
         window.add("grad_norm", grad_norm)
         window.add("lr", self.schedule.lr)
-        window.add("loss_scale", float(self.scaler.get_scale()) if self.scaler.is_enabled() else 1.0)
+        window.add(
+            "loss_scale", float(self.scaler.get_scale()) if self.scaler.is_enabled() else 1.0
+        )
         window.add("real_samples", real, 1)
         window.add("padded_samples", padded, 1)
         window.add("loaded_samples", loaded, 1)
         window.add("utterances", utts, 1)
         window.add("batches", n, 1)
         window.updates += 1
-        self.logger.progress(1, loss=host[names.index("loss")] / n if "loss" in names else float("nan"), lr=self.schedule.lr)
+        self.logger.progress(
+            1,
+            loss=host[names.index("loss")] / n if "loss" in names else float("nan"),
+            lr=self.schedule.lr,
+        )
         return True
 
     def model_after_step(self) -> None:
@@ -589,7 +652,9 @@ class Trainer:
         if callable(hook):
             hook(self.step)
 
-    def _on_nonfinite(self, micro: list[TrainBatch], bad_terms: list[str], grad_norm: float) -> None:
+    def _on_nonfinite(
+        self, micro: list[TrainBatch], bad_terms: list[str], grad_norm: float
+    ) -> None:
         tc = self.cfg.trainer
         scale = float(self.scaler.get_scale()) if self.scaler.is_enabled() else None
         utts = [u for tb in micro for u in tb.utt_ids]
@@ -605,8 +670,13 @@ class Trainer:
             utts=utts[:20],
         )
         reason = None
-        if tc.max_consecutive_nonfinite and self.consecutive_nonfinite >= tc.max_consecutive_nonfinite:
-            reason = f"{self.consecutive_nonfinite} consecutive steps had a non-finite loss or gradient"
+        if (
+            tc.max_consecutive_nonfinite
+            and self.consecutive_nonfinite >= tc.max_consecutive_nonfinite
+        ):
+            reason = (
+                f"{self.consecutive_nonfinite} consecutive steps had a non-finite loss or gradient"
+            )
         elif scale is not None and scale < tc.min_loss_scale:
             reason = f"the fp16 loss scale fell to {scale:g} (< trainer.min_loss_scale={tc.min_loss_scale:g})"
         if reason is None:
@@ -688,7 +758,9 @@ class Trainer:
             ckpt.restore_rng_state(rng)
             self.model.train()
         keys = sorted(set().union(*all_gather_objects(sorted(sums), self.env)))
-        vec = torch.tensor([sums.get(k, 0.0) for k in keys] + [weight], dtype=torch.float64, device=self.device)
+        vec = torch.tensor(
+            [sums.get(k, 0.0) for k in keys] + [weight], dtype=torch.float64, device=self.device
+        )
         all_reduce(vec, self.env)
         total = vec[-1].item()
         result = {k: v / total for k, v in zip(keys, vec[:-1].tolist())} if total else {}
@@ -709,9 +781,17 @@ class Trainer:
             metric_value = acc[0] / acc[1] if acc and acc[1] else None
             source = "train"
         self._save_window = defaultdict(lambda: [0.0, 0.0])
-        is_best = metric_value is not None and math.isfinite(metric_value) and (
-            self.best_value is None
-            or (metric_value < self.best_value if tc.best_mode == "min" else metric_value > self.best_value)
+        is_best = (
+            metric_value is not None
+            and math.isfinite(metric_value)
+            and (
+                self.best_value is None
+                or (
+                    metric_value < self.best_value
+                    if tc.best_mode == "min"
+                    else metric_value > self.best_value
+                )
+            )
         )
         if is_best:
             self.best_value, self.best_step = metric_value, self.step
@@ -740,9 +820,18 @@ class Trainer:
             target = ckpt.save_checkpoint(self.ckpt_root, self.step, model_state, state, meta)
             if is_best:
                 ckpt.mark_best(
-                    self.ckpt_root, target, {"metric": tc.best_metric, "value": metric_value, "source": source, "step": self.step}
+                    self.ckpt_root,
+                    target,
+                    {
+                        "metric": tc.best_metric,
+                        "value": metric_value,
+                        "source": source,
+                        "step": self.step,
+                    },
                 )
-                self.logger.event("best", step=self.step, metric=tc.best_metric, value=metric_value, source=source)
+                self.logger.event(
+                    "best", step=self.step, metric=tc.best_metric, value=metric_value, source=source
+                )
             removed = ckpt.prune_checkpoints(self.ckpt_root, tc.keep_last)
             self.logger.event(
                 "checkpoint", step=self.step, path=str(target), removed=[p.name for p in removed]
