@@ -495,10 +495,11 @@ class Trainer:
                     updated = self._train_step(micro, window)
                     micro = []
                     if updated:
-                        last_saved = self._after_update(window) or last_saved
+                        # log before a checkpoint so a checkpoint's steps are all in the log
                         if self.step % tc.log_every == 0:
                             self._log_window(window)
                             window = _Window()
+                        last_saved = self._after_update(window) or last_saved
                         if self.step >= tc.max_steps:
                             break
                 if micro:  # cannot happen: epochs are padded to whole steps
