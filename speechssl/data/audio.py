@@ -35,11 +35,12 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 import soundfile as sf
-import torch
 
 from speechssl.errors import ConfigError, ItemError
 
 if TYPE_CHECKING:
+    import torch
+
     from speechssl.data.kaldi_dir import KaldiDataDir
 
 # --------------------------------------------------------------------------------------
@@ -219,7 +220,8 @@ class LoadedUtterance(NamedTuple):
 # opening and header checks
 
 
-def _run_pipe(source: AudioSource, utt: str) -> bytes:
+def read_pipe(source: AudioSource, utt: str) -> bytes:
+    """Run a `cmd |` source and return its stdout (an audio file in memory)."""
     try:
         proc = subprocess.run(source.path, shell=True, capture_output=True, check=False)
     except OSError as exc:  # pragma: no cover - the shell itself failed to start
@@ -276,7 +278,7 @@ class _Opened:
 def _open(source: AudioSource, utt: str, overshoot: float) -> _Opened:
     where = source.path
     if source.pipe:
-        data = _run_pipe(source, utt)
+        data = read_pipe(source, utt)
         target: Any = io.BytesIO(data)
     else:
         p = Path(source.path)
@@ -449,6 +451,8 @@ def load_audio(
         )
     mono = _reduce_channels(data, source, opts.channels, name)
     check_samples(mono, utt=name, where=where, reject_silent=opts.reject_silent)
+    import torch  # imported here so header-only users (validate, info) stay light
+
     wave = torch.from_numpy(np.ascontiguousarray(mono, dtype=np.float32))
     if rate != target:
         import torchaudio.functional as taf
