@@ -3,6 +3,8 @@
 A checkpoint is a directory ``<exp>/checkpoints/step-<8 digits>/``::
 
     model.safetensors     model weights (full, unsharded state dict)
+    model.json            the model's registry name and config (so the dir is also a model
+                          dir for ``speechssl.models.io.load_model_dir``)
     trainer_state.pt      optimizer, schedule, grad scaler, RNG states, sampler position,
                           counters; plain tensors/lists/numbers, loadable with
                           ``torch.load(weights_only=True)``
@@ -255,18 +257,26 @@ def save_checkpoint(
     model_state: dict[str, Tensor],
     trainer_state: dict[str, Any],
     meta: dict[str, Any] | None = None,
+    extra_files: dict[str, str] | None = None,
 ) -> Path:
-    """Write ``step-<step>/`` atomically (see the module doc); returns its path."""
+    """Write ``step-<step>/`` atomically (see the module doc); returns its path.
+
+    ``extra_files`` (name -> text) are written beside the weights and listed in the
+    metadata like them (the trainer adds ``model.json``, which makes every checkpoint dir a
+    model dir that ``speechssl.models.io.load_model_dir`` reads).
+    """
     from safetensors.torch import save_file
 
     target = Path(ckpt_root) / step_dir_name(step)
     with atomic_dir(target, overwrite=True) as tmp:
         save_file(_unshared(model_state), str(tmp / MODEL_FILE), metadata={"format": "pt"})
         torch.save(trainer_state, tmp / STATE_FILE)
+        for name, text in (extra_files or {}).items():
+            (tmp / name).write_text(text, encoding="utf-8")
         _fault_pause(tmp, step)
         files = {
             name: {"bytes": (tmp / name).stat().st_size, "sha256": _sha256(tmp / name)}
-            for name in (MODEL_FILE, STATE_FILE)
+            for name in (MODEL_FILE, STATE_FILE, *(extra_files or {}))
         }
         full_meta = {
             **(meta or {}),

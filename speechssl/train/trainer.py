@@ -818,7 +818,14 @@ class Trainer:
                 "model": self.cfg.model.name,
                 "metric": {"name": tc.best_metric, "value": metric_value, "source": source},
             }
-            target = ckpt.save_checkpoint(self.ckpt_root, self.step, model_state, state, meta)
+            target = ckpt.save_checkpoint(
+                self.ckpt_root,
+                self.step,
+                model_state,
+                state,
+                meta,
+                extra_files={"model.json": self._model_json()},
+            )
             if is_best:
                 ckpt.mark_best(
                     self.ckpt_root,
@@ -840,14 +847,50 @@ class Trainer:
         barrier(self.env)
         return target
 
-    def _export_final(self) -> Path | None:
-        """``exp_dir/final``: the trained model in the models' save format."""
-        from speechssl.models.io import save_pretrained
+    def _model_json(self) -> str:
+        import json
 
-        state = _model_state(self.model, self.env, self.fsdp)
+        from speechssl.models.io import model_description
+
+        desc = model_description(self.model)  # type: ignore[arg-type]
+        return json.dumps(desc, indent=2, sort_keys=True) + "\n"
+
+    def _training_info(self) -> dict[str, Any]:
+        """What the exported model was trained on (kept in its ``model.json``)."""
+        from speechssl.units.labels import LabelsMeta
+
+        labels = []
+        for name, d in zip(self.stream_names, self.cfg.data.labels):
+            meta = LabelsMeta.read(d)
+            labels.append(
+                {"stream": name, "dir": str(d), "k": meta.k, "label_rate": meta.label_rate,
+                 "kmeans": meta.kmeans, "source": meta.source}  # fmt: skip
+            )
+        return {
+            "exp_dir": str(self.exp_dir),
+            "step": self.step,
+            "data": self.cfg.data.dir,
+            "labels": labels,
+        }
+
+    def _export_final(self) -> Path:
+        """``exp_dir/final``: the trained model as a model dir (``speechssl.models.io``), the
+        one ``speechssl features dump --kind model --checkpoint`` and export read."""
+        from speechssl.models.io import (
+            build_from_description,
+            load_weights,
+            model_description,
+            save_model_dir,
+        )
+
+        state = _model_state(self.model, self.env, self.fsdp) if self.fsdp else None
         target = self.exp_dir / "final"
         if self.env.is_main:
-            save_pretrained(self.model, target, state_dict=state)
+            model: Any = self.model
+            if state is not None:  # FSDP: gather into an unsharded copy
+                model = build_from_description(model_description(self.model))  # type: ignore[arg-type]
+                load_weights(model, state, str(target))
+            save_model_dir(model, target, overwrite=True, extra={"training": self._training_info()})
             self.logger.event("export", step=self.step, path=str(target))
         barrier(self.env)
         return target

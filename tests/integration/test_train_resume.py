@@ -95,6 +95,10 @@ def test_kill_during_save_keeps_previous_and_corrupt_is_refused(
 
 
 @pytest.fixture
-def train_data(synth_corpus: Path) -> list[str]:
-    """Model and data overrides: the bundled corpus' train split."""
-    return ["model=wav2vec2_tiny", f"data.dir={synth_corpus / 'train'}"]
+def train_data(synth_corpus: Path, synth_km_labels: dict[str, Path]) -> list[str]:
+    """HuBERT on the bundled corpus' train split with k-means units."""
+    return [
+        "model=hubert_tiny",
+        f"data.dir={synth_corpus / 'train'}",
+        f"data.labels=[{synth_km_labels['train']}]",
+    ]

@@ -17,7 +17,17 @@ from train_helpers import base_overrides, events, losses, records, run_train, tr
 
 @pytest.fixture
 def train_data(synth_corpus: Path) -> list[str]:
+    """wav2vec 2.0 (no labels; Gumbel quantizer with a temperature schedule)."""
     return ["model=wav2vec2_tiny", f"data.dir={synth_corpus / 'train'}"]
+
+
+@pytest.fixture
+def hubert_data(synth_corpus: Path, synth_km_labels: dict[str, Path]) -> list[str]:
+    return [
+        "model=hubert_tiny",
+        f"data.dir={synth_corpus / 'train'}",
+        f"data.labels=[{synth_km_labels['train']}]",
+    ]
 
 
 def _torchrun(overrides: list[str], cwd: Path, nproc: int = 2) -> subprocess.CompletedProcess[str]:
@@ -47,9 +57,9 @@ def _compare_runs(one: Path, two: Path, steps: int) -> None:
 
 
 @pytest.mark.distributed
-def test_two_process_ddp_matches_one_process(train_data: list[str], tmp_path: Path) -> None:
+def test_two_process_ddp_matches_one_process(hubert_data: list[str], tmp_path: Path) -> None:
     """2 gloo ranks x 1 micro-batch == 1 process x 2 accumulated micro-batches."""
-    common = [*train_data, *base_overrides(), "trainer.max_steps=4"]
+    common = [*hubert_data, *base_overrides(), "trainer.max_steps=4"]
     res = run_train([*common, f"trainer.exp_dir={tmp_path / 'one'}", "trainer.grad_accum=2"], cwd=tmp_path)
     assert res.returncode == 0, res.stderr[-3000:]
     res = _torchrun([*common, f"trainer.exp_dir={tmp_path / 'two'}"], cwd=tmp_path)
