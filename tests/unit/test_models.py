@@ -178,7 +178,7 @@ def test_big_presets_shapes(name):
 
 @pytest.mark.parametrize("name", TINY)
 def test_padding_does_not_change_an_utterance(name, corpus):
-    """An utterance's hidden states and (fixed-mask) loss are the same alone or padded in a
+    """An utterance's hidden states and (fixed-mask) logits are the same alone or padded in a
     batch with arbitrary padding content."""
     torch.manual_seed(0)
     model = create_model(name, **_adapt(name, 32)).eval()
