@@ -25,6 +25,7 @@ GROUPS: dict[str, str] = {
     "train": "speechssl.cli.train",
     "downstream": "speechssl.cli.downstream",
     "export": "speechssl.cli.export",
+    "recipe": "speechssl.cli.recipe",
 }
 
 

@@ -1,0 +1,75 @@
+#!/usr/bin/env bash
+# shellcheck disable=SC2034,SC2154  # option variables are set by opt/parse_options
+# Label-free pretraining (wav2vec 2.0, w2v-BERT, data2vec), corpus-agnostic: data ->
+# validate -> pretrain -> summary. recipes/wav2vec2.sh, w2v_bert.sh and data2vec.sh call it
+# with --family set; an egs/<corpus>/<method>/run.sh calls those from its own directory
+# (local/data.sh, conf/ and cmd.sh are looked up there).
+#
+# Layout of --exp-dir:
+#   train/      the pretraining experiment (final/: the model, log.jsonl, checkpoints)
+#   summary/    results table, training curves (PNG)
+#   logs/       one log per stage and per job; .stages/: done sentinels
+. "$(dirname "${BASH_SOURCE[0]}")/utils/common.sh"
+. "$recipe_utils_dir/common_stages.sh"
+
+usage="Label-free SSL pretraining: data -> validate -> pretrain -> summary.
+--family picks the method; --model, --steps and --ref-world-size default to its base
+setting on LibriSpeech 960 h (see the table in recipes/README.md)."
+
+stage_options
+data_options
+opt --choice "wav2vec2|w2v_bert|data2vec" family wav2vec2 "method family"
+opt exp_dir "" "experiment directory (empty: exp/FAMILY)"
+opt train_cmd launch_local.sh "launcher for pretraining (see cmd.sh)"
+opt model "" "model (configs/model/NAME.yaml); empty: FAMILY_base"
+opt steps "" "updates; empty: the family's base setting"
+opt train_args "" "extra speechssl-train overrides"
+opt train_config_dir conf/train "extra Hydra config dir for speechssl-train, used if it exists (same group layout as configs/)"
+opt --int train_nodes 1 "nodes for pretraining"
+opt --int train_nproc 1 "processes (GPUs) per node for pretraining"
+opt ref_world_size "" "GPUs of the published setup: gradient accumulation = this / (nodes x nproc); 0: none; empty: the family's"
+
+add_data_stages # 1 data, 2 validate
+add_stage 3 train "pretrain"
+add_stage 4 summary "results table (final training metrics), training curves, final model"
+
+stage_train() {
+  local args=()
+  if [[ -d $train_config_dir ]]; then args+=(--config-dir "$train_config_dir"); fi
+  args+=("model=$model" "data.dir=$data_root/$train_set")
+  if [[ -n $valid_set ]]; then args+=("data.dev_dir=$data_root/$valid_set"); fi
+  args+=("trainer.exp_dir=$exp_dir/train" "trainer.max_steps=$steps")
+  if ((grad_accum > 0)); then args+=("trainer.grad_accum=$grad_accum"); fi
+  # shellcheck disable=SC2086
+  run_jobs "$train_cmd" --nodes "$train_nodes" --nproc "$train_nproc" "$logs/train.log" \
+    speechssl-train "${args[@]}" $train_args
+}
+
+stage_summary() {
+  run_cmd speechssl train plot "$exp_dir/train" --out "$exp_dir/summary/curves.png"
+  run_cmd speechssl recipe summary --out "$exp_dir/summary" --train "$family=$exp_dir/train"
+}
+
+if [[ -f cmd.sh ]]; then
+  # shellcheck source=/dev/null
+  . ./cmd.sh
+fi
+parse_options "$@"
+
+# base settings on LibriSpeech 960 h: wav2vec 2.0 Base (fairseq wav2vec2_base_librispeech:
+# 400k updates on 64 GPUs), data2vec Base (audio: 400k updates on 16 GPUs). w2v-BERT was
+# published on Libri-Light 60k only; its base setting here reuses wav2vec 2.0 Base's.
+case $family in
+  wav2vec2 | w2v_bert) default_steps=400000 default_world=64 ;;
+  data2vec) default_steps=400000 default_world=16 ;;
+esac
+[[ -n $model ]] || model=${family}_base
+[[ -n $steps ]] || steps=$default_steps
+[[ -n $ref_world_size ]] || ref_world_size=$default_world
+[[ -n $exp_dir ]] || exp_dir=exp/$family
+[[ $steps =~ ^[0-9]+$ ]] || die "--steps must be a positive integer, got '$steps'"
+[[ $ref_world_size =~ ^[0-9]+$ ]] || die "--ref-world-size must be a non-negative integer, got '$ref_world_size'"
+logs=$exp_dir/logs
+grad_accum=$(grad_accum_for "$ref_world_size" "$train_nodes" "$train_nproc")
+
+run_stages "$exp_dir"

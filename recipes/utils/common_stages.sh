@@ -1,0 +1,50 @@
+# shellcheck shell=bash disable=SC2034,SC2154  # option variables are set by opt/parse_options
+# What every pretraining template shares: data options, the data and validate stages, the
+# data sets a stage loops over, and gradient accumulation from a reference GPU count.
+# Source after common.sh.
+
+data_options() {
+  opt data_root data "directory holding the Kaldi data dirs"
+  opt train_set train "data dir (under --data-root) to pretrain on"
+  opt valid_set "" "data dir for validation during pretraining (empty: none)"
+  opt local_data local/data.sh "corpus data preparation script (stage 1), run as SCRIPT --data-root DIR OPTS"
+  opt local_data_opts "" "extra options for the data preparation script"
+  opt validate_opts "" "extra options for 'speechssl data validate' (e.g. --fast)"
+}
+
+add_data_stages() {
+  add_stage 1 data "prepare the data dirs (local data preparation script)"
+  add_stage 2 validate "validate the data dirs"
+}
+
+data_sets() {
+  # the data dirs every per-set stage handles: the train set, then the valid set if any
+  printf '%s\n' "$train_set"
+  if [[ -n $valid_set ]]; then printf '%s\n' "$valid_set"; fi
+}
+
+stage_data() {
+  # shellcheck disable=SC2086  # option strings are lists of words
+  run_cmd "$local_data" --data-root "$data_root" $local_data_opts
+}
+
+stage_validate() {
+  local set
+  for set in $(data_sets); do
+    # shellcheck disable=SC2086
+    run_cmd speechssl data validate $validate_opts "$data_root/$set"
+  done
+}
+
+grad_accum_for() {
+  # grad_accum_for REF_WORLD_SIZE NODES NPROC: updates accumulated so that NODES x NPROC
+  # processes see the batch of REF_WORLD_SIZE GPUs (0 when REF_WORLD_SIZE is 0)
+  local ref=$1 world=$(($2 * $3))
+  if ((ref == 0)); then
+    echo 0
+    return
+  fi
+  ((ref % world == 0)) ||
+    die "the reference setup's $ref GPUs are not a multiple of the $world training processes (--ref-world-size, --train-nodes x --train-nproc)"
+  echo $((ref / world))
+}
