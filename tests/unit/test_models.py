@@ -9,7 +9,7 @@ import textwrap
 
 import pytest
 import torch
-from model_fixtures import make_batch, write_corpus
+from model_fixtures import make_batch
 
 from speechssl.core.masking import SpanMaskConfig
 from speechssl.data.batch import AudioBatch
@@ -35,8 +35,8 @@ def _adapt(name: str, codebook: int) -> dict:
 
 
 @pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-    return write_corpus(tmp_path_factory.mktemp("models_audio"), 6, (1.0, 1.8), seed=5)
+def corpus(synth_corpus):
+    return synth_corpus
 
 
 def _config_classes(obj, seen=None):
@@ -129,7 +129,7 @@ def test_tiny_model_learns_on_real_audio(name, corpus):
     group), and the masked frames of this batch (~250) could support far more than 16.
     """
     torch.manual_seed(0)
-    batch = make_batch(corpus[:4], codebook_size=32)
+    batch = make_batch(corpus, 4, 1.5, codebook_size=32)
     model = create_model(name, **_adapt(name, 32))
     opt = torch.optim.Adam(model.parameters(), lr=2e-3)
 
@@ -182,7 +182,7 @@ def test_padding_does_not_change_an_utterance(name, corpus):
     batch with arbitrary padding content."""
     torch.manual_seed(0)
     model = create_model(name, **_adapt(name, 32)).eval()
-    batch = make_batch(corpus[:1], codebook_size=32)
+    batch = make_batch(corpus, 1, 1.5, codebook_size=32)
     t = batch.waveforms.shape[1]
     padded_w = torch.cat([batch.waveforms, torch.randn(1, 4000)], dim=1)
     other = torch.randn(1, t + 4000)
@@ -216,7 +216,7 @@ def test_save_and_load_model_dir(name, tmp_path, corpus):
         assert torch.equal(a, b), k
     if hasattr(loaded, "quantizer"):
         assert loaded.quantizer.current_temp == model.quantizer.current_temp < 2.0
-    batch = make_batch(corpus[:2], codebook_size=32)
+    batch = make_batch(corpus, 2, 1.5, codebook_size=32)
     model.eval(), loaded.eval()
     with torch.no_grad():
         a = model(batch, generator=torch.Generator().manual_seed(1)).loss.total
@@ -259,7 +259,7 @@ def test_hubert_100hz_labels_train_every_second_label(corpus):
     nothing, changing even ones does."""
     torch.manual_seed(0)
     model = create_model("hubert_tiny", num_classes=(32,)).eval()
-    batch = make_batch(corpus[:2], codebook_size=32)
+    batch = make_batch(corpus, 2, 1.5, codebook_size=32)
     gen = lambda: torch.Generator().manual_seed(3)  # noqa: E731
     with torch.no_grad():
         ref = model(batch, generator=gen()).loss.total
@@ -277,7 +277,7 @@ def test_hubert_100hz_labels_train_every_second_label(corpus):
 
 def test_hubert_label_errors_name_the_utterance(corpus):
     model = create_model("hubert_tiny", num_classes=(32,))
-    batch = make_batch(corpus[:2], codebook_size=32)
+    batch = make_batch(corpus, 2, 1.5, codebook_size=32)
     wrong_rate = AudioBatch(
         batch.waveforms, batch.lengths, batch.labels, {"rpq": 50.0}, batch.utt_ids
     )
@@ -303,7 +303,7 @@ def test_hubert_label_errors_name_the_utterance(corpus):
 
 def test_hubert_two_label_streams(corpus):
     torch.manual_seed(0)
-    batch = make_batch(corpus[:2], codebook_size=32)
+    batch = make_batch(corpus, 2, 1.5, codebook_size=32)
     lab50 = batch.labels["rpq"][:, ::2]
     km50 = torch.where(lab50 >= 0, lab50 % 8, lab50)
     two = AudioBatch(
