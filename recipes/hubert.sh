@@ -26,7 +26,8 @@ opt report_set "" "data dir whose labels the unit-quality report scores (empty: 
 opt alignments "" "frame-level phone alignments in each data dir (e.g. ali.phones) for PNMI/purity; empty: usage statistics only"
 opt exp_dir exp/hubert "experiment directory (everything this recipe writes except data)"
 opt dump_dir "" "feature stores (empty: EXP_DIR/dump); big, put it on scratch space"
-opt --int nj 4 "parallel jobs (shards) for feature dumping and label application"
+opt --int nj 4 "parallel jobs (shards) for feature dumping and label application of --train-set"
+opt --int valid_nj 2 "the same for --valid-set"
 opt dump_opts "" "extra options for every 'speechssl features dump'"
 opt kmeans_opts "" "extra options for every 'speechssl kmeans fit'"
 opt --int kmeans_seed 0 "k-means seed"
@@ -81,16 +82,21 @@ iter_features() {
   fi
 }
 
+shards_of() {
+  # the number of shards (jobs) a data set is dumped and labelled in
+  if [[ $1 == "$train_set" ]]; then echo "$nj"; else echo "$valid_nj"; fi
+}
+
 dump_features() {
   # dump_features ITER LAUNCHER ARGS...: dump every data set with `speechssl features dump ARGS`
-  local it=$1 launcher=$2 set store
+  local it=$1 launcher=$2 set n
   shift 2
   for set in $(data_sets); do
-    store="$dump_dir/$(iter_features "$it")/$set"
+    n=$(shards_of "$set")
     # shellcheck disable=SC2086  # option strings are lists of words
-    run_jobs "$launcher" --nj "$nj" "$logs/dump_iter${it}_$set.JOB.log" \
-      speechssl features dump --data "$data_root/$set" "$@" --out "$store" \
-      --nshard "$nj" --rank JOB $dump_opts
+    run_jobs "$launcher" --nj "$n" "$logs/dump_iter${it}_$set.JOB.log" \
+      speechssl features dump --data "$data_root/$set" "$@" \
+      --out "$dump_dir/$(iter_features "$it")/$set" --nshard "$n" --rank JOB $dump_opts
   done
 }
 
@@ -104,12 +110,13 @@ fit_kmeans() {
 
 apply_kmeans() {
   # apply_kmeans ITER: labels for every data set, then the report
-  local it=$1 set ali_opts=()
+  local it=$1 set n ali_opts=()
   for set in $(data_sets); do
-    run_jobs "$dump_cmd" --nj "$nj" "$logs/labels_iter${it}_$set.JOB.log" \
+    n=$(shards_of "$set")
+    run_jobs "$dump_cmd" --nj "$n" "$logs/labels_iter${it}_$set.JOB.log" \
       speechssl kmeans apply --kmeans "$exp_dir/iter$it/kmeans" \
       --features "$dump_dir/$(iter_features "$it")/$set" --out "$exp_dir/iter$it/labels/$set" \
-      --nshard "$nj" --rank JOB
+      --nshard "$n" --rank JOB
   done
   if [[ -n $alignments ]]; then ali_opts=(--alignments "$data_root/$report_set/$alignments"); fi
   run_jobs "$dump_cmd" "$logs/report_iter$it.log" \

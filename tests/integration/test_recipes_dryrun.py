@@ -178,3 +178,79 @@ def test_label_free_templates(tmp_path: Path) -> None:
         REPO / "recipes" / "w2v_bert.sh", "--dry-run", "true", "--stage", "3", "--stop-stage", "3"
     )
     assert opts(inner(stages(res.stdout)[3][0]))["model"] == "w2v_bert_base"
+
+
+def test_librispeech_hubert_published_settings(tmp_path: Path) -> None:
+    res = run(EGS / "librispeech" / "hubert" / "run.sh", "--dry-run", "true", "--exp-dir", tmp_path)
+    assert res.returncode == 0, res.stderr
+    plan = stages(res.stdout)
+    assert opts(plan[1][0])["--corpus-dir"] == "downloads/LibriSpeech"
+    fit1 = opts(inner(plan[4][0]))
+    assert (fit1["--k"], fit1["--percent"]) == ("100", "10")
+    assert fit1["--features"] == f"{tmp_path}/dump/mfcc/train_960"
+    train1 = opts(inner(plan[6][0]))
+    assert train1["model"] == "hubert_base" and train1["trainer.max_steps"] == "250000"
+    # 8 GPUs of one machine reach the 32-GPU batch with 4 accumulated micro-batches
+    assert opts(plan[6][0])["--nproc"] == "8" and train1["trainer.grad_accum"] == "4"
+    assert opts(inner(plan[7][0]))["--layer"] == "6"
+    assert opts(inner(plan[8][0]))["--k"] == "500"
+    train2 = opts(inner(plan[10][0]))
+    assert train2["trainer.max_steps"] == "400000"
+    assert train2["data.labels"] == f"[{tmp_path}/iter2/labels/train_960]"
+    # the same on 4 nodes x 8 GPUs needs no accumulation
+    res = run(
+        EGS / "librispeech" / "hubert" / "run.sh", "--dry-run", "true", "--stage", "6",
+        "--stop-stage", "6", "--train-nodes", "4",
+    )  # fmt: skip
+    assert opts(inner(stages(res.stdout)[6][0]))["trainer.grad_accum"] == "1"
+
+
+def test_librispeech_wav2vec2_published_settings(tmp_path: Path) -> None:
+    res = run(
+        EGS / "librispeech" / "wav2vec2" / "run.sh", "--dry-run", "true", "--exp-dir", tmp_path
+    )
+    assert res.returncode == 0, res.stderr
+    train = opts(inner(stages(res.stdout)[3][0]))
+    assert train["model"] == "wav2vec2_base" and train["trainer.max_steps"] == "400000"
+    assert train["trainer.grad_accum"] == "8"  # 64 GPUs' batch on 8
+
+
+def test_librilight_hubert_large_plan_and_slurm_lines(tmp_path: Path) -> None:
+    res = run(EGS / "librilight" / "hubert" / "run.sh", "--dry-run", "true", "--exp-dir", tmp_path)
+    assert res.returncode == 0, res.stderr
+    plan = stages(res.stdout)
+    assert all(plan[n] == [] for n in (7, 8, 9, 10))  # one iteration
+    dump = plan[3][0]
+    assert dump[0] == "launch_slurm.sh" and opts(dump)["--nj"] == "1000"
+    dump_cmd = opts(inner(dump))
+    assert dump_cmd["--kind"] == "model" and dump_cmd["--layer"] == "9"
+    assert dump_cmd["--dtype"] == "float16"
+    assert dump_cmd["--checkpoint"] == "../../librispeech/hubert/exp/hubert/iter2/train/final"
+    assert opts(plan[3][1])["--nj"] == "8"  # the validation set gets fewer shards
+    fit = plan[4][0]
+    assert (opts(fit)["--nodes"], opts(fit)["--nproc"]) == ("4", "8")
+    assert opts(inner(fit))["--k"] == "500"
+    train = plan[6][0]
+    assert (opts(train)["--nodes"], opts(train)["--nproc"]) == ("16", "8")
+    tr = opts(inner(train))
+    assert tr["model"] == "hubert_large" and tr["trainer.max_steps"] == "400000"
+    assert tr["trainer.grad_accum"] == "1" and tr["data.max_batch_seconds"] == "56.25"
+
+    # the launcher lines themselves expand to srun steps (multi-node k-means: one torchrun
+    # per node; sharded dumping: one single-task step per shard)
+    res = subprocess.run(
+        ["bash", str(REPO / "recipes" / "utils" / fit[0]), "--dry-run", "true", *fit[1:]],
+        capture_output=True, text=True, env=_env(), timeout=30,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    srun = shlex.split(res.stdout.split(" > ")[0])
+    assert srun[0] == "srun" and "--nodes=4" in srun and "--ntasks-per-node=1" in srun
+    assert srun[srun.index("--nproc") + 1] == "8"
+    assert srun[srun.index("--nproc") - 1].endswith("slurm_torchrun_node.sh")
+    res = subprocess.run(
+        ["bash", str(REPO / "recipes" / "utils" / dump[0]), "--dry-run", "true", *dump[1:]],
+        capture_output=True, text=True, env=_env(), timeout=30,
+    )  # fmt: skip
+    lines = res.stdout.splitlines()
+    assert len(lines) == 1000
+    assert "--gpus-per-node=1" in lines[999] and "--rank 999" in lines[999]
