@@ -62,6 +62,7 @@ from speechssl.utils.atomic import atomic_dir, atomic_write_json, atomic_write_t
 log = logging.getLogger(__name__)
 
 NOISE_TYPES = ("white", "pink", "babble")
+_BABBLE_TEXT = TextMix(keyword=0, word=0, digits=0.3, sentence=0.7)  # running speech
 
 
 class SynthError(ItemError):
@@ -161,7 +162,8 @@ class NoiseSpec:
     kind: str
     snr_db: float
     seed: tuple[int, ...]
-    babble: tuple[tuple[str, VoiceSettings], ...] = ()
+    babble: tuple[tuple[str, VoiceSettings, int], ...] = ()
+    """Babble talkers: (text, voice, synthesis seed)."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -180,6 +182,7 @@ class UtteranceSpec:
     speaker: Speaker
     text: UtteranceText
     settings: VoiceSettings
+    synth_seed: int
     lead_silence: float
     trail_silence: float
     level_dbfs: float
@@ -253,6 +256,7 @@ class CorpusPlan:
             pitch_shift=int(rng.integers(-cfg.pitch_jitter, cfg.pitch_jitter + 1)),
             range_shift=int(rng.integers(-cfg.range_jitter, cfg.range_jitter + 1)),
         )
+        synth_seed = int(rng.integers(2**31))
         lead = float(rng.uniform(*cfg.lead_silence))
         trail = float(rng.uniform(*cfg.trail_silence))
         level = float(rng.uniform(*cfg.level_dbfs))
@@ -267,20 +271,14 @@ class CorpusPlan:
         if cfg.noise and rng.random() < cfg.noise_prob:
             kind = cfg.noise_types[int(rng.integers(len(cfg.noise_types)))]
             snr = float(rng.uniform(*cfg.snr_db))
-            babble: list[tuple[str, VoiceSettings]] = []
+            babble: list[tuple[str, VoiceSettings, int]] = []
             if kind == "babble":
                 pool = [s for s in self.by_split[spk.split] if s.spk_id != spk.spk_id] or [spk]
                 n_talkers = int(rng.integers(cfg.babble_talkers[0], cfg.babble_talkers[1] + 1))
                 for _ in range(n_talkers):
                     other = pool[int(rng.integers(len(pool)))]
-                    babble.append(
-                        (
-                            sample_text(
-                                rng, TextMix(keyword=0, word=0, digits=0.3, sentence=0.7)
-                            ).spoken,
-                            other.settings(),
-                        )
-                    )
+                    talker_text = sample_text(rng, _BABBLE_TEXT).spoken
+                    babble.append((talker_text, other.settings(), int(rng.integers(2**31))))
             noise = NoiseSpec(
                 kind=kind, snr_db=snr, seed=(self.seed, 4, index), babble=tuple(babble)
             )
@@ -290,6 +288,7 @@ class CorpusPlan:
             speaker=spk,
             text=text,
             settings=settings,
+            synth_seed=synth_seed,
             lead_silence=lead,
             trail_silence=trail,
             level_dbfs=level,
@@ -331,9 +330,9 @@ class UtteranceRenderer:
             torch.set_num_threads(threads)
         return out.numpy().astype(np.float64)
 
-    def _speak(self, utt_id: str, text: str, settings: VoiceSettings) -> SynthResult:
+    def _speak(self, utt_id: str, text: str, settings: VoiceSettings, seed: int) -> SynthResult:
         try:
-            result = self.synth.synthesize(text, settings)
+            result = self.synth.synthesize(text, settings, seed=seed)
         except SpeechSSLError as exc:
             raise SynthError(utt_id, f"eSpeak NG failed on {text!r}: {exc}") from exc
         if len(result.samples) == 0:
@@ -342,7 +341,7 @@ class UtteranceRenderer:
 
     def render(self, spec: UtteranceSpec) -> UtteranceRecord:
         sr = self.sample_rate
-        result = self._speak(spec.utt_id, spec.text.spoken, spec.settings)
+        result = self._speak(spec.utt_id, spec.text.spoken, spec.settings, spec.synth_seed)
         native = result.sample_rate
         speech = self._resample(result.samples.astype(np.float64) / 32768.0, native)
         phones = [(p.start, normalize_phone(p.name)) for p in result.phones]
@@ -390,8 +389,8 @@ class UtteranceRenderer:
                 noise = augment.pink_noise(nrng, total)
             else:
                 talkers = []
-                for k, (text, settings) in enumerate(spec.noise.babble):
-                    res = self._speak(f"{spec.utt_id}(babble {k})", text, settings)
+                for k, (text, settings, seed) in enumerate(spec.noise.babble):
+                    res = self._speak(f"{spec.utt_id}(babble {k})", text, settings, seed)
                     talkers.append(
                         self._resample(res.samples.astype(np.float64) / 32768.0, res.sample_rate)
                     )
