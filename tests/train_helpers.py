@@ -37,14 +37,18 @@ def run_train(
     )
 
 
-def start_train(overrides: list[str], *, cwd: Path, log: Path, **env: str) -> subprocess.Popen[bytes]:
+def start_train(
+    overrides: list[str], *, cwd: Path, log: Path, **env: str
+) -> subprocess.Popen[bytes]:
     with open(log, "wb") as fh:
         return subprocess.Popen(
             train_cmd(overrides), cwd=cwd, env=train_env(**env), stdout=fh, stderr=subprocess.STDOUT
         )
 
 
-def wait_for(cond: Callable[[], bool], proc: subprocess.Popen[bytes], timeout: float, what: str) -> None:
+def wait_for(
+    cond: Callable[[], bool], proc: subprocess.Popen[bytes], timeout: float, what: str
+) -> None:
     deadline = time.monotonic() + timeout
     while not cond():
         if proc.poll() is not None:

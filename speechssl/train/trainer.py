@@ -863,8 +863,14 @@ class Trainer:
         for name, d in zip(self.stream_names, self.cfg.data.labels):
             meta = LabelsMeta.read(d)
             labels.append(
-                {"stream": name, "dir": str(d), "k": meta.k, "label_rate": meta.label_rate,
-                 "kmeans": meta.kmeans, "source": meta.source}  # fmt: skip
+                {
+                    "stream": name,
+                    "dir": str(d),
+                    "k": meta.k,
+                    "label_rate": meta.label_rate,
+                    "kmeans": meta.kmeans,
+                    "source": meta.source,
+                }
             )
         return {
             "exp_dir": str(self.exp_dir),

@@ -8,7 +8,9 @@ import pytest
 
 
 @pytest.fixture(scope="session")
-def synth_km_labels(synth_corpus: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+def synth_km_labels(
+    synth_corpus: Path, tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, Path]:
     """Unit labels of the bundled corpus' train and dev splits from MFCC k-means (K=20),
     made with the real commands (features dump, kmeans fit, kmeans apply). Returns
     ``{"train": DIR, "dev": DIR}``; both dirs are named ``km20`` (the stream name)."""

@@ -9,11 +9,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from train_helpers import base_overrides, events, records, run_train
 
 from speechssl.cli.main import main
 from speechssl.models.io import load_model_dir
 from speechssl.train import checkpoint as ckpt
-from train_helpers import base_overrides, events, records, run_train
 
 
 def test_hubert_tiny_learns_on_the_bundled_corpus(
@@ -54,7 +54,9 @@ def test_hubert_tiny_learns_on_the_bundled_corpus(
     dev = records(exp, "dev")
     assert [d["step"] for d in dev] == [20, 40] and dev[-1]["loss"] < dev[0]["loss"] * 1.05
     data_event = events(exp, "data")[0]
-    assert data_event["kept"] + data_event["too_short"] + data_event["too_long"] == data_event["total"]
+    assert (
+        data_event["kept"] + data_event["too_short"] + data_event["too_long"] == data_event["total"]
+    )
     # checkpoints, best, resolved config, TensorBoard, curves
     complete, _ = ckpt.list_checkpoints(exp / "checkpoints")
     assert [c.step for c in complete] == [20, 40]

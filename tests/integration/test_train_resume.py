@@ -6,9 +6,9 @@ import signal
 from pathlib import Path
 
 import pytest
+from train_helpers import base_overrides, events, losses, run_train, start_train, wait_for
 
 from speechssl.train import checkpoint as ckpt
-from train_helpers import base_overrides, events, losses, run_train, start_train, wait_for
 
 
 def test_killed_run_resumes_bitwise_mid_epoch(train_data: list[str], tmp_path: Path) -> None:
@@ -16,7 +16,9 @@ def test_killed_run_resumes_bitwise_mid_epoch(train_data: list[str], tmp_path: P
     n, m = 6, 5
     common = [*train_data, *base_overrides(), "data.num_workers=1"]
     straight = tmp_path / "straight"
-    res = run_train([*common, f"trainer.exp_dir={straight}", f"trainer.max_steps={n + m}"], cwd=tmp_path)
+    res = run_train(
+        [*common, f"trainer.exp_dir={straight}", f"trainer.max_steps={n + m}"], cwd=tmp_path
+    )
     assert res.returncode == 0, res.stderr[-3000:]
     per_epoch = events(straight, "plan")[0]["batches_per_rank"]
     assert n % per_epoch != 0 and n + m > per_epoch * (n // per_epoch + 1), (
@@ -48,6 +50,7 @@ def test_killed_run_resumes_bitwise_mid_epoch(train_data: list[str], tmp_path: P
         assert got[step] == want[step], f"step {step}: {got[step]!r} != {want[step]!r}"
 
 
+@pytest.mark.slow
 def test_kill_during_save_keeps_previous_and_corrupt_is_refused(
     train_data: list[str], tmp_path: Path
 ) -> None:

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from train_helpers import base_overrides, events, losses, records, run_train, train_env
 
 from speechssl.train import checkpoint as ckpt
-from train_helpers import base_overrides, events, losses, records, run_train, train_env
 
 
 @pytest.fixture
@@ -41,7 +41,9 @@ def _torchrun(overrides: list[str], cwd: Path, nproc: int = 2) -> subprocess.Com
         "speechssl.train",
         *overrides,
     ]
-    return subprocess.run(cmd, cwd=cwd, env=train_env(), capture_output=True, text=True, timeout=600)
+    return subprocess.run(
+        cmd, cwd=cwd, env=train_env(), capture_output=True, text=True, timeout=600
+    )
 
 
 def _compare_runs(one: Path, two: Path, steps: int) -> None:
@@ -60,7 +62,9 @@ def _compare_runs(one: Path, two: Path, steps: int) -> None:
 def test_two_process_ddp_matches_one_process(hubert_data: list[str], tmp_path: Path) -> None:
     """2 gloo ranks x 1 micro-batch == 1 process x 2 accumulated micro-batches."""
     common = [*hubert_data, *base_overrides(), "trainer.max_steps=4"]
-    res = run_train([*common, f"trainer.exp_dir={tmp_path / 'one'}", "trainer.grad_accum=2"], cwd=tmp_path)
+    res = run_train(
+        [*common, f"trainer.exp_dir={tmp_path / 'one'}", "trainer.grad_accum=2"], cwd=tmp_path
+    )
     assert res.returncode == 0, res.stderr[-3000:]
     res = _torchrun([*common, f"trainer.exp_dir={tmp_path / 'two'}"], cwd=tmp_path)
     assert res.returncode == 0, res.stderr[-3000:]
@@ -71,11 +75,18 @@ def test_two_process_ddp_matches_one_process(hubert_data: list[str], tmp_path: P
 
 @pytest.mark.distributed
 @pytest.mark.slow
-def test_two_process_fsdp2_matches_one_process_and_resumes(train_data: list[str], tmp_path: Path) -> None:
+def test_two_process_fsdp2_matches_one_process_and_resumes(
+    train_data: list[str], tmp_path: Path
+) -> None:
     """FSDP2 (fully_shard) over 2 gloo CPU ranks, with a resume through full state dicts."""
     common = [*train_data, *base_overrides(), "trainer.save_every=2"]
     res = run_train(
-        [*common, f"trainer.exp_dir={tmp_path / 'one'}", "trainer.grad_accum=2", "trainer.max_steps=4"],
+        [
+            *common,
+            f"trainer.exp_dir={tmp_path / 'one'}",
+            "trainer.grad_accum=2",
+            "trainer.max_steps=4",
+        ],
         cwd=tmp_path,
     )
     assert res.returncode == 0, res.stderr[-3000:]
@@ -118,10 +129,13 @@ def test_fp16_nonfinite_step_is_skipped_and_loss_scale_lowered(
     assert train[-1]["loss_scale"] <= 64.0
 
 
+@pytest.mark.slow
 def test_repeated_nonfinite_stops_with_message_and_saved_state(
     train_data: list[str], synth_corpus: Path, tmp_path: Path
 ) -> None:
-    every = [line.split()[0] for line in (synth_corpus / "train" / "utt2dur").read_text().splitlines()]
+    every = [
+        line.split()[0] for line in (synth_corpus / "train" / "utt2dur").read_text().splitlines()
+    ]
     exp = tmp_path / "exp"
     res = run_train(
         [
