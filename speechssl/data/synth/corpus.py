@@ -203,7 +203,8 @@ class UtteranceRecord:
     words: tuple[str, ...]
     kind: str
     keyword: str | None
-    labels: tuple[str, ...]
+    labels: str
+    """Frame phone labels, space separated (a string: compact for long corpora)."""
     aug: str
 
 
@@ -422,7 +423,7 @@ class UtteranceRenderer:
             words=spec.text.words,
             kind=spec.text.kind,
             keyword=spec.text.keyword,
-            labels=tuple(frame_labels(bounds, total, sr)),
+            labels=" ".join(frame_labels(bounds, total, sr)),
             aug="+".join(aug) or "clean",
         )
 
@@ -631,7 +632,7 @@ def _write_tables(
 
     config = plan.config
     sr = config.sample_rate
-    table = phone_table(sym for rec in records for sym in rec.labels)
+    table = phone_table({sym for rec in records for sym in rec.labels.split()})
     write_phone_table(tmp / "phones.txt", table)
     splits: dict[str, dict[str, float]] = {}
     speakers_by_id = {s.spk_id: s for s in plan.speakers}
@@ -654,7 +655,7 @@ def _write_tables(
                 "spk2voice": {s: speakers_by_id[s].describe() for s in spk_ids},
             },
         )
-        write_alignments(ddir / "ali.phones", {r.utt_id: r.labels for r in recs})
+        write_alignments(ddir / "ali.phones", {r.utt_id: r.labels.split() for r in recs})
         write_phone_table(ddir / "phones.txt", table)
         splits[split] = {
             "utterances": len(recs),
