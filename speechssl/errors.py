@@ -34,6 +34,10 @@ class ItemError(SpeechSSLError):
         loc = f" ({where})" if where else ""
         super().__init__(f"{item}{loc}: {reason}")
 
+    def __reduce__(self) -> tuple[type, tuple[str, str, str | None]]:
+        # rebuild from the fields, so the error survives pickling between worker processes
+        return (type(self), (self.item, self.reason, self.where))
+
 
 class DataDirError(ItemError):
     """A Kaldi data directory file is malformed or inconsistent."""

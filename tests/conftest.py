@@ -35,20 +35,21 @@ def _seed() -> None:
 
 @pytest.fixture(scope="session")
 def synth_corpus(tmp_path_factory: pytest.TempPathFactory):
-    """A tiny bundled-synth corpus, built once per test session (about two seconds).
+    """A tiny bundled-synth corpus, built once per test session (a few seconds).
 
-    Returns the corpus root (a ``pathlib.Path``) as written by
-    ``speechssl.data.synth.make_corpus(root, hours=0.01, seed=123, num_speakers=6)``:
-    ``train/`` (4 speakers), ``dev/`` and ``test/`` (1 speaker each), each a Kaldi data dir
-    with ``wav/`` (16 kHz 16-bit mono), ``wav.scp`` (absolute paths), ``text``, ``utt2spk``,
-    ``spk2utt``, ``utt2dur``, ``utt2num_samples``, ``spk2gender``, ``ali.phones`` (one
-    phone per 10 ms frame), ``phones.txt``, ``utt2keyword`` (isolated words only), plus
-    ``meta.json``/``README``/``phones.txt`` at the root; about 36 s of audio in ~18
-    utterances. Clean speech with a faint noise floor, no noise/reverb. Treat it as
-    read-only: it is shared by every test that asks for it.
+    Returns the corpus root (a ``pathlib.Path``) written by
+    ``speechssl.data.synth.make_corpus`` with seed 123, 0.01 h (about 36 s, ~18
+    utterances) and 8 speakers split 4/2/2: ``train/``, ``dev/``, ``test/``, each a Kaldi
+    data dir with ``wav/`` (16 kHz 16-bit mono), ``wav.scp`` (absolute paths), ``text``,
+    ``utt2spk``, ``spk2utt``, ``utt2dur``, ``utt2num_samples``, ``spk2gender``,
+    ``ali.phones`` (one phone per 10 ms frame), ``phones.txt``, ``utt2keyword`` (isolated
+    words only), ``utt2kind``, ``utt2aug``, ``spk2voice``; ``meta.json``, ``README`` and
+    ``phones.txt`` at the root. Clean speech with a faint noise floor, no noise/reverb.
+    Treat it as read-only: every test that asks for it shares it.
     """
-    from speechssl.data.synth import make_corpus
+    from speechssl.data.synth import SpeakerConfig, SynthCorpusConfig, make_corpus
 
     root = tmp_path_factory.mktemp("synth") / "corpus"
-    make_corpus(root, hours=0.01, seed=123, num_speakers=6, nj=1)
+    speakers = SpeakerConfig(num_speakers=8, dev_fraction=0.25, test_fraction=0.25)
+    make_corpus(root, seed=123, nj=1, config=SynthCorpusConfig(hours=0.01, speakers=speakers))
     return root

@@ -3,7 +3,10 @@
 Sorts every table (``LC_ALL=C``), drops blank, undecodable and malformed lines and repeated
 keys (first one kept), keeps only utterances present in every per-utterance file,
 regenerates ``spk2utt`` from ``utt2spk``, keeps only the recordings the remaining
-utterances use and the speakers they belong to. Each file's change is reported as
+utterances use and the speakers they belong to. Extra keyed tables (``utt2*``, ``spk2*``,
+``reco2*``, ``text.*``, ``ali.*`` and ``--utt-extra-files``) may cover a subset of the keys:
+they are filtered to the kept keys but never cause others to be dropped (as in Kaldi's
+``--utt-extra-files``). Each file's change is reported as
 ``filtered X: N -> M``. The original tables are copied to ``.backup/`` first (later fixes
 use ``.backup.1/``, ``.backup.2/``, ... so originals are never overwritten); every write is
 atomic; audio files are never touched. Fixing an already consistent dir changes nothing.
@@ -17,7 +20,14 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from speechssl.data.kaldi_dir import RECO, SPK, TABLES, UTT, spk2utt_from_utt2spk
+from speechssl.data.kaldi_dir import (
+    RECO,
+    SPK,
+    TABLES,
+    UTT,
+    extra_table_kind,
+    spk2utt_from_utt2spk,
+)
 from speechssl.data.tables import c_sort_key
 from speechssl.errors import DataDirError
 from speechssl.utils.atomic import atomic_dir, atomic_open
@@ -64,8 +74,8 @@ class FixReport:
             out.append(f"originals kept in {self.backup_dir}")
         if self.untouched:
             out.append(
-                "left as is (not keyed tables fix knows; pass --utt-extra-files to filter "
-                "per-utterance ones): " + " ".join(self.untouched)
+                "left as is (not tables fix knows; --utt-extra-files filters per-utterance "
+                "ones): " + " ".join(self.untouched)
             )
         if not self.changed:
             out.append(f"{self.data_dir}: already consistent, nothing changed")
@@ -158,8 +168,11 @@ def fix_data_dir(
     if not (ddir / "wav.scp").is_file():
         raise DataDirError(str(ddir / "wav.scp"), "cannot fix a data dir without wav.scp")
     kinds = {name: spec.key for name, spec in TABLES.items() if name not in _SKIP_FILES}
-    for extra in utt_extra_files:
-        kinds[extra] = UTT
+    # extra tables may cover a subset of their keys: filtered, but never used to drop keys
+    subset_only = {p.name for p in ddir.iterdir() if p.is_file() and extra_table_kind(p.name)}
+    subset_only |= set(utt_extra_files)
+    for name in sorted(subset_only):
+        kinds[name] = extra_table_kind(name) or UTT
     has_segments = (ddir / "segments").is_file()
     if not has_segments:
         kinds["wav.scp"] = UTT
@@ -173,13 +186,18 @@ def fix_data_dir(
     utt_tables = [t for t in tables.values() if t.key == UTT]
     utts = set(tables["utt2spk"].rows)
     for t in utt_tables:
-        utts &= set(t.rows)
+        if t.name not in subset_only:
+            utts &= set(t.rows)
     if has_segments:
         recos_available = set(tables["wav.scp"].rows)
         seg = tables["segments"]
         utts = {u for u in utts if seg.rows[u].split()[1] in recos_available}
     for t in utt_tables:
-        _keep(t, utts, "not in every per-utterance file")
+        _keep(
+            t,
+            utts,
+            "utterance dropped" if t.name in subset_only else "not in every per-utterance file",
+        )
     if has_segments:
         used = {tables["segments"].rows[u].split()[1] for u in utts}
         for t in tables.values():

@@ -79,6 +79,28 @@ TABLES: dict[str, TableSpec] = {
 }
 
 
+#: name patterns of extra keyed tables (e.g. the bundled corpus's ``ali.phones``,
+#: ``utt2keyword``, ``spk2voice``): they may cover a subset of the keys (validate checks
+#: they name no unknown key, fix filters them to the kept ones, never the reverse)
+EXTRA_TABLE_PREFIXES: tuple[tuple[str, str], ...] = (
+    ("utt2", UTT),
+    ("text.", UTT),
+    ("ali.", UTT),
+    ("spk2", SPK),
+    ("reco2", RECO),
+)
+
+
+def extra_table_kind(name: str) -> str | None:
+    """``utterance`` / ``speaker`` / ``recording`` for an extra keyed table, else None."""
+    if name in TABLES:
+        return None
+    for prefix, kind in EXTRA_TABLE_PREFIXES:
+        if name.startswith(prefix) and len(name) > len(prefix):
+            return kind
+    return None
+
+
 @dataclass(frozen=True)
 class Segment:
     """One ``segments`` line: a slice of a recording, in seconds."""

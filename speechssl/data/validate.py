@@ -44,7 +44,7 @@ import numpy as np
 import soundfile as sf
 
 from speechssl.data.audio import AudioError, AudioSource, probe
-from speechssl.data.kaldi_dir import TABLES, parse_wav_entry
+from speechssl.data.kaldi_dir import RECO, SPK, TABLES, UTT, extra_table_kind, parse_wav_entry
 from speechssl.errors import ConfigError, DataDirError
 
 ERROR, WARNING = "error", "warning"
@@ -477,14 +477,15 @@ class _Validator:
         for lineno, key, _ in iter_rows(self.dir / name):
             yield lineno, key
 
-    def compare_keys(self, ref: str, other: str, what: str) -> None:
-        """Report keys of ``other`` that are not in ``ref`` and vice versa."""
+    def compare_keys(self, ref: str, other: str, what: str, subset: bool = False) -> None:
+        """Report keys of ``other`` that are not in ``ref`` and (unless ``subset``) vice versa."""
         a, b = self.scans.get(ref), self.scans.get(other)
         if a is None or b is None:
             return
         if a.orderly and b.orderly and a.digest == b.digest:
             return
         ref_name = ref
+        report_missing = not subset
         missing = extra = 0
         if a.orderly and b.orderly:
             it_a, it_b = self.keys_of(ref), self.keys_of(other)
@@ -494,10 +495,15 @@ class _Validator:
                 kb = y[1] if y is not None else None
                 if kb is None or (ka is not None and ka < kb):
                     assert x is not None
-                    missing += 1
-                    self.err(
-                        "key-mismatch", other, None, x[1], f"{what} in {ref_name} is missing here"
-                    )
+                    if report_missing:
+                        missing += 1
+                        self.err(
+                            "key-mismatch",
+                            other,
+                            None,
+                            x[1],
+                            f"{what} in {ref_name} is missing here",
+                        )
                     x = next(it_a, None)
                 elif ka is None or kb < ka:
                     assert y is not None
@@ -514,7 +520,7 @@ class _Validator:
                 if key not in ref_set:
                     extra += 1
                     self.err("key-mismatch", other, lineno, key, f"{what} not in {ref_name}")
-            for key in sorted(ref_set - other_set):
+            for key in sorted(ref_set - other_set) if report_missing else []:
                 missing += 1
                 self.err("key-mismatch", other, None, key, f"{what} in {ref_name} is missing here")
         if missing or extra:
@@ -542,6 +548,7 @@ class _Validator:
         self.check_speaker_files()
         self.check_recording_files(has_segments, seg_recos)
         self.check_duration_agreement(has_segments)
+        self.check_extra_tables(has_segments)
         self.report.stats.update(
             utterances=self.scans["utt2spk"].lines if "utt2spk" in self.scans else 0,
             recordings=self.scans["wav.scp"].lines if "wav.scp" in self.scans else 0,
@@ -907,6 +914,17 @@ class _Validator:
         ref = "wav.scp" if has_segments else "utt2spk"
         for name in ("reco2dur", "reco2file_and_channel"):
             self.compare_keys(ref, name, "recording")
+
+    def check_extra_tables(self, has_segments: bool) -> None:
+        """Extra keyed tables (``utt2*``, ``spk2*``, ``reco2*``, ``text.*``, ``ali.*``): well
+        formed, sorted, and naming only known keys (they may cover a subset)."""
+        refs = {UTT: "utt2spk", SPK: "spk2utt", RECO: "wav.scp" if has_segments else "utt2spk"}
+        for path in sorted(self.dir.iterdir()):
+            kind = extra_table_kind(path.name) if path.is_file() else None
+            if kind is None:
+                continue
+            self.scan(path.name)
+            self.compare_keys(refs[kind], path.name, kind, subset=True)
 
     def check_duration_agreement(self, has_segments: bool) -> None:
         tol = self.opts.duration_tolerance

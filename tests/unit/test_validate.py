@@ -402,3 +402,14 @@ def test_options_and_missing_dir(tmp_path):
         ValidateOptions(level="quick")
     with pytest.raises(DataDirError, match="does not exist"):
         validate_data_dir(tmp_path / "nope")
+
+
+def test_extra_tables_may_be_subsets_but_name_no_unknown_key(clean):
+    _write(clean, "utt2keyword", ["spk0-u001 yes\n"])
+    _write(clean, "ali.phones", ["spk0-u000 SIL a b\n", "spk9-u000 SIL\n"])
+    _write(clean, "spk2voice", ["spk1 en\n", "spk0 en\n"])
+    r = _validate(clean, level="fast")
+    assert {(p.code, p.file, p.key) for p in r.problems} == {
+        ("key-mismatch", "ali.phones", "spk9-u000"),
+        ("not-sorted", "spk2voice", "spk0"),
+    }

@@ -62,6 +62,7 @@ from speechssl.utils.atomic import atomic_dir, atomic_write_json, atomic_write_t
 log = logging.getLogger(__name__)
 
 NOISE_TYPES = ("white", "pink", "babble")
+_BABBLE_TEXT = TextMix(keyword=0, word=0, digits=0.3, sentence=0.7)  # running speech
 
 
 class SynthError(ItemError):
@@ -161,7 +162,8 @@ class NoiseSpec:
     kind: str
     snr_db: float
     seed: tuple[int, ...]
-    babble: tuple[tuple[str, VoiceSettings], ...] = ()
+    babble: tuple[tuple[str, VoiceSettings, int, float], ...] = ()
+    """Babble talkers: (text, voice, synthesis seed, warp)."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -180,6 +182,7 @@ class UtteranceSpec:
     speaker: Speaker
     text: UtteranceText
     settings: VoiceSettings
+    synth_seed: int
     lead_silence: float
     trail_silence: float
     level_dbfs: float
@@ -200,7 +203,8 @@ class UtteranceRecord:
     words: tuple[str, ...]
     kind: str
     keyword: str | None
-    labels: tuple[str, ...]
+    labels: str
+    """Frame phone labels, space separated (a string: compact for long corpora)."""
     aug: str
 
 
@@ -253,6 +257,7 @@ class CorpusPlan:
             pitch_shift=int(rng.integers(-cfg.pitch_jitter, cfg.pitch_jitter + 1)),
             range_shift=int(rng.integers(-cfg.range_jitter, cfg.range_jitter + 1)),
         )
+        synth_seed = int(rng.integers(2**31))
         lead = float(rng.uniform(*cfg.lead_silence))
         trail = float(rng.uniform(*cfg.trail_silence))
         level = float(rng.uniform(*cfg.level_dbfs))
@@ -267,20 +272,15 @@ class CorpusPlan:
         if cfg.noise and rng.random() < cfg.noise_prob:
             kind = cfg.noise_types[int(rng.integers(len(cfg.noise_types)))]
             snr = float(rng.uniform(*cfg.snr_db))
-            babble: list[tuple[str, VoiceSettings]] = []
+            babble: list[tuple[str, VoiceSettings, int, float]] = []
             if kind == "babble":
                 pool = [s for s in self.by_split[spk.split] if s.spk_id != spk.spk_id] or [spk]
                 n_talkers = int(rng.integers(cfg.babble_talkers[0], cfg.babble_talkers[1] + 1))
                 for _ in range(n_talkers):
                     other = pool[int(rng.integers(len(pool)))]
-                    babble.append(
-                        (
-                            sample_text(
-                                rng, TextMix(keyword=0, word=0, digits=0.3, sentence=0.7)
-                            ).spoken,
-                            other.settings(),
-                        )
-                    )
+                    talker_text = sample_text(rng, _BABBLE_TEXT).spoken
+                    talker_seed = int(rng.integers(2**31))
+                    babble.append((talker_text, other.settings(), talker_seed, other.warp))
             noise = NoiseSpec(
                 kind=kind, snr_db=snr, seed=(self.seed, 4, index), babble=tuple(babble)
             )
@@ -290,6 +290,7 @@ class CorpusPlan:
             speaker=spk,
             text=text,
             settings=settings,
+            synth_seed=synth_seed,
             lead_silence=lead,
             trail_silence=trail,
             level_dbfs=level,
@@ -331,9 +332,9 @@ class UtteranceRenderer:
             torch.set_num_threads(threads)
         return out.numpy().astype(np.float64)
 
-    def _speak(self, utt_id: str, text: str, settings: VoiceSettings) -> SynthResult:
+    def _speak(self, utt_id: str, text: str, settings: VoiceSettings, seed: int) -> SynthResult:
         try:
-            result = self.synth.synthesize(text, settings)
+            result = self.synth.synthesize(text, settings, seed=seed)
         except SpeechSSLError as exc:
             raise SynthError(utt_id, f"eSpeak NG failed on {text!r}: {exc}") from exc
         if len(result.samples) == 0:
@@ -342,9 +343,12 @@ class UtteranceRenderer:
 
     def render(self, spec: UtteranceSpec) -> UtteranceRecord:
         sr = self.sample_rate
-        result = self._speak(spec.utt_id, spec.text.spoken, spec.settings)
+        result = self._speak(spec.utt_id, spec.text.spoken, spec.settings, spec.synth_seed)
         native = result.sample_rate
-        speech = self._resample(result.samples.astype(np.float64) / 32768.0, native)
+        # the speaker's warp: treat the samples as recorded at a higher/lower rate; rounded
+        # to 50 Hz so the resampling ratio reduces to a short polyphase kernel
+        played = _warped_rate(native, spec.speaker.warp)
+        speech = self._resample(result.samples.astype(np.float64) / 32768.0, played)
         phones = [(p.start, normalize_phone(p.name)) for p in result.phones]
         if not any(sym != SILENCE for _, sym in phones):
             raise SynthError(spec.utt_id, f"no phoneme events for {spec.text.spoken!r}")
@@ -362,7 +366,7 @@ class UtteranceRenderer:
         signal = np.zeros(total)
         signal[lead : lead + len(speech)] = speech
         # phone boundaries on the output timeline; the synthesized span ends in silence
-        bounds = [(lead + round(s * sr / native), sym) for s, sym in phones]
+        bounds = [(lead + round(s * sr / played), sym) for s, sym in phones]
         bounds = [(min(max(b, lead), lead + len(speech)), sym) for b, sym in bounds]
         bounds.append((lead + len(speech), SILENCE))
         speech_mask = np.zeros(total, dtype=bool)
@@ -390,10 +394,11 @@ class UtteranceRenderer:
                 noise = augment.pink_noise(nrng, total)
             else:
                 talkers = []
-                for k, (text, settings) in enumerate(spec.noise.babble):
-                    res = self._speak(f"{spec.utt_id}(babble {k})", text, settings)
+                for k, (text, settings, seed, warp) in enumerate(spec.noise.babble):
+                    res = self._speak(f"{spec.utt_id}(babble {k})", text, settings, seed)
+                    played_k = _warped_rate(res.sample_rate, warp)
                     talkers.append(
-                        self._resample(res.samples.astype(np.float64) / 32768.0, res.sample_rate)
+                        self._resample(res.samples.astype(np.float64) / 32768.0, played_k)
                     )
                 noise = augment.babble_noise(nrng, talkers, total)
             signal = augment.add_noise(signal, noise, spec.noise.snr_db, speech_mask)
@@ -418,9 +423,14 @@ class UtteranceRenderer:
             words=spec.text.words,
             kind=spec.text.kind,
             keyword=spec.text.keyword,
-            labels=tuple(frame_labels(bounds, total, sr)),
+            labels=" ".join(frame_labels(bounds, total, sr)),
             aug="+".join(aug) or "clean",
         )
+
+
+def _warped_rate(native: int, warp: float) -> int:
+    """The rate at which to read ``native``-rate samples to warp them by ``warp`` (50 Hz steps)."""
+    return max(50, 50 * round(native * warp / 50))
 
 
 # -- worker processes (spawned: eSpeak NG is not thread-safe and must not be forked) --------
@@ -622,7 +632,7 @@ def _write_tables(
 
     config = plan.config
     sr = config.sample_rate
-    table = phone_table(sym for rec in records for sym in rec.labels)
+    table = phone_table({sym for rec in records for sym in rec.labels.split()})
     write_phone_table(tmp / "phones.txt", table)
     splits: dict[str, dict[str, float]] = {}
     speakers_by_id = {s.spk_id: s for s in plan.speakers}
@@ -645,7 +655,7 @@ def _write_tables(
                 "spk2voice": {s: speakers_by_id[s].describe() for s in spk_ids},
             },
         )
-        write_alignments(ddir / "ali.phones", {r.utt_id: r.labels for r in recs})
+        write_alignments(ddir / "ali.phones", {r.utt_id: r.labels.split() for r in recs})
         write_phone_table(ddir / "phones.txt", table)
         splits[split] = {
             "utterances": len(recs),

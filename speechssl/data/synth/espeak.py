@@ -11,7 +11,9 @@ that survive ``espeak_Terminate``/``espeak_Initialize``, so the same request giv
 audio depending on what was synthesized before it. To make every utterance a pure function
 of its request (and so a corpus independent of how work is split across processes), each
 :meth:`EspeakSynthesizer.synthesize` call loads a fresh copy of the library, uses it once
-and unloads it (``dlclose``); that costs a few milliseconds. The library is not thread-safe:
+and unloads it (``dlclose``); that costs a few milliseconds. eSpeak NG seeds its random generator (breath noise of voices
+like ``f5``) from the clock when initialised, so every request reseeds it
+(``espeak_ng_SetRandSeed``) with its ``seed`` argument. The library is not thread-safe:
 use one process per worker, never threads.
 
 Struct layouts follow ``speak_lib.h`` (API revision 12) of eSpeak NG 1.52.
@@ -232,6 +234,8 @@ class EspeakSynthesizer:
         lib.espeak_Terminate.restype = ctypes.c_int
         lib.espeak_Info.argtypes = [ctypes.c_void_p]
         lib.espeak_Info.restype = ctypes.c_char_p
+        lib.espeak_ng_SetRandSeed.argtypes = [ctypes.c_long]
+        lib.espeak_ng_SetRandSeed.restype = ctypes.c_int
         return lib
 
     def _unload(self, lib: ctypes.CDLL) -> None:
@@ -248,8 +252,14 @@ class EspeakSynthesizer:
                 )
             self._unload_checked = True
 
-    def synthesize(self, text: str, settings: VoiceSettings) -> SynthResult:
-        """Speak ``text`` (UTF-8; punctuation shapes pauses and intonation) with ``settings``."""
+    def synthesize(self, text: str, settings: VoiceSettings, seed: int = 0) -> SynthResult:
+        """Speak ``text`` (UTF-8; punctuation shapes pauses and intonation) with ``settings``.
+
+        ``seed`` (0 <= seed < 2**31) drives the random parts of the voice (breath noise);
+        the same text, settings and seed give the same samples.
+        """
+        if not 0 <= seed < 2**31:
+            raise EspeakError(f"seed {seed} outside 0..2**31-1")
         if not RATE_MIN <= settings.rate <= RATE_MAX:
             raise EspeakError(f"rate {settings.rate} outside {RATE_MIN}..{RATE_MAX} wpm")
         for name, value in (("pitch", settings.pitch), ("pitch_range", settings.pitch_range)):
@@ -277,6 +287,8 @@ class EspeakSynthesizer:
                 ):
                     if lib.espeak_SetParameter(param, value, 0) != 0:
                         raise EspeakError(f"espeak_SetParameter({param}, {value}) failed")
+                # after initialisation, which seeds from the clock
+                lib.espeak_ng_SetRandSeed(seed)
                 data = text.encode("utf-8") + b"\0"
                 status = lib.espeak_Synth(
                     data, len(data), 0, POS_CHARACTER, 0, CHARS_UTF8, None, None

@@ -1,0 +1,102 @@
+"""``speechssl data prepare-librispeech | prepare-librilight``: real corpora -> data dirs."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def add_verbs(verbs: argparse._SubParsersAction) -> None:
+    p = verbs.add_parser(
+        "prepare-librispeech",
+        help="LibriSpeech split -> validated data dir (text, utt2spk, utt2dur, spk2gender)",
+        description=(
+            "Prepare one LibriSpeech split from its real layout "
+            "ROOT/LibriSpeech/<split>/<spk>/<chapter>/*.flac + <spk>-<chapter>.trans.txt "
+            "(ROOT may also be the LibriSpeech folder itself). A transcript line without "
+            "flac or a flac without transcript line is an error naming it (--tolerant: "
+            "skipped and counted)."
+        ),
+    )
+    p.add_argument("--corpus-dir", required=True, metavar="ROOT", help="LibriSpeech or its parent")
+    p.add_argument("--split", required=True, metavar="NAME", help="e.g. train-clean-100, dev-clean")
+    p.add_argument("--out", required=True, metavar="DIR", help="data dir to write")
+    p.add_argument("--tolerant", action="store_true", help="skip and count bad utterances")
+    p.add_argument(
+        "--per-chapter-speakers",
+        action="store_true",
+        help="speaker = <reader>-<chapter> (Kaldi recipe style) instead of the reader",
+    )
+    p.set_defaults(func=_librispeech)
+
+    p = verbs.add_parser(
+        "prepare-librilight",
+        help="Libri-Light subset -> validated data dir (no text), optionally segmented",
+        description=(
+            "Prepare a Libri-Light subset from its real layout "
+            "ROOT/<subset>/<speaker>/<book>/<file>.flac + <file>.json. With --max-segment, "
+            "recordings are cut into segments of at most that many seconds, packing the "
+            "metadata's voice-activity regions (or cutting evenly without them)."
+        ),
+    )
+    p.add_argument("--corpus-dir", required=True, metavar="ROOT", help="folder holding the subsets")
+    p.add_argument("--subset", required=True, metavar="NAME", help="small, medium, large, ...")
+    p.add_argument("--out", required=True, metavar="DIR", help="data dir to write")
+    p.add_argument(
+        "--max-segment", type=float, default=None, metavar="SECONDS", help="cut into segments"
+    )
+    p.add_argument("--tolerant", action="store_true", help="skip and count bad files")
+    p.set_defaults(func=_librilight)
+
+
+def _finish(result: object) -> int:
+    from speechssl.data.prep.common import PrepResult
+
+    assert isinstance(result, PrepResult)
+    for line in result.lines():
+        print(line)
+    return 0
+
+
+def _print_problems(exc: Exception) -> None:
+    from speechssl.data.prep.common import CorpusProblems
+
+    if isinstance(exc, CorpusProblems):
+        for problem in exc.problems:
+            print(f"error: {problem}", file=sys.stderr)
+
+
+def _librispeech(args: argparse.Namespace) -> int:
+    from speechssl.data.prep.common import CorpusProblems
+    from speechssl.data.prep.librispeech import prepare_librispeech
+
+    try:
+        result = prepare_librispeech(
+            args.corpus_dir,
+            args.split,
+            args.out,
+            tolerant=args.tolerant,
+            per_chapter_speakers=args.per_chapter_speakers,
+        )
+    except CorpusProblems as exc:
+        _print_problems(exc)
+        raise
+    return _finish(result)
+
+
+def _librilight(args: argparse.Namespace) -> int:
+    from speechssl.data.prep.common import CorpusProblems
+    from speechssl.data.prep.librilight import prepare_librilight
+
+    try:
+        result = prepare_librilight(
+            args.corpus_dir,
+            args.subset,
+            args.out,
+            max_segment=args.max_segment,
+            tolerant=args.tolerant,
+        )
+    except CorpusProblems as exc:
+        _print_problems(exc)
+        raise
+    return _finish(result)
