@@ -1,1 +1,23 @@
-"""Model families (HuBERT, wav2vec 2.0, w2v-BERT, data2vec): a front end plus core parts."""
+"""Model families (HuBERT, wav2vec 2.0, w2v-BERT, data2vec): a front end plus core parts.
+
+Create models by registry name: ``create_model("hubert_tiny", **overrides)``; see
+:mod:`speechssl.models.registry`.
+"""
+
+from speechssl.models.registry import (
+    apply_overrides,
+    create_model,
+    get_spec,
+    list_models,
+    model_config,
+    register_model,
+)
+
+__all__ = [
+    "apply_overrides",
+    "create_model",
+    "get_spec",
+    "list_models",
+    "model_config",
+    "register_model",
+]

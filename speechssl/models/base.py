@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from torch import Tensor, nn
 
@@ -31,16 +32,22 @@ class ExtractOutput:
     """All layer hidden states for frozen use.
 
     Attributes:
-        hidden_states: ``[N, S, D]`` per layer; index 0 is the encoder input (after the
-            front end, projection and positional convolution, as in ``transformers``'
-            ``hidden_states[0]``), index ``i`` the output of transformer layer ``i``.
+        hidden_states: ``[N, S, D]`` per layer, indexed exactly like ``transformers`` 5.x
+            ``output_hidden_states``: index 0 is the input of the first transformer layer
+            (front end, projection, positional convolution, and for post-LN models the
+            encoder LayerNorm), index ``i`` the raw output of transformer layer ``i``. For
+            pre-LN (``layer_norm_first``) models the final LayerNorm is *not* in
+            ``hidden_states[-1]``; it is in ``last_hidden_state``.
         padding_mask: ``[N, S]`` bool, True at padding; ``None`` if nothing is padded.
         frame_rate: frames per second of the hidden states.
+        last_hidden_state: the encoder output (``transformers``' ``last_hidden_state``);
+            ``None`` when extraction stopped early (``num_layers``).
     """
 
     hidden_states: list[Tensor]
     padding_mask: Tensor | None
     frame_rate: float
+    last_hidden_state: Tensor | None = None
 
 
 class PretrainModel(nn.Module):
@@ -50,6 +57,11 @@ class PretrainModel(nn.Module):
     frame_rate: float = 50.0
     #: waveform sample rate the model expects
     sample_rate: int = 16000
+    #: registry name and family, set by ``create_model`` (used by saving and export)
+    model_name: str = ""
+    family: str = ""
+    #: the config dataclass the model was built from
+    config: Any = None
 
     def forward(self, batch: AudioBatch) -> PretrainOutput:  # pragma: no cover - interface
         raise NotImplementedError
@@ -58,7 +70,9 @@ class PretrainModel(nn.Module):
         self, waveforms: Tensor, lengths: Tensor | None = None, num_layers: int | None = None
     ) -> ExtractOutput:  # pragma: no cover - interface
         """Hidden states of every layer (or the first ``num_layers``), no masking, no grad
-        requirement; used by probing and ``features dump --kind model``."""
+        requirement; used by probing and ``features dump --kind model``. ``hidden_states``
+        has ``num_layers + 1`` entries (see :class:`ExtractOutput` for the indexing).
+        Dropout follows the module's train/eval mode: call ``model.eval()`` for frozen use."""
         raise NotImplementedError
 
     def after_optimizer_step(self, num_updates: int) -> None:

@@ -1,0 +1,1 @@
+"""Front ends: raw input (waveform, fbank, image) -> :class:`~speechssl.core.frames.Frames`."""
