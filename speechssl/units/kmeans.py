@@ -116,8 +116,8 @@ class KMeansConfig:
     """Use about this percentage of utterances (chosen by hash of seed and utterance id)."""
     max_frames: int | None = None
     """Use utterances (in hash order) up to this many frames in total."""
-    block_frames: int = 65536
-    """Rows read from the store per block."""
+    block_frames: int | None = None
+    """Rows read from the store per block (default: about 8 MiB of float32 rows)."""
     chunk_elems: int = 1 << 20
     """Upper bound on the elements of one ``[rows, k]`` distance matrix."""
     device: str = "auto"

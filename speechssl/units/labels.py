@@ -372,7 +372,7 @@ def apply_to_store(
     nshard: int = 1,
     rank: int = 0,
     device: str = "auto",
-    block_frames: int = 65536,
+    block_frames: int | None = None,
     overwrite: bool = False,
     frame_window_s: float | None = None,
 ) -> dict[str, Any]:

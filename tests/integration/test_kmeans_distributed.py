@@ -91,7 +91,7 @@ def test_torchrun_cli_with_sampling_and_normalisation(store, tmp_path):
     line = json.loads(proc.stdout.strip().splitlines()[-1])
     assert line["world_size"] == 2
     single = fit_kmeans(
-        store, _cfg(block_frames=65536, init_lloyd_iters=10, percent=60.0, normalize="global_mv")
+        store, _cfg(block_frames=None, init_lloyd_iters=10, percent=60.0, normalize="global_mv")
     ).model
     multi = KMeansModel.load(out)
     assert multi.meta["world_size"] == 2
