@@ -95,7 +95,7 @@ class KMeansConfig:
     n_init: int = 3
     """k-means++ restarts on the initialisation sample; the best one is kept."""
     init_sample_frames: int | None = None
-    """Frames in the initialisation sample (default ``max(10000, 64 * k)``)."""
+    """Frames in the initialisation sample (default ``max(10000, 32 * k)``)."""
     init_lloyd_iters: int = 10
     """Lloyd iterations on the sample that refine each restart before comparing them."""
     minibatch_epochs: float = 0.0
@@ -145,7 +145,7 @@ class KMeansConfig:
 
     @property
     def sample_frames(self) -> int:
-        return self.init_sample_frames or max(10_000, 64 * self.k)
+        return self.init_sample_frames or max(10_000, 32 * self.k)
 
 
 def resolve_device(device: str) -> torch.device:
@@ -193,7 +193,8 @@ class KMeansModel:
         return x
 
     def assign(self, x: Tensor | np.ndarray, chunk_elems: int = 1 << 20) -> tuple[Tensor, Tensor]:
-        """Nearest centroid of each row of ``x`` ``[N, dim]`` (raw features).
+        """Nearest centroid of each row of ``x`` ``[N, dim]`` (raw features) and its squared
+        distance (see :func:`assign_nearest` on precision).
 
         Returns ``(labels [N] int64, squared distance [N] float32)``.
         """
@@ -215,6 +216,28 @@ class KMeansModel:
         if not labels:
             return torch.empty(0, dtype=torch.int64), torch.empty(0)
         return torch.cat(labels), torch.cat(dists)
+
+    def labels(self, x: Tensor | np.ndarray, chunk_elems: int = 1 << 20) -> Tensor:
+        """Nearest centroid of each row of ``x`` ``[N, dim]`` (raw features), ``[N]`` int64;
+        like :meth:`assign` without computing the distances."""
+        if isinstance(x, np.ndarray):
+            arr = np.ascontiguousarray(x)
+            xt = torch.from_numpy(arr if arr.flags.writeable else arr.copy())
+        else:
+            xt = x
+        if xt.ndim != 2 or xt.shape[1] != self.dim:
+            raise ConfigError(f"features of shape {tuple(xt.shape)}, model expects [N, {self.dim}]")
+        xn = self.normalize(xt)
+        cnorm = (self.centroids * self.centroids).sum(1).unsqueeze(0)
+        ct = self.centroids.t()
+        rows = _chunk_rows(chunk_elems, self.k)
+        out = torch.empty(xn.shape[0], dtype=torch.int64, device=xn.device)
+        for s in range(0, xn.shape[0], rows):
+            xc = xn[s : s + rows]
+            torch.argmin(
+                torch.addmm(cnorm, xc, ct, beta=1.0, alpha=-2.0), dim=1, out=out[s : s + rows]
+            )
+        return out
 
     def save(self, out_dir: str | os.PathLike[str], overwrite: bool = False) -> None:
         """Write ``kmeans.safetensors`` and ``kmeans.json`` into ``out_dir`` atomically."""

@@ -240,7 +240,7 @@ def case_assign(args: argparse.Namespace) -> None:
         model.meta = {"feature": {"kind": store.meta.kind, "layer": None}}
         model.save(km_dir)
         xt = torch.from_numpy(x)
-        ours_s, labels = timed(lambda: model.assign(xt)[0], args.repeats)
+        ours_s, labels = timed(lambda: model.labels(xt), args.repeats)
 
         def apply() -> None:
             apply_to_store(km_dir, store, Path(tmp) / "labels", device=args.device, overwrite=True)
