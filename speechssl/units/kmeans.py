@@ -118,8 +118,9 @@ class KMeansConfig:
     """Use utterances (in hash order) up to this many frames in total."""
     block_frames: int | None = None
     """Rows read from the store per block (default: about 8 MiB of float32 rows)."""
-    chunk_elems: int = 1 << 20
-    """Upper bound on the elements of one ``[rows, k]`` distance matrix."""
+    chunk_elems: int | None = None
+    """Upper bound on the elements of one ``[rows, k]`` distance matrix (default: 2**20 on
+    CPU, cache friendly; 2**26 on CUDA, large enough to keep the GPU busy)."""
     device: str = "auto"
     """``cpu``, ``cuda``, ``cuda:N`` or ``auto`` (CUDA when available)."""
     cache_gb: float | None = None
@@ -192,7 +193,9 @@ class KMeansModel:
             x = (x - self.mean) / self.std
         return x
 
-    def assign(self, x: Tensor | np.ndarray, chunk_elems: int = 1 << 20) -> tuple[Tensor, Tensor]:
+    def assign(
+        self, x: Tensor | np.ndarray, chunk_elems: int | None = None
+    ) -> tuple[Tensor, Tensor]:
         """Nearest centroid of each row of ``x`` ``[N, dim]`` (raw features) and its squared
         distance (see :func:`assign_nearest` on precision).
 
@@ -207,7 +210,7 @@ class KMeansModel:
             raise ConfigError(f"features of shape {tuple(xt.shape)}, model expects [N, {self.dim}]")
         xn = self.normalize(xt)
         cnorm = (self.centroids * self.centroids).sum(1)
-        rows = _chunk_rows(chunk_elems, self.k)
+        rows = _chunk_rows(chunk_elems or default_chunk_elems(self.centroids.device), self.k)
         labels, dists = [], []
         for s in range(0, xn.shape[0], rows):
             idx, dist = assign_nearest(xn[s : s + rows], self.centroids, cnorm)
@@ -217,7 +220,7 @@ class KMeansModel:
             return torch.empty(0, dtype=torch.int64), torch.empty(0)
         return torch.cat(labels), torch.cat(dists)
 
-    def labels(self, x: Tensor | np.ndarray, chunk_elems: int = 1 << 20) -> Tensor:
+    def labels(self, x: Tensor | np.ndarray, chunk_elems: int | None = None) -> Tensor:
         """Nearest centroid of each row of ``x`` ``[N, dim]`` (raw features), ``[N]`` int64;
         like :meth:`assign` without computing the distances."""
         if isinstance(x, np.ndarray):
@@ -230,7 +233,7 @@ class KMeansModel:
         xn = self.normalize(xt)
         cnorm = (self.centroids * self.centroids).sum(1).unsqueeze(0)
         ct = self.centroids.t()
-        rows = _chunk_rows(chunk_elems, self.k)
+        rows = _chunk_rows(chunk_elems or default_chunk_elems(self.centroids.device), self.k)
         out = torch.empty(xn.shape[0], dtype=torch.int64, device=xn.device)
         for s in range(0, xn.shape[0], rows):
             xc = xn[s : s + rows]
@@ -305,6 +308,10 @@ def _sha256_file(path: Path) -> str:
 
 
 # --------------------------------------------------------------------------- kernels
+
+
+def default_chunk_elems(device: torch.device) -> int:
+    return 1 << 26 if device.type == "cuda" else 1 << 20
 
 
 def _chunk_rows(chunk_elems: int, k: int) -> int:
@@ -680,7 +687,7 @@ def fit_kmeans(store: FeatureStore | str | os.PathLike[str], cfg: KMeansConfig) 
     else:
         cache_bytes = 0.0
     data = _Data(stream, device, cache_bytes)
-    chunk_rows = _chunk_rows(cfg.chunk_elems, cfg.k)
+    chunk_rows = _chunk_rows(cfg.chunk_elems or default_chunk_elems(device), cfg.k)
     log.info(
         "k-means: k=%d on %d frames (%d on rank %d of %d), dim %d, device %s, cache %s",
         cfg.k, total_frames, stream.num_frames, rank, world, store.dim, device, data.cache_enabled,
