@@ -172,7 +172,10 @@ class RunLogger:
         if steps:
             self._bar.update(steps)
         if postfix:
-            self._bar.set_postfix({k: f"{v:.4g}" for k, v in postfix.items()}, refresh=False)
+            short = {"audio_sec_per_sec": "audio_s/s"}
+            self._bar.set_postfix(
+                {short.get(k, k): f"{v:.4g}" for k, v in postfix.items()}, refresh=False
+            )
 
     def message(self, text: str) -> None:
         """A line for the user that does not break the progress bar."""

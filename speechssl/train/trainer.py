@@ -576,7 +576,7 @@ class Trainer:
         local_nonfinite = False
         bad_terms: list[str] = []
         count_flops = self.peak_flops > 0 and self.flops_per_sample is None
-        real = padded = loaded = utts = 0
+        real = padded = loaded = utts = skipped_utts = 0
         for k, tb in enumerate(micro):
             torch.manual_seed(derive_seed(tc.seed, tb.epoch, tb.index, _MODEL_STREAM))
             batch = tb.audio_batch().to(self.device, non_blocking=True)
@@ -584,6 +584,7 @@ class Trainer:
             padded += tb.waveforms.numel()
             loaded += tb.loaded_samples
             utts += tb.batch_size
+            skipped_utts += len(tb.skipped)
             for utt, reason in tb.skipped:
                 self.logger.event("skipped_utterance", step=self.step, utt=utt, reason=reason)
             flop_ctx: Any = contextlib.nullcontext()
@@ -669,12 +670,9 @@ class Trainer:
         window.add("loaded_samples", loaded, 1)
         window.add("utterances", utts, 1)
         window.add("batches", n, 1)
+        window.add("skipped_utts", skipped_utts, 1)
         window.updates += 1
-        self.logger.progress(
-            1,
-            loss=host[names.index("loss")] / n if "loss" in names else float("nan"),
-            lr=self.schedule.lr,
-        )
+        self.logger.progress(1)
         return True
 
     def model_after_step(self) -> None:
@@ -742,7 +740,14 @@ class Trainer:
         counts = dict(zip(keys, vals[n : 2 * n]))
         skipped, wait = vals[2 * n], vals[2 * n + 1]
         rec: dict[str, Any] = {"step": self.step, "epoch": self.epoch}
-        special = {"real_samples", "padded_samples", "loaded_samples", "utterances", "batches"}
+        special = {
+            "real_samples",
+            "padded_samples",
+            "loaded_samples",
+            "utterances",
+            "batches",
+            "skipped_utts",
+        }
         for k in keys:
             if k not in special and counts[k] > 0:
                 rec[k] = sums[k] / counts[k]
@@ -756,11 +761,13 @@ class Trainer:
         rec["data_wait_fraction"] = wait / self.env.world_size / max(elapsed, 1e-9)
         rec["skipped_steps"] = int(skipped / self.env.world_size)
         rec["updates"] = window.updates
+        rec["batches"] = int(sums.get("batches", 0.0))
+        rec["skipped_utts"] = int(sums.get("skipped_utts", 0.0))
         if self.flops_per_sample is not None and self.peak_flops > 0:
             achieved = self.flops_per_sample * padded / max(elapsed, 1e-9)
             rec["mfu"] = achieved / (self.peak_flops * self.env.world_size)
         self.logger.write("train", rec)
-        post = {k: rec[k] for k in ("loss", "acc_masked") if k in rec}
+        post = {k: rec[k] for k in ("loss", "acc_masked", "lr", "audio_sec_per_sec") if k in rec}
         self.logger.progress(0, **post)
 
     @torch.no_grad()
