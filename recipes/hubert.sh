@@ -170,7 +170,7 @@ stage_summary() {
   local it args=(--out "$exp_dir/summary")
   for ((it = 1; it <= num_iterations; it++)); do
     run_cmd speechssl train plot "$exp_dir/iter$it/train" --out "$exp_dir/summary/curves_iter$it.png"
-    args+=(--units "iter$it:$(iter_features "$it")=$exp_dir/iter$it/report")
+    args+=(--units "iter$it=$exp_dir/iter$it/report")
     args+=(--train "iter$it=$exp_dir/iter$it/train")
   done
   if [[ -n $summary_expect_higher ]]; then args+=(--expect-higher "$summary_expect_higher"); fi
@@ -196,3 +196,4 @@ logs=$exp_dir/logs
 grad_accum=$(grad_accum_for "$ref_world_size" "$train_nodes" "$train_nproc")
 
 run_stages "$exp_dir"
+show_results "$exp_dir/summary/results.md" 11
