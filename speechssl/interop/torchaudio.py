@@ -19,17 +19,38 @@ from speechssl.models.waveform import WaveformEncoderModel
 
 # torchaudio name (regex, after stripping the ``wav2vec2.`` prefix) -> our name
 _RULES: list[tuple[str, str]] = [
-    (r"feature_extractor\.conv_layers\.(\d+)\.conv\.(weight|bias)", r"frontend.extractor.conv_layers.\1.conv.\2"),
-    (r"feature_extractor\.conv_layers\.(\d+)\.layer_norm\.(weight|bias)", r"frontend.extractor.conv_layers.\1.norm.\2"),
+    (
+        r"feature_extractor\.conv_layers\.(\d+)\.conv\.(weight|bias)",
+        r"frontend.extractor.conv_layers.\1.conv.\2",
+    ),
+    (
+        r"feature_extractor\.conv_layers\.(\d+)\.layer_norm\.(weight|bias)",
+        r"frontend.extractor.conv_layers.\1.norm.\2",
+    ),
     (r"encoder\.feature_projection\.layer_norm\.(weight|bias)", r"frontend.layer_norm.\1"),
     (r"encoder\.feature_projection\.projection\.(weight|bias)", r"frontend.projection.\1"),
     (r"encoder\.transformer\.pos_conv_embed\.conv\.(.+)", r"encoder.pos_conv.conv.\1"),
     (r"encoder\.transformer\.layer_norm\.(weight|bias)", r"encoder.layer_norm.\1"),
-    (r"encoder\.transformer\.layers\.(\d+)\.attention\.out_proj\.(weight|bias)", r"encoder.layers.\1.self_attn.out_proj.\2"),
-    (r"encoder\.transformer\.layers\.(\d+)\.layer_norm\.(weight|bias)", r"encoder.layers.\1.self_attn_layer_norm.\2"),
-    (r"encoder\.transformer\.layers\.(\d+)\.feed_forward\.intermediate_dense\.(weight|bias)", r"encoder.layers.\1.ffn.fc1.\2"),
-    (r"encoder\.transformer\.layers\.(\d+)\.feed_forward\.output_dense\.(weight|bias)", r"encoder.layers.\1.ffn.fc2.\2"),
-    (r"encoder\.transformer\.layers\.(\d+)\.final_layer_norm\.(weight|bias)", r"encoder.layers.\1.final_layer_norm.\2"),
+    (
+        r"encoder\.transformer\.layers\.(\d+)\.attention\.out_proj\.(weight|bias)",
+        r"encoder.layers.\1.self_attn.out_proj.\2",
+    ),
+    (
+        r"encoder\.transformer\.layers\.(\d+)\.layer_norm\.(weight|bias)",
+        r"encoder.layers.\1.self_attn_layer_norm.\2",
+    ),
+    (
+        r"encoder\.transformer\.layers\.(\d+)\.feed_forward\.intermediate_dense\.(weight|bias)",
+        r"encoder.layers.\1.ffn.fc1.\2",
+    ),
+    (
+        r"encoder\.transformer\.layers\.(\d+)\.feed_forward\.output_dense\.(weight|bias)",
+        r"encoder.layers.\1.ffn.fc2.\2",
+    ),
+    (
+        r"encoder\.transformer\.layers\.(\d+)\.final_layer_norm\.(weight|bias)",
+        r"encoder.layers.\1.final_layer_norm.\2",
+    ),
     (r"mask_generator\.mask_embedding", r"masker.mask_embedding"),
     (r"logit_generator\.label_embeddings", r"head.label_embeddings"),
     (r"logit_generator\.final_proj\.(weight|bias)", r"head.final_proj.\1"),
@@ -42,7 +63,7 @@ def convert_torchaudio_state(state: dict[str, Tensor]) -> dict[str, Tensor]:
     out: dict[str, Tensor] = {}
     qkv: dict[tuple[str, str], dict[str, Tensor]] = {}
     for name, value in state.items():
-        key = name[len("wav2vec2."):] if name.startswith("wav2vec2.") else name
+        key = name[len("wav2vec2.") :] if name.startswith("wav2vec2.") else name
         m = _QKV.fullmatch(key)
         if m:
             qkv.setdefault((m.group(1), m.group(3)), {})[m.group(2)] = value
