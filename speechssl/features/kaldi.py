@@ -298,31 +298,22 @@ def extended_waves(waves: Tensor, lengths: Tensor, opts: FrameOptions) -> tuple[
     return ext, left + offset
 
 
-def frame_rows(
-    waves: Tensor, lengths: Tensor, opts: FrameOptions, compact: bool
-) -> tuple[Tensor, Tensor, Tensor, Tensor | None, int]:
-    """Raw (unprocessed) frames as rows.
-
-    Returns ``(rows [R, L], utt_of_row [R], frame_of_row [R], flat_index or None, F)``.
-    With ``compact`` only real frames are rows (``flat_index`` is their position in the
-    ``N * F`` grid); otherwise every ``(n, f)`` of the grid is a row.
-    """
+def frame_grid(waves: Tensor, lengths: Tensor, opts: FrameOptions) -> tuple[Tensor, int]:
+    """All frames of the batch as a strided view of the (extended) waveform: ``[N, F, L]``
+    (no copy) and ``F``."""
     n, t = waves.shape
     nframes = num_frames_int(t, opts)
-    size, shift = opts.window_size, opts.window_shift
-    device = waves.device
     if nframes == 0 or n == 0:
-        empty = torch.zeros(0, dtype=torch.long, device=device)
-        return waves.new_zeros(0, size), empty, empty, empty if compact else None, 0
+        return waves.new_zeros(n, 0, opts.window_size), 0
     ext, start = extended_waves(waves, lengths, opts)
-    grid = ext[:, start:].unfold(1, size, shift)[:, :nframes]  # [N, F, L] view, no copy
-    if compact:
-        valid = torch.arange(nframes, device=device) < num_frames(lengths, opts).unsqueeze(1)
-        utt, frame = valid.nonzero(as_tuple=True)
-        return grid[utt, frame], utt, frame, utt * nframes + frame, nframes
-    utt = torch.arange(n, device=device).repeat_interleave(nframes)
-    frame = torch.arange(nframes, device=device).repeat(n)
-    return grid.reshape(n * nframes, size), utt, frame, None, nframes
+    grid = ext[:, start:].unfold(1, opts.window_size, opts.window_shift)[:, :nframes]
+    return grid, nframes
+
+
+#: FFT-buffer elements processed per chunk (2 MB in float32): a chunk's buffers stay in
+#: cache across the passes and below glibc's mmap threshold (reused, not page-faulted
+#: afresh); measured on CPU, FFTs of ~1000 rows run at 2x the per-row speed of 4000+ rows
+CHUNK_ELEMENTS = 1 << 19
 
 
 def log_energy(rows: Tensor, floor: float) -> Tensor:
@@ -332,7 +323,7 @@ def log_energy(rows: Tensor, floor: float) -> Tensor:
 
 
 def process_frames(
-    rows: Tensor,
+    frames: Tensor,
     utt: Tensor,
     frame: Tensor,
     opts: FrameOptions,
@@ -342,33 +333,63 @@ def process_frames(
 ) -> tuple[Tensor, Tensor | None]:
     """Kaldi's ``ProcessWindow``: dither, DC removal, energy, pre-emphasis, window.
 
-    Returns the windowed rows ``[R, L]`` and the log energy ``[R]`` (or None).
+    ``frames [..., L]`` (read only; may be a view of the waveform). Returns the windowed
+    frames zero-padded to the FFT size ``[..., P]`` and the log energy ``[...]`` (or None).
+    Without autograd the work is done in place in one output buffer (a few passes over
+    memory, no temporaries beyond one); with autograd the same operations run out of
+    place, so both give the same numbers.
     """
-    dtype = rows.dtype
+    dtype = frames.dtype
+    size, padded = opts.window_size, opts.padded_window_size
+    inplace = not (torch.is_grad_enabled() and frames.requires_grad)
+    x = frames
     if opts.dither != 0.0:
         if seeds is None:
             raise ConfigError("dither > 0 needs per-utterance seeds")
-        keys = utterance_key(seeds.to(rows.device))[utt]
-        rows = rows + opts.dither * dither_noise(keys, frame, opts.window_size, dtype)
-    if opts.remove_dc_offset:
-        rows = rows - rows.mean(-1, keepdim=True)
-    log_e = log_energy(rows, floor) if energy == "raw" else None
+        keys = utterance_key(seeds.to(frames.device))[utt.reshape(-1)]
+        noise = dither_noise(keys, frame.reshape(-1), size, dtype).view(frames.shape)
+        x = frames + opts.dither * noise
     c = opts.preemphasis_coefficient
-    if c != 0.0:
-        # x[i] - c * x[i-1] (x[-1] := x[0]) as a product then a difference, the rounding
-        # steps of Kaldi and torchaudio in float32 (a fused multiply-add would differ)
-        prev = torch.cat([rows[:, :1], rows[:, :-1]], dim=1)
-        rows = rows - c * prev
-    rows = rows * cached_table("window", opts, rows.device, dtype)
+    window = cached_table("window", opts, frames.device, dtype)
+    log_e: Tensor | None = None
+    if inplace:
+        buf = frames.new_empty(*frames.shape[:-1], padded)
+        buf[..., size:].zero_()
+        head = buf[..., :size]
+        if opts.remove_dc_offset:
+            torch.sub(x, x.mean(-1, keepdim=True), out=head)
+        else:
+            head.copy_(x)
+        if energy == "raw":
+            log_e = log_energy(head, floor)
+        if c != 0.0:
+            # x[i] - c * x[i-1] (x[-1] := x[0]) as a product then a difference: the
+            # rounding steps of Kaldi and torchaudio in float32 (no fused multiply-add)
+            first = head[..., :1] * c
+            shifted = head[..., :-1] * c
+            head[..., 1:].sub_(shifted)
+            head[..., :1].sub_(first)
+        head.mul_(window)
+    else:
+        if opts.remove_dc_offset:
+            x = x - x.mean(-1, keepdim=True)
+        if energy == "raw":
+            log_e = log_energy(x, floor)
+        if c != 0.0:
+            prev = torch.cat([x[..., :1], x[..., :-1]], dim=-1)
+            x = x - c * prev
+        head = x * window
+        buf = F.pad(head, (0, padded - size))
     if energy == "windowed":
-        log_e = log_energy(rows, floor)
-    return rows, log_e
+        log_e = log_energy(head, floor)
+    return buf, log_e
 
 
-def power_spectrum(rows: Tensor, padded: int) -> Tensor:
-    """``|rfft(rows, padded)|^2``: ``[R, padded // 2 + 1]``."""
-    spec = torch.view_as_real(torch.fft.rfft(rows, n=padded))
-    return spec.square().sum(-1)
+def power_spectrum(buf: Tensor) -> Tensor:
+    """``|rfft(buf)|^2`` of zero-padded frames ``[..., P]``: ``[..., P // 2 + 1]``."""
+    spec = torch.view_as_real(torch.fft.rfft(buf))
+    re, im = spec[..., 0], spec[..., 1]
+    return torch.addcmul(re.square(), im, im)
 
 
 def _energy_mode(use: bool, raw: bool) -> Literal["raw", "windowed", "none"]:
@@ -377,32 +398,71 @@ def _energy_mode(use: bool, raw: bool) -> Literal["raw", "windowed", "none"]:
     return "raw" if raw else "windowed"
 
 
+def _floor_log(x: Tensor) -> Tensor:
+    """``log(max(x, eps))``, in place on a temporary when no gradient is needed."""
+    if torch.is_grad_enabled() and x.requires_grad:
+        return torch.log(torch.clamp_min(x, EPSILON))
+    return x.clamp_min_(EPSILON).log_()
+
+
+@functools.lru_cache(maxsize=64)
+def mel_bands(
+    mel: MelOptions, sample_frequency: float, padded: int
+) -> tuple[tuple[int, int, int, int], ...]:
+    """Groups of consecutive mel filters with the FFT-bin range they cover:
+    ``(bin_lo, bin_hi, col_lo, col_hi)``. Each filter is non-zero on a short run of bins,
+    so multiplying per group skips most of the dense matrix's zeros (~4-5x fewer flops)."""
+    weights = _mel_banks64(mel, sample_frequency, padded)
+    nz = weights != 0
+    bins = torch.arange(weights.shape[0]).unsqueeze(1)
+    lo = torch.where(nz, bins, weights.shape[0]).min(0).values.tolist()
+    hi = (torch.where(nz, bins, -1).max(0).values + 1).tolist()
+    groups = []
+    cols = len(lo)
+    per_group = max(4, cols // 8)
+    for c0 in range(0, cols, per_group):
+        c1 = min(cols, c0 + per_group)
+        groups.append((min(lo[c0:c1]), max(hi[c0:c1]), c0, c1))
+    return tuple(groups)
+
+
+def apply_mel(power: Tensor, mel_table: Tensor, opts: FbankOptions | MfccOptions) -> Tensor:
+    """``power @ mel_table`` computed band by band (same sums, fewer multiplications)."""
+    if (torch.is_grad_enabled() and power.requires_grad) or not power.is_cpu:
+        return torch.matmul(power, mel_table)
+    fo = opts.frame
+    bands = mel_bands(opts.mel, fo.sample_frequency, fo.padded_window_size)
+    flat = power.reshape(-1, power.shape[-1])
+    parts = [flat[:, b0:b1] @ mel_table[b0:b1, c0:c1] for b0, b1, c0, c1 in bands]
+    return torch.cat(parts, dim=1).view(*power.shape[:-1], mel_table.shape[1])
+
+
 def features_from_power(
     power: Tensor, log_e: Tensor | None, opts: FeatureOptions, tables: dict[str, Tensor]
 ) -> Tensor:
-    """The per-kind head after the power spectrum: ``[R, D]``."""
+    """The per-kind head after the power spectrum: ``[..., K] -> [..., D]``."""
     if isinstance(opts, SpectrogramOptions):
-        logp = torch.log(torch.clamp_min(power, EPSILON))
+        logp = _floor_log(power)
         assert log_e is not None
-        return torch.cat([log_e.unsqueeze(1), logp[:, 1:]], dim=1)
+        return torch.cat([log_e.unsqueeze(-1), logp[..., 1:]], dim=-1)
     if isinstance(opts, FbankOptions) and not opts.use_power:
         power = power.sqrt()
-    mel = power @ tables["mel"]
+    mel = apply_mel(power, tables["mel"], opts)
     if isinstance(opts, FbankOptions):
         if opts.use_log_fbank:
-            mel = torch.log(torch.clamp_min(mel, EPSILON))
+            mel = _floor_log(mel)
         if not opts.use_energy:
             return mel
         assert log_e is not None
-        e = log_e.unsqueeze(1)
-        return torch.cat([mel, e] if opts.htk_compat else [e, mel], dim=1)
-    ceps = torch.log(torch.clamp_min(mel, EPSILON)) @ tables["dct"]
+        e = log_e.unsqueeze(-1)
+        return torch.cat([mel, e] if opts.htk_compat else [e, mel], dim=-1)
+    ceps = torch.matmul(_floor_log(mel), tables["dct"])
     if opts.use_energy:
         assert log_e is not None
-        ceps = torch.cat([log_e.unsqueeze(1), ceps[:, 1:]], dim=1)
+        ceps = torch.cat([log_e.unsqueeze(-1), ceps[..., 1:]], dim=-1)
     if opts.htk_compat:
-        c0 = ceps[:, :1] if opts.use_energy else ceps[:, :1] * math.sqrt(2.0)
-        ceps = torch.cat([ceps[:, 1:], c0], dim=1)
+        c0 = ceps[..., :1] if opts.use_energy else ceps[..., :1] * math.sqrt(2.0)
+        ceps = torch.cat([ceps[..., 1:], c0], dim=-1)
     return ceps
 
 
@@ -461,25 +521,49 @@ def compute_features(
         from speechssl.features import triton_kernels
 
         return triton_kernels.compute_features(waves, lengths, nf, opts, seeds), nf
-    compact = waves.device.type == "cpu"
-    rows, utt, frame, flat, nframes = frame_rows(waves, lengths, fo, compact)
-    if rows.shape[0] == 0:  # no frames at all (FFT libraries reject empty batches)
-        return waves.new_zeros(waves.shape[0], nframes, opts.dim), nf
-    energy, floor = _energy_spec(opts)
-    rows, log_e = process_frames(rows, utt, frame, fo, seeds, energy, floor)
-    power = power_spectrum(rows, fo.padded_window_size)
+    grid, nframes = frame_grid(waves, lengths, fo)
+    n, dim = waves.shape[0], opts.dim
+    if nframes == 0:
+        return waves.new_zeros(n, 0, dim), nf
     tables: dict[str, Tensor] = {}
     if not isinstance(opts, SpectrogramOptions):
         tables["mel"] = cached_table("mel", opts, waves.device, dtype)
     if isinstance(opts, MfccOptions):
         tables["dct"] = cached_table("dct", opts, waves.device, dtype)
-    feats = features_from_power(power, log_e, opts, tables)
-    n, dim = waves.shape[0], opts.dim
-    if flat is not None:
+    energy, floor = _energy_spec(opts)
+
+    def block(frames: Tensor, utt: Tensor, frame: Tensor) -> Tensor:
+        buf, log_e = process_frames(frames, utt, frame, fo, seeds, energy, floor)
+        return features_from_power(power_spectrum(buf), log_e, opts, tables)
+
+    chunk_rows = max(1, CHUNK_ELEMENTS // fo.padded_window_size)
+    device = waves.device
+    if device.type == "cpu" and int(nf.sum()) < 0.9 * n * nframes:
+        # gather only real frames (worth the copy when >10% of the grid is padding; the
+        # counts are on the host already, so this costs no synchronisation)
+        utt_all, frame_all = (torch.arange(nframes) < nf.unsqueeze(1)).nonzero(as_tuple=True)
+        parts = []
+        for r0 in range(0, utt_all.numel(), chunk_rows):
+            u, f = utt_all[r0 : r0 + chunk_rows], frame_all[r0 : r0 + chunk_rows]
+            parts.append(block(grid[u, f], u, f))
+        feats = torch.cat(parts) if len(parts) > 1 else parts[0]
+        flat = utt_all * nframes + frame_all
         out = feats.new_zeros(n * nframes, dim).index_copy(0, flat, feats)
         return out.view(n, nframes, dim), nf
-    valid = torch.arange(nframes, device=waves.device) < nf.unsqueeze(1)
-    return feats.view(n, nframes, dim) * valid.unsqueeze(-1).to(feats.dtype), nf
+    step = max(1, chunk_rows // max(n, 1))
+    utt_grid = torch.arange(n, device=device).unsqueeze(1).expand(n, nframes)
+    frame_grid_idx = torch.arange(nframes, device=device).unsqueeze(0).expand(n, nframes)
+    parts = [
+        block(
+            grid[:, f0 : f0 + step], utt_grid[:, f0 : f0 + step], frame_grid_idx[:, f0 : f0 + step]
+        )
+        for f0 in range(0, nframes, step)
+    ]
+    feats = torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
+    invalid = (torch.arange(nframes, device=device) >= nf.unsqueeze(1)).unsqueeze(-1)
+    if torch.is_grad_enabled() and feats.requires_grad:
+        return feats.masked_fill(invalid, 0.0), nf
+    return feats.masked_fill_(invalid, 0.0), nf
 
 
 def fbank(

@@ -432,3 +432,16 @@ def test_bad_options_and_inputs_are_named() -> None:
         fbank(torch.zeros(2, 4000), torch.tensor([4000, 5000]))
     with pytest.raises(ConfigError, match=r"\[N, T\]"):
         fbank(torch.zeros(4000))
+
+
+def test_front_end_modules() -> None:
+    from speechssl.features import KaldiFbank, KaldiMfcc, KaldiSpectrogram
+
+    batch, lengths = _batch([torch.from_numpy(speech_like(16000, s, 2)) for s in (0.4, 0.25)])
+    fb = KaldiFbank(FbankOptions(mel=MelOptions(num_mel_bins=80)))
+    assert fb.dim == 80 and fb.frame_rate == 100.0 and not fb.state_dict()
+    feats, nf = fb(batch, lengths)
+    ref, nf_ref = fbank(batch, lengths, fb.opts)
+    assert torch.equal(nf, nf_ref) and torch.equal(feats, ref)
+    assert KaldiMfcc()(batch, lengths)[0].shape[-1] == 13
+    assert KaldiSpectrogram()(batch, lengths)[0].shape[-1] == 257
