@@ -167,7 +167,14 @@ class KaldiExtractor:
         seeds = None
         if self.opts.frame.dither != 0.0:
             seeds = torch.tensor([utterance_seed(u, self.seed) for u in utt_ids])
-        waves = waves.to(self.device, torch.float32, non_blocking=True) * self.waveform_scale
+        waves = waves.to(self.device, torch.float32, non_blocking=True)
+        # scale into a batch whose width is a whole number of frame shifts: the CPU path
+        # then gathers real frames with a plain row copy (see kaldi.flat_windows)
+        shift = self.opts.frame.window_shift
+        width = -(-waves.shape[1] // shift) * shift
+        scaled = waves.new_zeros(waves.shape[0], width)
+        torch.mul(waves, self.waveform_scale, out=scaled[:, : waves.shape[1]])
+        waves = scaled
         feats, nf = compute_features(waves, lengths.to(self.device), self.opts, seeds=seeds)
         if self.deltas:
             feats = add_deltas(feats, nf, order=self.deltas, window=2)
