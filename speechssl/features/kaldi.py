@@ -463,7 +463,11 @@ _BAND_CACHE: dict[tuple[object, ...], list[tuple[int, int, Tensor]]] = {}
 def apply_mel(power: Tensor, mel_table: Tensor, opts: FbankOptions | MfccOptions) -> Tensor:
     """``power @ mel_table`` computed band by band on CPU (same sums, fewer multiplications).
     On other devices, and under autograd, one dense product."""
-    if (torch.is_grad_enabled() and power.requires_grad) or not power.is_cpu:
+    if (
+        (torch.is_grad_enabled() and power.requires_grad)
+        or not power.is_cpu
+        or mel_table.shape[1] < 40  # few bins: one dense product measured faster
+    ):
         return torch.matmul(power, mel_table)
     key = (opts.mel, opts.frame.sample_frequency, opts.frame.padded_window_size, mel_table.dtype)
     blocks = _BAND_CACHE.get(key)

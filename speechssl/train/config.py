@@ -159,7 +159,7 @@ class TrainerConfig:
     find_unused_parameters: bool = False
     """DDP: tolerate parameters that get no gradient in a step."""
     compile: bool = False
-    """Wrap the model's forward in ``torch.compile``."""
+    """``torch.compile`` the model's repeated blocks (transformer layers, ...) in place."""
     log_every: int = 100
     """Updates between log records (JSON lines, TensorBoard, progress bar)."""
     save_every: int = 5000

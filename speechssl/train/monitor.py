@@ -124,6 +124,8 @@ class RunLogger:
                 purge_step=(resume_step + 1) if resume_step else None,
             )
         if progress_bar:
+            import sys
+
             from tqdm.auto import tqdm
 
             self._bar = tqdm(
@@ -132,6 +134,8 @@ class RunLogger:
                 unit="step",
                 dynamic_ncols=True,
                 desc="train",
+                # a log file (not a terminal) gets a line every half minute, not every 0.1 s
+                mininterval=0.1 if sys.stderr.isatty() else 30.0,
             )
 
     def _truncate_after(self, step: int) -> None:

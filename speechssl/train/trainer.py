@@ -48,6 +48,7 @@ from speechssl.train.distributed import (
     all_reduce,
     barrier,
     broadcast_object,
+    fsdp_units,
     gradient_sync,
     wrap_model,
 )
@@ -75,8 +76,9 @@ class TrainSummary:
 
 
 @dataclass
-class _Window:
-    """Sums over the updates since the last log record (this rank only)."""
+class StepWindow:
+    """Sums over the updates since the last log record (this rank only), for
+    :meth:`Trainer.train_step`."""
 
     values: dict[str, float] = field(default_factory=lambda: defaultdict(float))
     counts: dict[str, float] = field(default_factory=lambda: defaultdict(float))
@@ -242,11 +244,11 @@ class Trainer:
             self.model,
             env,
             strategy=tc.strategy,
-            find_unused_parameters=tc.find_unused_parameters,
+            find_unused_parameters=tc.find_unused_parameters or self._skips_layers(),
         )
         self.forward_module: nn.Module = self.wrapped
         if tc.compile:
-            self.forward_module = torch.compile(self.wrapped)  # type: ignore[assignment]
+            self._compile_units()
         self.optimizer = build_optimizer(self.model, cfg.optim)
         self.schedule = Schedule(self.optimizer, cfg.optim, cfg.optim.total_steps or tc.max_steps)
         self.scaler = torch.amp.GradScaler(
@@ -262,6 +264,8 @@ class Trainer:
         self.best_value: float | None = None
         self.best_step = 0
         self.flops_per_sample: float | None = None
+        # sum and count of the best metric since the last checkpoint (train-side best)
+        self._save_window: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0])
         self.peak_flops = tc.peak_flops or (
             peak_flops_of(torch.cuda.get_device_name(self.device))
             if self.device.type == "cuda"
@@ -310,6 +314,29 @@ class Trainer:
         self._data_reports = getattr(self, "_data_reports", {})
         self._data_reports[split] = report
         return filtered, report
+
+    def _compile_units(self) -> None:
+        """``torch.compile`` each repeated block (transformer layers, conv blocks) in place,
+        with dynamic shapes: batches change length every step, and data-dependent parts
+        (masking, label alignment) stay eager. State-dict keys are unchanged."""
+        units = fsdp_units(self.model)
+        if not units:
+            raise ConfigError(
+                f"trainer.compile: model {self.cfg.model.name} has no repeated blocks to compile"
+            )
+        for unit in units:
+            unit.compile(dynamic=True)
+        if self.env.is_main:
+            log.info("compiled %d blocks with torch.compile (dynamic shapes)", len(units))
+
+    def _skips_layers(self) -> bool:
+        """Layer drop leaves whole layers without gradients in some steps: DDP must then
+        look for unused parameters."""
+        encoder = getattr(getattr(self.model, "config", None), "encoder", None)
+        drop = float(getattr(encoder, "layer_drop", 0.0) or 0.0)
+        if drop > 0 and self.env.distributed and self.env.is_main:
+            log.info("encoder.layer_drop=%g: DDP runs with find_unused_parameters=True", drop)
+        return drop > 0
 
     def _model_overrides(self) -> dict[str, Any]:
         """The user's model overrides, plus the label streams' names and sizes (k) for
@@ -470,8 +497,7 @@ class Trainer:
     def fit(self) -> TrainSummary:
         tc = self.cfg.trainer
         stopped = "max_steps"
-        window = _Window()
-        self._save_window: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0])
+        window = StepWindow()
         last_saved: Path | None = None
         try:
             while self.step < tc.max_steps:
@@ -492,13 +518,13 @@ class Trainer:
                     self.index += 1
                     if len(micro) < tc.grad_accum:
                         continue
-                    updated = self._train_step(micro, window)
+                    updated = self.train_step(micro, window)
                     micro = []
                     if updated:
                         # log before a checkpoint so a checkpoint's steps are all in the log
                         if self.step % tc.log_every == 0:
                             self._log_window(window)
-                            window = _Window()
+                            window = StepWindow()
                         last_saved = self._after_update(window) or last_saved
                         if self.step >= tc.max_steps:
                             break
@@ -525,7 +551,7 @@ class Trainer:
         finally:
             self.logger.close()
 
-    def _after_update(self, window: _Window) -> Path | None:
+    def _after_update(self, window: StepWindow) -> Path | None:
         tc = self.cfg.trainer
         dev_metrics: dict[str, float] | None = None
         validate_every = tc.validate_every or tc.save_every
@@ -539,9 +565,12 @@ class Trainer:
             return self._save(dev_metrics)
         return None
 
-    def _train_step(self, micro: list[TrainBatch], window: _Window) -> bool:
-        """One optimizer update over ``micro``; False if it was skipped (non-finite)."""
+    def train_step(self, micro: list[TrainBatch], window: StepWindow | None = None) -> bool:
+        """One optimizer update over ``micro`` (this rank's micro-batches); False if it was
+        skipped (non-finite). Statistics go to ``window`` (a throwaway one if None)."""
         tc = self.cfg.trainer
+        if window is None:
+            window = StepWindow()
         self.model.train()
         sums: dict[str, Tensor] = {}
         local_nonfinite = False
@@ -696,7 +725,7 @@ class Trainer:
     # ----------------------------------------------------------------------------------
     # logging, validation, checkpoints
 
-    def _log_window(self, window: _Window) -> None:
+    def _log_window(self, window: StepWindow) -> None:
         elapsed = time.perf_counter() - window.start
         keys = sorted(set().union(*all_gather_objects(sorted(window.values), self.env)))
         vec = torch.tensor(

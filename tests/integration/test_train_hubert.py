@@ -35,6 +35,7 @@ def test_hubert_tiny_learns_on_the_bundled_corpus(
             "trainer.tensorboard=true",
             "trainer.export_final=true",
             "optim.total_steps=0",
+            "trainer.peak_flops=1e12",  # MFU against a nominal 1 TFLOP/s device
         ],
         cwd=tmp_path,
     )
@@ -51,6 +52,7 @@ def test_hubert_tiny_learns_on_the_bundled_corpus(
                 "audio_sec_per_sec", "padding_fraction", "crop_waste"):  # fmt: skip
         assert key in train[-1], key
     assert train[-1]["audio_sec_per_sec"] > 0
+    assert all(0.0 < r["mfu"] < 1.0 for r in train)
     dev = records(exp, "dev")
     assert [d["step"] for d in dev] == [20, 40] and dev[-1]["loss"] < dev[0]["loss"] * 1.05
     data_event = events(exp, "data")[0]

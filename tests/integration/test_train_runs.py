@@ -159,3 +159,26 @@ def test_repeated_nonfinite_stops_with_message_and_saved_state(
     assert state["global_batches"] == 3  # the data position moved past the bad batches
     weights, _, _ = ckpt.load_checkpoint(saved)
     assert all(torch.isfinite(w).all() for w in weights.values())
+
+
+@pytest.mark.slow
+def test_compiled_blocks_train_like_eager(train_data: list[str], tmp_path: Path) -> None:
+    """trainer.compile=true (inductor on CPU, dynamic shapes) gives the eager losses (dropout
+    off: inductor draws dropout masks from its own generator)."""
+    common = [
+        *train_data,
+        *base_overrides(),
+        "trainer.max_steps=3",
+        "+model.overrides.encoder.dropout=0.0",
+        "+model.overrides.dropout_input=0.0",
+        "+model.overrides.dropout_features=0.0",
+    ]
+    for name, extra in (("eager", []), ("compiled", ["trainer.compile=true"])):
+        res = run_train(
+            [*common, f"trainer.exp_dir={tmp_path / name}", *extra], cwd=tmp_path, timeout=900
+        )
+        assert res.returncode == 0, res.stderr[-3000:]
+    eager, compiled = losses(tmp_path / "eager"), losses(tmp_path / "compiled")
+    assert sorted(eager) == sorted(compiled) == [1, 2, 3]
+    for step in eager:
+        assert compiled[step] == pytest.approx(eager[step], rel=1e-3), step
