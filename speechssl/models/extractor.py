@@ -1,63 +1,78 @@
-"""``speechssl features dump --kind model``: a hidden layer of a trained model as features.
+"""``speechssl features dump --kind model``: one hidden layer of a trained model as features.
 
-Registered with the feature-extractor registry at import (``speechssl.features.extractors``
-imports this module), so the dump loop, sharding, resume and the store format are the same
-as for Kaldi features. ``--checkpoint`` is a model dir (``speechssl.models.io``: a
-training run's ``final/`` or any checkpoint dir) and ``--layer L`` picks
-``ExtractOutput.hidden_states[L]`` (0: the transformer's input, L: the output of layer L).
-
-Each utterance goes through the model on its own, as fairseq's HuBERT feature dumping does:
-the waveform front ends of the base models normalise over time (GroupNorm), so a padded
-batch would change every utterance's features with the length of its batch mates.
+Registered with the feature-extractor registry at import. ``--checkpoint`` is a model
+directory (``speechssl.models.io``: a trainer checkpoint ``step-*``, ``final``, or a saved
+model) or a ``transformers`` export (``speechssl.interop.transformers``); ``--layer L``
+picks ``extract().hidden_states[L]``: 0 is the encoder input, ``L >= 1`` the output of
+transformer layer ``L`` (HuBERT's "layer 6" / "layer 9" features are ``--layer 6`` / ``9``).
+The model runs in evaluation mode, stops after layer ``L``, and its first-layer GroupNorm
+ignores padding, so an utterance's features do not depend on its batch.
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from speechssl.errors import ConfigError
+from speechssl.errors import CheckpointError, ConfigError
 from speechssl.features.extractors import ExtractorSpec, register_extractor
 from speechssl.models.base import PretrainModel
-from speechssl.models.io import WEIGHTS_NAME, load_model_dir
-
-#: the analysis window of one output frame: the 400-sample receptive field of the 20 ms
-#: waveform front ends at 16 kHz (how unit labels line up with audio and alignments)
-FRAME_WINDOW_S = 0.025
+from speechssl.models.io import CONFIG_NAME, WEIGHTS_NAME, load_model_dir
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+def load_any_model(path: str | os.PathLike[str]) -> PretrainModel:
+    """A model dir (``model.json``) or a ``transformers`` export (``config.json``)."""
+    root = Path(path)
+    if (root / CONFIG_NAME).is_file():
+        return load_model_dir(root)
+    if (root / "config.json").is_file():
+        from speechssl.interop.transformers import import_from_transformers
+
+        return import_from_transformers(root)
+    raise CheckpointError(f"{root}: neither a model dir ({CONFIG_NAME}) nor a transformers export")
 
 
-@dataclass(kw_only=True)
+def _weights_digest(root: Path) -> str:
+    """SHA-256 of the weights file (so a rerun with retrained weights is not mixed in)."""
+    for name in (WEIGHTS_NAME, "model.safetensors"):
+        p = root / name
+        if p.is_file():
+            h = hashlib.sha256()
+            with open(p, "rb") as fh:
+                for block in iter(lambda: fh.read(1 << 22), b""):
+                    h.update(block)
+            return h.hexdigest()
+    return ""
+
+
 class ModelLayerExtractor:
-    """Hidden states of one layer of a trained model, one utterance at a time."""
+    """Hidden layer ``layer`` of ``model`` for padded waveform batches."""
 
-    model: PretrainModel
-    """The model, in eval mode, on ``device``."""
-    checkpoint: Path
-    """The model dir it was loaded from."""
-    layer: int
-    """Index into ``ExtractOutput.hidden_states``."""
-    weights_sha256: str
-    """Hash of the weights file, so a changed checkpoint at the same path is noticed."""
-    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
-    """Where the model runs."""
-    dim: int = 0
-    """Feature dimension (set from a probe forward pass)."""
-    frame_rate: float = 50.0
-    """Frames per second of the hidden states."""
+    def __init__(self, model: PretrainModel, layer: int, source: str, device: torch.device) -> None:
+        num_layers = model.config.encoder.num_layers
+        if not 0 <= layer <= num_layers:
+            raise ConfigError(
+                f"--layer must be in [0, {num_layers}] for {model.model_name}, got {layer}"
+            )
+        self.model = model.to(device).eval()
+        self.layer = layer
+        self.source = source
+        self.device = device
+        self._digest = _weights_digest(Path(source))
+
+    @property
+    def dim(self) -> int:
+        return int(self.model.config.encoder.dim)
+
+    @property
+    def frame_rate(self) -> float:
+        return float(self.model.frame_rate)
 
     @property
     def sample_rate(self) -> int:
@@ -65,68 +80,46 @@ class ModelLayerExtractor:
 
     def describe(self) -> dict[str, Any]:
         return {
-            "type": "model",
+            "kind": "model",
+            "checkpoint": self.source,
+            "weights_sha256": self._digest,
             "model": self.model.model_name,
-            "family": self.model.family,
-            "checkpoint": str(self.checkpoint.resolve()),
-            "weights_sha256": self.weights_sha256,
             "layer": self.layer,
-            "frame_window_s": FRAME_WINDOW_S,
         }
-
-    @torch.inference_mode()
-    def _layer(self, wave: Tensor) -> Tensor:
-        out = self.model.extract(wave[None].to(self.device), None, num_layers=self.layer)
-        return out.hidden_states[self.layer][0]
 
     def __call__(
         self, waves: Tensor, lengths: Tensor, utt_ids: Sequence[str]
     ) -> tuple[Tensor, Tensor]:
-        feats = [self._layer(waves[i, : int(n)]) for i, n in enumerate(lengths.tolist())]
-        nframes = torch.tensor([f.shape[0] for f in feats])
-        out = torch.zeros(len(feats), int(nframes.max()), self.dim, device=self.device)
-        for i, f in enumerate(feats):
-            out[i, : f.shape[0]] = f
-        return out, nframes
+        with torch.inference_mode():
+            out = self.model.extract(
+                waves.to(self.device), lengths.to(self.device), num_layers=self.layer
+            )
+        feats = out.hidden_states[self.layer].float()
+        if out.padding_mask is None:
+            frames = torch.full((feats.shape[0],), feats.shape[1], dtype=torch.long)
+        else:
+            frames = (~out.padding_mask).sum(dim=1).cpu()
+        return feats.cpu(), frames
 
 
-def make_model_extractor(options: Mapping[str, Any], device: torch.device) -> ModelLayerExtractor:
-    """Factory of ``--kind model``: needs ``--checkpoint DIR`` and ``--layer L``."""
-    checkpoint, layer = options.get("checkpoint"), options.get("layer")
-    if not checkpoint or layer is None:
-        raise ConfigError("--kind model needs --checkpoint MODEL_DIR and --layer L")
-    set_kaldi = sorted(
-        k for k in ("deltas", "cmvn", "num_ceps", "num_mel_bins") if options.get(k) is not None
+def _factory(options: Mapping[str, Any], device: torch.device) -> ModelLayerExtractor:
+    foreign = sorted(
+        k for k, v in options.items() if v is not None and k not in ("checkpoint", "layer")
     )
-    if set_kaldi:
-        names = ", ".join("--" + k.replace("_", "-") for k in set_kaldi)
+    if foreign:
+        names = ", ".join("--" + k.replace("_", "-") for k in foreign)
         raise ConfigError(f"option(s) {names} do not apply to --kind model")
-    path = Path(checkpoint)
-    model = load_model_dir(path).eval().to(device)
-    probe = torch.zeros(1, model.sample_rate, device=device)  # one second
-    with torch.inference_mode():
-        out = model.extract(probe, None)
-    num_layers = len(out.hidden_states) - 1
-    if not 0 <= int(layer) <= num_layers:
-        raise ConfigError(
-            f"--layer {layer}: {path} ({model.model_name}) has layers 0..{num_layers} "
-            "(0 = the transformer's input)"
-        )
-    return ModelLayerExtractor(
-        model=model,
-        checkpoint=path,
-        layer=int(layer),
-        weights_sha256=_sha256(path / WEIGHTS_NAME),
-        device=device,
-        dim=int(out.hidden_states[int(layer)].shape[-1]),
-        frame_rate=float(out.frame_rate),
-    )
+    checkpoint, layer = options.get("checkpoint"), options.get("layer")
+    if checkpoint is None or layer is None:
+        raise ConfigError("--kind model needs --checkpoint DIR and --layer N")
+    source = str(Path(checkpoint).resolve())
+    return ModelLayerExtractor(load_any_model(source), int(layer), source, device)
 
 
 register_extractor(
     "model",
     ExtractorSpec(
-        factory=make_model_extractor,
-        help="a hidden layer of a trained model (--checkpoint MODEL_DIR --layer L)",
+        factory=_factory,
+        help="hidden layer --layer N of a trained model dir or export (--checkpoint DIR)",
     ),
 )
