@@ -262,7 +262,7 @@ def test_library_api_and_option_errors(data_dir: Path, tmp_path: Path) -> None:
     ].inputs == 200
     with pytest.raises(ConfigError, match="--num-ceps"):
         ExtractorRequest(kind="fbank", options={"num_ceps": 3}).build()
-    with pytest.raises(ConfigError, match="unknown feature extractor 'model'"):
+    with pytest.raises(ConfigError, match="--kind model needs --checkpoint"):
         ExtractorRequest(kind="model", options={}).build()
     with pytest.raises(ConfigError, match="--checkpoint"):
         ExtractorRequest(kind="mfcc", options={"checkpoint": "x.pt"}).build()
