@@ -463,7 +463,11 @@ _BAND_CACHE: dict[tuple[object, ...], list[tuple[int, int, Tensor]]] = {}
 def apply_mel(power: Tensor, mel_table: Tensor, opts: FbankOptions | MfccOptions) -> Tensor:
     """``power @ mel_table`` computed band by band on CPU (same sums, fewer multiplications).
     On other devices, and under autograd, one dense product."""
-    if (torch.is_grad_enabled() and power.requires_grad) or not power.is_cpu:
+    if (
+        (torch.is_grad_enabled() and power.requires_grad)
+        or not power.is_cpu
+        or mel_table.shape[1] < 40  # few bins: one dense product measured faster
+    ):
         return torch.matmul(power, mel_table)
     key = (opts.mel, opts.frame.sample_frequency, opts.frame.padded_window_size, mel_table.dtype)
     blocks = _BAND_CACHE.get(key)
@@ -509,10 +513,6 @@ def _energy_spec(opts: FeatureOptions) -> tuple[Literal["raw", "windowed", "none
     if isinstance(opts, SpectrogramOptions):
         return ("raw" if opts.raw_energy else "windowed"), log_energy_floor(opts.energy_floor)
     return _energy_mode(opts.use_energy, opts.raw_energy), log_energy_floor(opts.energy_floor)
-
-
-def feature_dim(opts: FeatureOptions) -> int:
-    return opts.dim
 
 
 def _use_triton(waves: Tensor, backend: Backend) -> bool:
@@ -587,7 +587,6 @@ def compute_features(
         if aligned:  # rows of one 2-D view: index_select is a plain row copy
             windows, per_utt = flat_windows(waves, lengths, fo)
             rows_all = utt_all * per_utt + frame_all
-
         inplace = not (torch.is_grad_enabled() and waves.requires_grad)
         workspace = None
         if inplace:
