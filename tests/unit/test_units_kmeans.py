@@ -102,7 +102,7 @@ def test_block_size_and_cache_do_not_change_the_result(gmm):
     torch.testing.assert_close(a.centroids, b.centroids, rtol=0, atol=1e-5)
     assert a.meta["iterations"] == b.meta["iterations"]
     # float32 matmul rounding depends on the chunk shape, hence not bitwise
-    assert a.meta["inertia_per_frame"] == pytest.approx(b.meta["inertia_per_frame"], rel=1e-6)
+    assert a.meta["inertia_per_frame"] == pytest.approx(b.meta["inertia_per_frame"], rel=1e-5)
 
 
 def test_float16_store_is_upcast(tmp_path):
