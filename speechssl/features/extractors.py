@@ -13,7 +13,7 @@ from __future__ import annotations
 import importlib
 import zlib
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import torch
@@ -251,10 +251,3 @@ for _kind, _help in (
         _kind,
         ExtractorSpec(factory=_kaldi_factory(_kind), help=_help),
     )
-# the three Kaldi kinds share one argument group
-KALDI_KINDS = ("fbank", "mfcc", "spectrogram")
-
-
-def with_frame_options(opts: FeatureOptions, **frame: Any) -> FeatureOptions:
-    """A copy of ``opts`` with some frame options changed (helper for callers and tests)."""
-    return replace(opts, frame=replace(opts.frame, **frame))

@@ -515,10 +515,6 @@ def _energy_spec(opts: FeatureOptions) -> tuple[Literal["raw", "windowed", "none
     return _energy_mode(opts.use_energy, opts.raw_energy), log_energy_floor(opts.energy_floor)
 
 
-def feature_dim(opts: FeatureOptions) -> int:
-    return opts.dim
-
-
 def _use_triton(waves: Tensor, backend: Backend) -> bool:
     if backend == "torch":
         return False
@@ -591,7 +587,6 @@ def compute_features(
         if aligned:  # rows of one 2-D view: index_select is a plain row copy
             windows, per_utt = flat_windows(waves, lengths, fo)
             rows_all = utt_all * per_utt + frame_all
-
         inplace = not (torch.is_grad_enabled() and waves.requires_grad)
         workspace = None
         if inplace:
