@@ -8,8 +8,9 @@
   ``data_wait_fraction``, ``skipped_steps``, ``mfu`` (GPU, when known); averages over the
   updates since the previous record.
 - ``dev``: ``step`` and the dev loss terms and metrics.
-- ``event``: ``event`` is ``start``, ``resume``, ``data``, ``nonfinite``, ``checkpoint``,
-  ``best``, ``stop`` or ``done``, with details.
+- ``event``: ``event`` is ``start``, ``resume``, ``data``, ``plan``, ``skipped_utterance``,
+  ``empty_step``, ``nonfinite``, ``checkpoint``, ``best``, ``export``, ``stop`` or ``done``,
+  with details.
 
 The log is append-only (a crash can tear at most its last line, which readers skip); on
 resume it is rewritten atomically without the records past the checkpoint's step, so it

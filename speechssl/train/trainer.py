@@ -659,10 +659,22 @@ class Trainer:
         grad_norm = float(
             _total_norm(torch.nn.utils.clip_grad_norm_(self.params, max_norm, foreach=True))
         )
-        flag = torch.tensor(
-            [float(local_nonfinite or not math.isfinite(grad_norm))], device=self.device
+        window.add("skipped_utts", skipped_utts, 1)  # counted whatever happens to the step
+        # one all-reduce decides for every rank: any non-finite value, and any data at all
+        flags = torch.tensor(
+            [float(local_nonfinite or not math.isfinite(grad_norm)), float(utts)],
+            device=self.device,
         )
-        nonfinite = bool(all_reduce(flag, self.env, op="max").item() > 0)
+        all_reduce(flags, self.env)
+        nonfinite, global_utts = bool(flags[0].item() > 0), int(flags[1].item())
+        if global_utts == 0 and not nonfinite:
+            # every utterance of the global batch failed to load (tolerant mode): an
+            # optimizer step on zero gradients would still move Adam's weights, so skip it
+            self.optimizer.zero_grad(set_to_none=True)
+            if self.scaler.is_enabled():
+                self.scaler.update()
+            self.logger.event("empty_step", step=self.step, batches=[tb.index for tb in micro])
+            return False
         if nonfinite:
             self.optimizer.zero_grad(set_to_none=True)
             if self.scaler.is_enabled():
@@ -698,7 +710,6 @@ class Trainer:
         window.add("loaded_samples", loaded, 1)
         window.add("utterances", utts, 1)
         window.add("batches", n, 1)
-        window.add("skipped_utts", skipped_utts, 1)
         if mfu:
             window.add("flops", flops, 1)
         window.updates += 1
