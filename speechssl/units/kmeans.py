@@ -2,19 +2,24 @@
 
 The algorithm:
 
-* **Initialisation.** A sample of about ``init_sample_frames`` frames is drawn (each frame of
-  each selected utterance with the same probability, decided by a generator seeded from the
-  utterance id, so the sample does not depend on sharding or the number of processes),
-  gathered on every process in a canonical order, and rank 0 runs greedy k-means++ on it
-  ``n_init`` times, refines each candidate with ``init_lloyd_iters`` Lloyd steps on the
-  sample and keeps the one with the lowest sample inertia; the winner is broadcast.
+* **Initialisation.** A sample of about ``init_sample_frames`` frames is drawn: each frame
+  with the same probability, decided by a hash of (utterance id, frame index, seed), so the
+  sample does not depend on sharding or the number of processes. Unless a full read is
+  needed anyway (``normalize="global_mv"``) or the sample is a large part of the data, only a
+  hash-chosen subset of utterances (8x the sample's share) is read and frames are drawn
+  within it. The sample is gathered on every process in a canonical order; rank 0 runs
+  greedy k-means++ on it ``n_init`` times, refines each candidate with ``init_lloyd_iters``
+  Lloyd steps on the sample and keeps the one with the lowest sample inertia; the winner is
+  broadcast. Without normalisation the data are centred on the sample mean while fitting
+  (distances are unchanged; it keeps ``||x||^2`` small, see :func:`assign_nearest`).
 * **Full-batch Lloyd** (``mode="lloyd"``). Each iteration streams every selected frame once:
-  squared distances ``||x||^2 - 2 x.C^T + ||c||^2`` are computed chunk by chunk with one
-  matmul (``chunk_elems`` bounds the ``[rows, k]`` distance matrix), the nearest centroid is
-  taken, and the exact ``||x - c||^2`` of the chosen centroid is recomputed for the inertia
-  (the expanded form loses digits when ``||x||`` is large). Sufficient statistics (per-cluster
-  sums, counts and inertia) are accumulated in float64 and all-reduced across processes;
-  float16 stores are upcast to float32 before any arithmetic.
+  ``||c||^2 - 2 x.C^T`` is computed chunk by chunk with one matmul (``chunk_elems`` bounds
+  the ``[rows, k]`` matrix), its row minimum gives the nearest centroid, and adding
+  ``||x||^2`` the squared distance. Sufficient statistics (per-cluster sums, counts and
+  inertia) are accumulated in float64 across chunks (float32 within a chunk) and
+  all-reduced across processes; float16 stores are upcast to float32 before any
+  arithmetic. ``minibatch_epochs > 0`` first runs that many mini-batch epochs (below), a
+  cheap way to get close before the full passes.
 * **Mini-batch** (``mode="minibatch"``). Sculley's update with per-centroid counts (the same
   rule as scikit-learn's ``MiniBatchKMeans`` without random reassignment), batches drawn from
   a shuffle buffer; stops after ``max_iter`` epochs or when the smoothed batch inertia has not
