@@ -40,7 +40,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "--minibatch-epochs",
         type=float,
         default=0.0,
-        help="lloyd mode: mini-batch epochs before the full-batch iterations (fast start)",
+        help="lloyd mode: mini-batch epochs before the full-batch iterations (a fast start; "
+        "e.g. 0.5 with --max-iter 2 for a quick, coarser fit)",
     )
     fit.add_argument("--normalize", choices=["none", "global_mv"], default="none")
     fit.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
