@@ -114,15 +114,18 @@ def _digest(path: Path) -> str:
 def _outputs(exp: Path) -> dict[str, str]:
     """Hashes of every final output that must not depend on an interruption."""
     files = [
-        *sorted((exp / "iter1" / "kmeans").glob("*")),
-        *sorted((exp / "iter2" / "kmeans").glob("*")),
+        exp / "iter1" / "kmeans" / "kmeans.safetensors",
+        exp / "iter2" / "kmeans" / "kmeans.safetensors",
         *sorted((exp / "iter1" / "labels").glob("*/shard-*.bin")),
         *sorted((exp / "iter2" / "labels").glob("*/shard-*.bin")),
         *sorted((exp / "dump").glob("*/*/shard-*.bin")),
         exp / "iter1" / "train" / "final" / "model.safetensors",
         exp / "iter2" / "train" / "final" / "model.safetensors",
     ]
-    out = {str(f.relative_to(exp)): _digest(f) for f in files if f.name != "meta.json"}
+    out = {str(f.relative_to(exp)): _digest(f) for f in files}
+    for it in ("iter1", "iter2"):  # kmeans.json also holds paths and timings
+        km = json.loads((exp / it / "kmeans" / "kmeans.json").read_text())
+        out[f"{it}/kmeans"] = f"{km['iterations']} {km['inertia_per_frame']!r}"
     results = json.loads((exp / "summary" / "results.json").read_text())
     for u in results["units"]:
         out[f"units:{u['name']}"] = json.dumps({k: v for k, v in u.items() if k != "report"})
