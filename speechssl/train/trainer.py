@@ -183,9 +183,10 @@ class Trainer:
 
         self.stream_names = stream_names_for(cfg.data.labels)
         self._seed_everything(tc.seed)
-        self.model: nn.Module = create_model(cfg.model.name, **self._model_overrides()).to(
-            self.device
-        )
+        given_streams = train_corpus is not None and bool(train_corpus.streams)
+        self.model: nn.Module = create_model(
+            cfg.model.name, **self._model_overrides(given_streams)
+        ).to(self.device)
         self.sample_rate = int(cfg.data.sample_rate or getattr(self.model, "sample_rate", 16000))
 
         # 3. data
@@ -375,16 +376,17 @@ class Trainer:
             log.info("encoder.layer_drop=%g: DDP runs with find_unused_parameters=True", drop)
         return drop > 0
 
-    def _model_overrides(self) -> dict[str, Any]:
+    def _model_overrides(self, given_streams: bool = False) -> dict[str, Any]:
         """The user's model overrides, plus the label streams' names and sizes (k) for
-        models that predict units, unless the user set them."""
+        models that predict units, unless the user set them. ``given_streams``: the caller
+        passed a corpus with its own label streams (the overrides are then the caller's)."""
         from speechssl.models.registry import model_config
 
         overrides = dict(self.cfg.model.overrides)
         labels = self.cfg.data.labels
         config = model_config(self.cfg.model.name, **overrides)
         if not labels:
-            if hasattr(config, "num_classes"):
+            if hasattr(config, "num_classes") and not given_streams:
                 raise ConfigError(
                     f"model {self.cfg.model.name} predicts unit labels: give data.labels=[DIR,...] "
                     "(label dirs from speechssl kmeans apply)"
