@@ -1,0 +1,1 @@
+"""Interoperability: weights to and from ``transformers``, ``torchaudio`` and fairseq."""
