@@ -39,6 +39,7 @@ opt kmeans_cmd launch_local.sh "launcher for k-means"
 opt train_cmd launch_local.sh "launcher for pretraining"
 opt --int num_iterations 2 "pretraining iterations (1 or 2)"
 opt --choice "mfcc|model" iter1_features mfcc "iteration 1 clusters MFCCs, or a layer of --iter1-checkpoint"
+opt mfcc_opts "--deltas 2" "options of the MFCC dump (--iter1-features mfcc; HuBERT: 13 MFCCs + deltas + delta-deltas)"
 opt iter1_dump_opts "" "extra options for dumping iteration 1's features"
 opt iter1_checkpoint "" "model dir whose layer iteration 1 clusters (--iter1-features model)"
 opt --int iter1_layer 0 "layer of --iter1-checkpoint (--iter1-features model)"
@@ -144,7 +145,7 @@ pretrain() {
 stage_dump_iter1() {
   if [[ $iter1_features == mfcc ]]; then
     # shellcheck disable=SC2086
-    dump_features 1 "$dump_cmd" --kind mfcc $iter1_dump_opts
+    dump_features 1 "$dump_cmd" --kind mfcc $mfcc_opts $iter1_dump_opts
   else
     # shellcheck disable=SC2086
     dump_features 1 "$extract_cmd" --kind model --checkpoint "$iter1_checkpoint" \
@@ -169,7 +170,7 @@ stage_summary() {
   local it args=(--out "$exp_dir/summary")
   for ((it = 1; it <= num_iterations; it++)); do
     run_cmd speechssl train plot "$exp_dir/iter$it/train" --out "$exp_dir/summary/curves_iter$it.png"
-    args+=(--units "iter$it:$(iter_features "$it")=$exp_dir/iter$it/report")
+    args+=(--units "iter$it=$exp_dir/iter$it/report")
     args+=(--train "iter$it=$exp_dir/iter$it/train")
   done
   if [[ -n $summary_expect_higher ]]; then args+=(--expect-higher "$summary_expect_higher"); fi
@@ -195,3 +196,4 @@ logs=$exp_dir/logs
 grad_accum=$(grad_accum_for "$ref_world_size" "$train_nodes" "$train_nproc")
 
 run_stages "$exp_dir"
+show_results "$exp_dir/summary/results.md" 11

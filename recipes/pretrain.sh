@@ -73,3 +73,4 @@ logs=$exp_dir/logs
 grad_accum=$(grad_accum_for "$ref_world_size" "$train_nodes" "$train_nproc")
 
 run_stages "$exp_dir"
+show_results "$exp_dir/summary/results.md" 4

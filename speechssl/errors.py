@@ -53,3 +53,8 @@ class LabelError(ItemError):
 
 class CheckpointError(SpeechSSLError):
     """A checkpoint is missing, partial or corrupt."""
+
+
+class TrainingError(SpeechSSLError):
+    """Training cannot go on (e.g. the loss stayed non-finite); the message says why and
+    where the state was saved."""

@@ -48,3 +48,12 @@ grad_accum_for() {
     die "the reference setup's $ref GPUs are not a multiple of the $world training processes (--ref-world-size, --train-nodes x --train-nproc)"
   echo $((ref / world))
 }
+
+show_results() {
+  # show_results FILE STAGE: print the summary's results table after a real run whose range
+  # includes the summary stage (the table is the recipe's answer, not only a log entry)
+  if [[ $dry_run == false ]] && ((stage <= $2 && $2 <= stop_stage)) && [[ -f $1 ]]; then
+    printf '\n'
+    cat "$1"
+  fi
+}

@@ -13,6 +13,7 @@ VERB_MODULES = [
     "speechssl.cli.data_dir",  # validate, fix, info
     "speechssl.cli.data_synth",  # synth (bundled eSpeak NG corpus)
     "speechssl.cli.data_prep",  # prepare-librispeech, prepare-librilight, ...
+    "speechssl.cli.data_combine",  # combine
 ]
 
 

@@ -46,13 +46,18 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
     apply = verbs.add_parser(
         "apply",
-        help="write unit labels of a feature store",
-        description="Assign every frame of a feature store to its nearest centroid and write "
-        "labels keyed by utterance (text + binary + meta.json). Label shard RANK of NSHARD "
-        "covers a contiguous slice of the store's utterances; complete shards are skipped.",
+        help="write unit labels of a feature store, or of a data dir's audio",
+        description="Assign every frame to its nearest centroid and write labels keyed by "
+        "utterance (text + binary + meta.json). With --features, label shard RANK of NSHARD "
+        "covers a contiguous slice of the store's utterances; with --data, features are "
+        "computed from the audio by the extractor the model was trained on (rebuilt from "
+        "its metadata) for the dump's shard RANK. Complete shards are skipped on rerun.",
     )
     apply.add_argument("--kmeans", required=True, help="model directory from `kmeans fit`")
-    apply.add_argument("--features", required=True, help="feature store directory")
+    source = apply.add_mutually_exclusive_group(required=True)
+    source.add_argument("--features", help="feature store directory")
+    source.add_argument("--data", help="Kaldi data dir: label straight from its audio")
+    apply.add_argument("--tolerant", action="store_true", help="--data: skip bad audio, count it")
     apply.add_argument("--out", required=True, help="label directory")
     apply.add_argument("--nshard", type=int, default=1)
     apply.add_argument("--rank", type=int, default=0)
@@ -189,19 +194,32 @@ def _read_json(path: Path) -> dict[str, Any]:
 
 
 def cmd_apply(args: argparse.Namespace) -> int:
-    from speechssl.units.labels import apply_to_store
+    from speechssl.units.labels import apply_to_audio, apply_to_store
 
     _set_threads(args.threads)
-    summary = apply_to_store(
-        args.kmeans,
-        args.features,
-        args.out,
-        nshard=args.nshard,
-        rank=args.rank,
-        device=args.device,
-        overwrite=args.overwrite,
-        frame_window_s=args.frame_window,
-    )
+    if args.features is not None:
+        summary = apply_to_store(
+            args.kmeans,
+            args.features,
+            args.out,
+            nshard=args.nshard,
+            rank=args.rank,
+            device=args.device,
+            overwrite=args.overwrite,
+            frame_window_s=args.frame_window,
+        )
+    else:
+        summary = apply_to_audio(
+            args.kmeans,
+            args.data,
+            args.out,
+            nshard=args.nshard,
+            rank=args.rank,
+            device=args.device,
+            overwrite=args.overwrite,
+            tolerant=args.tolerant,
+            frame_window_s=args.frame_window,
+        )
     fps = summary["frames"] / summary["seconds"] if summary["seconds"] > 0 else None
     print(json.dumps({**summary, "frames_per_second": fps}))
     return 0

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import random
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -90,7 +91,7 @@ class DataDirInfo:
                 hi = f"{b['to']:g}" if b["to"] is not None else "inf"
                 bar = "#" * round(40 * b["count"] / peak)
                 lines.append(
-                    f"  [{b['from']:>4g}, {hi:>4}) s {b['count']:>9} {b['hours']:>9.3f} h  {bar}"
+                    f"  [{b['from']:>4g}, {hi:>4}) s {b['count']:>9} {b['hours']:>9.3f} h  {bar}".rstrip()
                 )
         return "\n".join(lines)
 
@@ -110,8 +111,10 @@ def data_dir_info(
     if not wav.is_file():
         raise DataDirError(str(wav), "data directory has no wav.scp")
     info = DataDirInfo(str(ddir), has_segments=(ddir / "segments").is_file())
-    entries = [(key, " ".join(rest)) for _, key, rest in iter_rows(wav)]
-    info.recordings = len(entries)
+
+    def entries() -> Iterator[tuple[str, str]]:
+        for _, key, rest in iter_rows(wav):
+            yield key, " ".join(rest)
 
     rates: Counter[int] = Counter()
     channels: Counter[int] = Counter()
@@ -134,27 +137,39 @@ def data_dir_info(
 
     if (ddir / "utt2dur").is_file():
         info.duration_source = "utt2dur"
-        durs = np.array([float(rest[0]) for _, _, rest in iter_rows(ddir / "utt2dur") if rest])
+        durs = np.fromiter(
+            (float(rest[0]) for _, _, rest in iter_rows(ddir / "utt2dur") if rest), np.float64
+        )
     elif info.has_segments:
         info.duration_source = "segments"
-        durs = np.array(
-            [
+        durs = np.fromiter(
+            (
                 float(rest[2]) - float(rest[1])
                 for _, _, rest in iter_rows(ddir / "segments")
                 if len(rest) == 3
-            ]
+            ),
+            np.float64,
         )
     else:
         info.duration_source = "audio headers"
-        for key, value in entries:
+        for key, value in entries():
+            info.recordings += 1
             d = read_header(key, value)
             if d is not None:
                 header_durations.append(d)
         durs = np.array(header_durations)
-    if not header_durations and info.duration_source != "audio headers":
-        picks = entries
-        if 0 < audio_sample < len(entries):
-            picks = random.Random(seed).sample(entries, audio_sample)
+    if info.duration_source != "audio headers":
+        # reservoir sample of the recordings (one pass, memory bounded by the sample)
+        rng = random.Random(seed)
+        picks: list[tuple[str, str]] = []
+        for i, entry in enumerate(entries()):
+            info.recordings += 1
+            if audio_sample <= 0 or i < audio_sample:
+                picks.append(entry)
+            else:
+                j = rng.randint(0, i)
+                if j < audio_sample:
+                    picks[j] = entry
         for key, value in picks:
             read_header(key, value)
     info.sample_rates = {str(r): n for r, n in sorted(rates.items())}

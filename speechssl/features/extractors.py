@@ -13,7 +13,7 @@ from __future__ import annotations
 import importlib
 import zlib
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import torch
@@ -167,7 +167,14 @@ class KaldiExtractor:
         seeds = None
         if self.opts.frame.dither != 0.0:
             seeds = torch.tensor([utterance_seed(u, self.seed) for u in utt_ids])
-        waves = waves.to(self.device, torch.float32, non_blocking=True) * self.waveform_scale
+        waves = waves.to(self.device, torch.float32, non_blocking=True)
+        # scale into a batch whose width is a whole number of frame shifts: the CPU path
+        # then gathers real frames with a plain row copy (see kaldi.flat_windows)
+        shift = self.opts.frame.window_shift
+        width = -(-waves.shape[1] // shift) * shift
+        scaled = waves.new_zeros(waves.shape[0], width)
+        torch.mul(waves, self.waveform_scale, out=scaled[:, : waves.shape[1]])
+        waves = scaled
         feats, nf = compute_features(waves, lengths.to(self.device), self.opts, seeds=seeds)
         if self.deltas:
             feats = add_deltas(feats, nf, order=self.deltas, window=2)
@@ -244,10 +251,3 @@ for _kind, _help in (
         _kind,
         ExtractorSpec(factory=_kaldi_factory(_kind), help=_help),
     )
-# the three Kaldi kinds share one argument group
-KALDI_KINDS = ("fbank", "mfcc", "spectrogram")
-
-
-def with_frame_options(opts: FeatureOptions, **frame: Any) -> FeatureOptions:
-    """A copy of ``opts`` with some frame options changed (helper for callers and tests)."""
-    return replace(opts, frame=replace(opts.frame, **frame))

@@ -174,8 +174,12 @@ class ConvFeatureExtractor(nn.Module):
         return x.transpose(1, 2), cur
 
 
-def normalize_waveforms(waveforms: Tensor, lengths: Tensor, eps: float = 1e-5) -> Tensor:
-    """Zero mean, unit variance per utterance over its real samples; padding set to 0."""
+def normalize_waveforms(waveforms: Tensor, lengths: Tensor, eps: float = 1e-7) -> Tensor:
+    """Zero mean, unit variance per utterance over its real samples; padding set to 0.
+
+    ``eps`` matches ``transformers``' ``Wav2Vec2FeatureExtractor(do_normalize=True)`` so an
+    export reproduces the model exactly (fairseq's ``layer_norm`` used 1e-5; the two agree
+    to ~1e-4 relative for speech at normal levels)."""
     valid = torch.arange(waveforms.shape[1], device=waveforms.device) < lengths.unsqueeze(1)
     count = lengths.clamp(min=1).unsqueeze(1).to(waveforms.dtype)
     mean = (waveforms * valid).sum(dim=1, keepdim=True) / count

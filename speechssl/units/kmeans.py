@@ -56,8 +56,11 @@ from speechssl.units import distributed as udist
 from speechssl.units.stream import (
     Block,
     StoreStream,
+    extractor_option,
+    frame_uniforms,
     select_utterances,
     store_fingerprint,
+    subselect_utterances,
     utt_hash,
 )
 from speechssl.utils.atomic import atomic_dir
@@ -95,8 +98,11 @@ class KMeansConfig:
     """Frames in the initialisation sample (default ``max(10000, 64 * k)``)."""
     init_lloyd_iters: int = 10
     """Lloyd iterations on the sample that refine each restart before comparing them."""
+    minibatch_epochs: float = 0.0
+    """Lloyd mode: first run this many epochs of mini-batch updates (cheap progress from the
+    initialisation), then the full-batch iterations."""
     batch_size: int = 10000
-    """Mini-batch mode: frames per batch (over all processes)."""
+    """Mini-batch updates: frames per batch (over all processes)."""
     max_no_improvement: int = 100
     """Mini-batch mode: stop after this many batches without a better smoothed inertia."""
     shuffle_frames: int = 200_000
@@ -112,7 +118,7 @@ class KMeansConfig:
     """Use utterances (in hash order) up to this many frames in total."""
     block_frames: int = 65536
     """Rows read from the store per block."""
-    chunk_elems: int = 1 << 22
+    chunk_elems: int = 1 << 20
     """Upper bound on the elements of one ``[rows, k]`` distance matrix."""
     device: str = "auto"
     """``cpu``, ``cuda``, ``cuda:N`` or ``auto`` (CUDA when available)."""
@@ -132,6 +138,8 @@ class KMeansConfig:
             raise ConfigError(f"normalize must be one of {NORMALIZATIONS}, got {self.normalize!r}")
         if self.max_iter < 1 or self.n_init < 1 or self.batch_size < 1:
             raise ConfigError("max_iter, n_init and batch_size must be >= 1")
+        if self.minibatch_epochs < 0:
+            raise ConfigError(f"minibatch_epochs must be >= 0, got {self.minibatch_epochs}")
         if self.tol < 0:
             raise ConfigError(f"tol must be >= 0, got {self.tol}")
 
@@ -184,7 +192,7 @@ class KMeansModel:
             x = (x - self.mean) / self.std
         return x
 
-    def assign(self, x: Tensor | np.ndarray, chunk_elems: int = 1 << 22) -> tuple[Tensor, Tensor]:
+    def assign(self, x: Tensor | np.ndarray, chunk_elems: int = 1 << 20) -> tuple[Tensor, Tensor]:
         """Nearest centroid of each row of ``x`` ``[N, dim]`` (raw features).
 
         Returns ``(labels [N] int64, squared distance [N] float32)``.
@@ -283,14 +291,16 @@ def _chunk_rows(chunk_elems: int, k: int) -> int:
 def assign_nearest(x: Tensor, centroids: Tensor, cnorm: Tensor) -> tuple[Tensor, Tensor]:
     """Nearest centroid of each row of ``x`` ``[n, d]`` (float32, same device).
 
-    ``cnorm`` is ``||c||^2`` ``[k]``. The argmin uses ``||c||^2 - 2 x.c`` (one matmul); the
-    returned squared distance is recomputed exactly as ``||x - c||^2``.
+    ``cnorm`` is ``||c||^2`` ``[k]``. One matmul gives ``||c||^2 - 2 x.c``; its row minimum
+    plus ``||x||^2`` is the squared distance (clamped at 0). That sum cancels digits when
+    ``||x||`` is large next to the distances, so fitting first centres the data (it subtracts
+    the mean of the initialisation sample, or normalises it).
     Returns ``(labels [n] int64, sq_dist [n] float32)``.
     """
     partial = torch.addmm(cnorm.unsqueeze(0), x, centroids.t(), beta=1.0, alpha=-2.0)
-    idx = partial.argmin(dim=1)
-    diff = x - centroids.index_select(0, idx)
-    return idx, (diff * diff).sum(1)
+    best, idx = partial.min(dim=1)
+    xnorm = torch.linalg.vector_norm(x, dim=1)
+    return idx, best.add_(xnorm * xnorm).clamp_min_(0.0)
 
 
 def _sqdist_to(x: Tensor, xnorm: Tensor, y: Tensor) -> Tensor:
@@ -351,6 +361,9 @@ class _Data:
         self._cache: list[tuple[int, Tensor]] | None = None
         self.mean: Tensor | None = None
         self.std: Tensor | None = None
+        # without normalisation the data are still centred on this shift while fitting
+        # (distances do not change; see assign_nearest); centroids are shifted back at the end
+        self.shift: Tensor | None = None
 
     def raw_blocks(self) -> Iterator[tuple[int, Tensor, Block | None]]:
         """``(row0, raw block on device, Block or None when cached)``."""
@@ -373,6 +386,8 @@ class _Data:
         x = raw.to(torch.float32)
         if self.mean is not None and self.std is not None:
             x = (x - self.mean) / self.std
+        elif self.shift is not None:
+            x = x - self.shift
         return x
 
     def blocks(self) -> Iterator[tuple[int, Tensor]]:
@@ -444,12 +459,15 @@ def _lloyd_pass(
     cl_inertia = torch.zeros(k, dtype=torch.float64, device=dev)
     moved = torch.zeros(1, dtype=torch.int64, device=dev)
     cnorm = (centroids * centroids).sum(1)
+    chunk_sums = torch.empty((k, d), dtype=torch.float32, device=dev)
     for row0, x in blocks:
         block_labels = []
         for s in range(0, x.shape[0], chunk_rows):
             xc = x[s : s + chunk_rows]
             idx, dist = assign_nearest(xc, centroids, cnorm)
-            sums.index_add_(0, idx, xc.to(torch.float64))
+            # per-chunk sums in float32 (a few hundred rows per cluster), running sums float64
+            chunk_sums.zero_().index_add_(0, idx, xc)
+            sums += chunk_sums
             cl_inertia.index_add_(0, idx, dist.to(torch.float64))
             counts += torch.bincount(idx, minlength=k)
             if prev is not None:
@@ -529,50 +547,68 @@ def _rank_shards(store: FeatureStore, rank: int, world: int) -> list[int]:
 
 
 def _first_pass(
-    data: _Data, cfg: KMeansConfig, total_frames: int
+    blocks: Iterable[tuple[int, Tensor, Block | None]],
+    dim: int,
+    device: torch.device,
+    frame_prob: float,
+    seed: int,
+    with_moments: bool,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """One read of the data: global mean/var sums and this rank's part of the init sample.
+    """One read: (optionally) mean/var sums, and this rank's part of the init sample, each
+    frame drawn with probability ``frame_prob`` from its utterance key and index alone.
 
     Returns ``(sum [d] f64, sumsq [d] f64, sample rows [m, d] f32 raw, sample keys [m, 2])``.
     """
-    d = data.stream.dim
-    dev = data.device
+    d = dim
+    dev = device
     s1 = torch.zeros(d, dtype=torch.float64, device=dev)
     s2 = torch.zeros(d, dtype=torch.float64, device=dev)
-    q = min(1.0, cfg.sample_frames / max(total_frames, 1))
+    q = frame_prob
     rows: list[Tensor] = []
     keys: list[np.ndarray] = []
-    masks: dict[str, np.ndarray] = {}
-    for _, raw, block in data.raw_blocks():
+    utt_keys: dict[str, int] = {}
+    for _, raw, block in blocks:
         x = raw.to(torch.float32)
-        if cfg.normalize == "global_mv":
+        if with_moments:
             x64 = x.to(torch.float64)
             s1 += x64.sum(0)
             s2 += (x64 * x64).sum(0)
         assert block is not None  # the first pass always reads from the store
-        for seg in block.segments:
-            mask = masks.get(seg.utt)
-            if mask is None:
-                n_utt = _utt_frames(data.stream, seg.utt)
-                rng = np.random.default_rng(utt_hash(cfg.seed, seg.utt, "init"))
-                mask = rng.random(n_utt) < q
-                masks = {seg.utt: mask}  # keep only the current utterance's mask
-            part = mask[seg.frame0 : seg.frame0 + seg.count]
-            sel = np.nonzero(part)[0]
-            if sel.size:
-                idx = torch.from_numpy(sel + seg.start).to(dev)
-                rows.append(x.index_select(0, idx).cpu())
-                key = np.empty((sel.size, 2), dtype=np.int64)
-                key[:, 0] = utt_hash(cfg.seed, seg.utt, "order")
-                key[:, 1] = sel + seg.frame0
-                keys.append(key)
+        if not block.segments:
+            continue
+        # each frame is drawn with probability q from (utterance key, frame index) alone
+        seg_keys = np.empty(len(block.segments), dtype=np.int64)
+        for i, seg in enumerate(block.segments):
+            key = utt_keys.get(seg.utt)
+            if key is None:
+                utt_keys.clear()  # only the utterance that may continue in the next block
+                key = utt_keys[seg.utt] = utt_hash(seed, seg.utt, "init")
+            seg_keys[i] = key
+        counts = np.fromiter((seg.count for seg in block.segments), np.int64, len(seg_keys))
+        starts = np.fromiter((seg.start for seg in block.segments), np.int64, len(seg_keys))
+        frame0 = np.fromiter((seg.frame0 for seg in block.segments), np.int64, len(seg_keys))
+        row_keys = np.repeat(seg_keys, counts)
+        within = np.arange(int(counts.sum())) - np.repeat(starts, counts)
+        frames = within + np.repeat(frame0, counts)
+        sel = np.flatnonzero(frame_uniforms(row_keys, frames) < q)
+        if sel.size:
+            rows.append(x.index_select(0, torch.from_numpy(sel).to(dev)).cpu())
+            keys.append(np.stack([row_keys[sel], frames[sel]], axis=1))
     sample = torch.cat(rows) if rows else torch.empty((0, d), dtype=torch.float32)
     sample_keys = torch.from_numpy(np.concatenate(keys) if keys else np.empty((0, 2), np.int64))
     return s1, s2, sample, sample_keys
 
 
-def _utt_frames(stream: StoreStream, utt: str) -> int:
-    return stream.store.num_frames(utt)
+#: initialisation reads this many times more utterances than its frame share (frames are
+#: then drawn within them), so the sample spans many utterances without a full read
+_INIT_UTT_FACTOR = 8.0
+
+
+def _device_blocks(
+    stream: StoreStream, device: torch.device
+) -> Iterator[tuple[int, Tensor, Block | None]]:
+    for block in stream.blocks():
+        yield block.row0, torch.from_numpy(block.rows).to(device), block
 
 
 def _choose_init(
@@ -629,7 +665,21 @@ def fit_kmeans(store: FeatureStore | str | os.PathLike[str], cfg: KMeansConfig) 
 
     # pass 0: normalisation statistics and the initialisation sample
     t0 = time.perf_counter()
-    s1, s2, sample, keys = _first_pass(data, cfg, total_frames)
+    q = min(1.0, cfg.sample_frames / total_frames)
+    if cfg.normalize == "global_mv" or q * _INIT_UTT_FACTOR >= 1.0:
+        # a full read is needed (statistics), or the sample is most of the data anyway
+        s1, s2, sample, keys = _first_pass(
+            data.raw_blocks(), store.dim, device, q, cfg.seed, cfg.normalize == "global_mv"
+        )
+    else:
+        # read only a random subset of utterances (about _INIT_UTT_FACTOR * q of the data)
+        # and draw frames within them, so initialisation costs a fraction of one pass
+        q_utt = q * _INIT_UTT_FACTOR
+        init_sel = subselect_utterances(store, stream, q_utt, cfg.seed)
+        init_stream = StoreStream(store, stream.ranks, init_sel, cfg.block_frames)
+        s1, s2, sample, keys = _first_pass(
+            _device_blocks(init_stream, device), store.dim, device, q / q_utt, cfg.seed, False
+        )
     if cfg.normalize == "global_mv":
         udist.all_reduce_sum(s1)
         udist.all_reduce_sum(s2)
@@ -640,7 +690,10 @@ def fit_kmeans(store: FeatureStore | str | os.PathLike[str], cfg: KMeansConfig) 
     sample = udist.all_gather_rows(sample)
     keys = udist.all_gather_rows(keys)
     order = np.lexsort((keys[:, 1].numpy(), keys[:, 0].numpy()))
-    sample = data.normalized(sample[torch.from_numpy(order)].to(device))
+    sample = sample[torch.from_numpy(order)].to(device)
+    if cfg.normalize == "none" and sample.shape[0] > 0:
+        data.shift = sample.to(torch.float64).mean(0).to(torch.float32)
+    sample = data.normalized(sample)
     if sample.shape[0] < cfg.k:
         raise ConfigError(f"initialisation sample has {sample.shape[0]} frames < k={cfg.k}")
     centroids = torch.empty((cfg.k, store.dim), dtype=torch.float32, device=device)
@@ -664,10 +717,14 @@ def fit_kmeans(store: FeatureStore | str | os.PathLike[str], cfg: KMeansConfig) 
     gen = torch.Generator().manual_seed(cfg.seed + 1)
     converged = False
     if cfg.mode == "lloyd":
+        if cfg.minibatch_epochs > 0:
+            centroids, _, _ = _run_minibatch(
+                data, centroids, cfg, chunk_rows, gen, history, total_frames, cfg.minibatch_epochs
+            )
         centroids, converged, n_iter = _run_lloyd(data, centroids, cfg, chunk_rows, gen, history)
     else:
         centroids, converged, n_iter = _run_minibatch(
-            data, centroids, cfg, chunk_rows, gen, history, total_frames
+            data, centroids, cfg, chunk_rows, gen, history, total_frames, cfg.max_iter
         )
 
     final_inertia: float | None = None
@@ -686,7 +743,7 @@ def fit_kmeans(store: FeatureStore | str | os.PathLike[str], cfg: KMeansConfig) 
                 "seconds": round(time.perf_counter() - t0, 4),
             }
         )
-    layer = store.meta.extractor.get("layer")
+    layer = extractor_option(store.meta.extractor, "layer")
     meta = {
         "feature": {
             "kind": store.meta.kind,
@@ -718,6 +775,8 @@ def fit_kmeans(store: FeatureStore | str | os.PathLike[str], cfg: KMeansConfig) 
         "history": history,
         "torch": torch.__version__,
     }
+    if data.shift is not None:
+        centroids = (centroids.to(torch.float64) + data.shift.to(torch.float64)).to(torch.float32)
     model = KMeansModel(
         centroids=centroids.cpu(),
         mean=None if data.mean is None else data.mean.cpu(),
@@ -749,6 +808,7 @@ def _run_lloyd(
             rel = None if last_inertia is None else (last_inertia - inertia) / max(inertia, 1e-30)
             rec = {
                 "iter": it,
+                "stage": "lloyd",
                 "inertia": inertia,
                 "rel_change": rel,
                 "moved": st.moved if it > 1 else None,
@@ -790,7 +850,7 @@ def _shuffled_batches(
             if filled >= buffer_frames:
                 pool = torch.cat(buf)
                 perm = torch.randperm(pool.shape[0], generator=gen).to(pool.device)
-                pool = pool[perm]
+                pool = pool.index_select(0, perm)
                 full = pool.shape[0] // local_bs * local_bs
                 for s in range(0, full, local_bs):
                     yield pool[s : s + local_bs]
@@ -799,7 +859,7 @@ def _shuffled_batches(
         if buf and filled:
             pool = torch.cat(buf)
             perm = torch.randperm(pool.shape[0], generator=gen).to(pool.device)
-            pool = pool[perm]
+            pool = pool.index_select(0, perm)
             full = pool.shape[0] // local_bs * local_bs
             for s in range(0, full, local_bs):
                 yield pool[s : s + local_bs]
@@ -816,6 +876,7 @@ def _run_minibatch(
     gen: torch.Generator,
     history: list[dict[str, Any]],
     total_frames: int,
+    epochs: float,
 ) -> tuple[Tensor, bool, int]:
     k = cfg.k
     dev = centroids.device
@@ -831,10 +892,12 @@ def _run_minibatch(
     no_improvement = 0
     converged = False
     epoch = 0
-    for epoch in range(1, cfg.max_iter + 1):
+    steps_left = math.ceil(epochs * steps_per_epoch)
+    for epoch in range(1, math.ceil(epochs) + 1):
         t0 = time.perf_counter()
         c32 = c64.to(torch.float32)
-        for _ in range(steps_per_epoch):
+        for _ in range(min(steps_per_epoch, steps_left)):
+            steps_left -= 1
             xb = next(batches)
             st = _lloyd_pass([(0, xb)], c32, chunk_rows)
             n = st.counts.to(torch.float64)
@@ -858,6 +921,7 @@ def _run_minibatch(
         n_empty = int((seen == 0).sum().item())
         rec = {
             "iter": epoch,
+            "stage": "minibatch",
             "inertia_ewa": ewa,
             "moved": None,  # not tracked in mini-batch mode
             "empty": n_empty,

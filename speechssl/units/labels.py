@@ -12,9 +12,11 @@ Layout of a label directory::
     shard-00000-of-00002.txt         "utt 3 3 17 ..." per utterance (for inspection/tools)
     shard-00000-of-00002.done.json   written last: utterances, frames, bytes
 
-Label shard ``r`` of ``N`` holds the utterances at positions ``[r*U//N, (r+1)*U//N)`` of the
-feature store's global order (its shards in order, each in index order), so any ``N`` works
-with any store sharding and ranks can run on different machines.
+Label shard ``r`` of ``N`` of a feature store holds the utterances at positions
+``shard_range(U, N, r) = [round(U*r/N), round(U*(r+1)/N))`` of the store's global order (its
+shards in order, each in index order), so any ``N`` works with any store sharding and ranks
+can run on different machines. Labels made straight from audio use the dump's shards of the
+data dir's sorted utterance list.
 
 **Length convention.** A label stream with rate ``R`` (frames/s) whose frames are computed
 from windows of ``W`` seconds shifted by ``1/R`` (``W = frame_window_s`` in ``meta.json``;
@@ -32,6 +34,8 @@ import json
 import logging
 import math
 import os
+import shutil
+import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,9 +46,16 @@ import torch
 
 from speechssl.data.kaldi_dir import KaldiDataDir
 from speechssl.errors import ConfigError, LabelError
+from speechssl.features.dump import (
+    DumpOptions,
+    ExtractorRequest,
+    dump_shard,
+    prepare_store,
+    shard_range,
+)
 from speechssl.features.store import FeatureStore, shard_stem
 from speechssl.units.kmeans import KMeansModel, resolve_device
-from speechssl.units.stream import StoreStream, store_fingerprint
+from speechssl.units.stream import StoreStream, extractor_option, store_fingerprint
 from speechssl.utils.atomic import atomic_write_json
 
 log = logging.getLogger(__name__)
@@ -66,22 +77,22 @@ def expected_num_frames(duration: float, label_rate: float, frame_window_s: floa
 
 
 def frame_window_from_store(store: FeatureStore) -> float:
-    """The analysis window of a store's frames, from its extractor options when recorded.
+    """The analysis window of a store's frames, from its extractor description.
 
-    Reads Kaldi option names (``frame_length`` in ms, ``snip_edges``) or an explicit
-    ``frame_window_s``; falls back to 25 ms (Kaldi's default window, and the receptive field
-    of the 20 ms CNN front ends); without ``snip_edges`` Kaldi pads, so the window is 0.
+    Looks (at any depth, e.g. ``options.frame``) for an explicit ``frame_window_s``, else
+    Kaldi's ``snip_edges`` (false: Kaldi pads, so frames count as if the window were 0)
+    and ``frame_length`` in ms; falls back to 25 ms (Kaldi's default window, and the
+    receptive field of the 20 ms CNN front ends at 16 kHz).
     """
     ex = store.meta.extractor
-    for section in (ex, ex.get("options", {}) if isinstance(ex.get("options"), dict) else {}):
-        if "frame_window_s" in section:
-            return float(section["frame_window_s"])
-        if section.get("snip_edges") is False:
-            return 0.0
-        if "frame_length" in section:
-            return float(section["frame_length"]) / 1000.0
-        if "frame_length_ms" in section:
-            return float(section["frame_length_ms"]) / 1000.0
+    explicit = extractor_option(ex, "frame_window_s")
+    if explicit is not None:
+        return float(explicit)
+    if extractor_option(ex, "snip_edges") is False:
+        return 0.0
+    length_ms = extractor_option(ex, "frame_length")
+    if length_ms is not None:
+        return float(length_ms) / 1000.0
     return DEFAULT_FRAME_WINDOW_S
 
 
@@ -199,6 +210,9 @@ class LabelShardWriter:
         self._seen: set[str] = set()
         self._closed = False
 
+    def has(self, utt: str) -> bool:
+        return utt in self._seen
+
     def add(self, utt: str, labels: np.ndarray) -> None:
         if utt in self._seen:
             raise LabelError(utt, "labelled twice in one shard")
@@ -246,7 +260,7 @@ def _check_model_matches_store(model: KMeansModel, store: FeatureStore) -> None:
             f"k-means model was fitted on {feat.get('kind')!r} features, "
             f"store {store.root} holds {store.meta.kind!r}"
         )
-    layer = store.meta.extractor.get("layer")
+    layer = extractor_option(store.meta.extractor, "layer")
     if feat.get("layer") != layer:
         raise ConfigError(
             f"k-means model was fitted on layer {feat.get('layer')!r}, store {store.root} holds layer {layer!r}"
@@ -258,71 +272,67 @@ def _check_model_matches_store(model: KMeansModel, store: FeatureStore) -> None:
         )  # fmt: skip
 
 
-def apply_to_store(
+def _labels_meta(
     model_dir: str | os.PathLike[str],
-    store: FeatureStore | str | os.PathLike[str],
-    out_dir: str | os.PathLike[str],
-    nshard: int = 1,
-    rank: int = 0,
-    device: str = "auto",
-    block_frames: int = 65536,
-    overwrite: bool = False,
-    frame_window_s: float | None = None,
-) -> dict[str, Any]:
-    """Label the utterances of label shard ``rank`` of ``nshard`` (see module doc).
-
-    A complete shard is skipped (rerun-safe) unless ``overwrite``; a partial one is redone.
-    Returns a summary: ``{"shard", "utterances", "frames", "seconds", "skipped_existing"}``.
-    """
-    import time
-
-    if not 0 <= rank < nshard:
-        raise ConfigError(f"rank must be in [0, {nshard}), got {rank}")
-    dev = resolve_device(device)
-    model = KMeansModel.load(model_dir, device=dev)
-    if not isinstance(store, FeatureStore):
-        store = FeatureStore(store)
-    _check_model_matches_store(model, store)
-    dtype = "uint16" if model.k <= 65536 else "uint32"
-    meta = LabelsMeta(
+    model: KMeansModel,
+    store: FeatureStore,
+    nshard: int,
+    frame_window_s: float | None,
+    source: dict[str, Any],
+    source_skipped: list[dict[str, str]],
+) -> LabelsMeta:
+    return LabelsMeta(
         label_rate=store.meta.frame_rate,
         k=model.k,
         nshard=nshard,
-        dtype=dtype,
+        dtype="uint16" if model.k <= 65536 else "uint32",
         frame_window_s=frame_window_from_store(store) if frame_window_s is None else frame_window_s,
         source={
-            "features": str(store.root),
             "kind": store.meta.kind,
-            "layer": store.meta.extractor.get("layer"),
+            "layer": extractor_option(store.meta.extractor, "layer"),
             "frame_rate": store.meta.frame_rate,
-            "data_dir": store.meta.source,
-            "data_hash": store_fingerprint(store),
+            **source,
         },
         kmeans={
             "path": str(model_dir),
             "sha256": model.sha256,
             "normalization": model.meta.get("normalization"),
         },
-        source_skipped=store.skipped(),
+        source_skipped=source_skipped,
     )
-    out = Path(out_dir)
-    write_labels_meta(out, meta, overwrite=overwrite)
-    stem = shard_stem(rank, nshard)
-    if not overwrite and label_shard_is_complete(out, rank, nshard, _DTYPES[dtype].itemsize):
-        info = json.loads((out / f"{stem}.done.json").read_text())
-        log.info("%s/%s is complete; skipping (use --overwrite to redo)", out, stem)
-        return {
-            "shard": stem,
-            "utterances": info["utterances"],
-            "frames": info["frames"],
-            "seconds": 0.0,
-            "skipped_existing": True,
-        }
-    n_utts = len(store)
-    lo, hi = rank * n_utts // nshard, (rank + 1) * n_utts // nshard
-    stream = StoreStream(store, block_frames=block_frames, utt_ranges=(lo, hi))
+
+
+def _existing_shard(
+    out: Path, meta: LabelsMeta, rank: int, overwrite: bool
+) -> dict[str, Any] | None:
+    """The summary of an already complete shard (rerun), else None."""
+    if overwrite or not label_shard_is_complete(
+        out, rank, meta.nshard, _DTYPES[meta.dtype].itemsize
+    ):
+        return None
+    stem = shard_stem(rank, meta.nshard)
+    info = json.loads((out / f"{stem}.done.json").read_text())
+    log.info("%s/%s is complete; skipping (use --overwrite to redo)", out, stem)
+    return {
+        "shard": stem,
+        "utterances": info["utterances"],
+        "frames": info["frames"],
+        "seconds": 0.0,
+        "skipped_existing": True,
+    }
+
+
+def _write_label_shard(
+    model: KMeansModel,
+    stream: StoreStream,
+    out: Path,
+    meta: LabelsMeta,
+    rank: int,
+    extra: dict[str, Any],
+) -> dict[str, Any]:
+    """Assign every frame of ``stream`` and write label shard ``rank``."""
     t0 = time.perf_counter()
-    writer = LabelShardWriter(out, rank, nshard, dtype)
+    writer = LabelShardWriter(out, rank, meta.nshard, meta.dtype)
     try:
         cur_utt: str | None = None
         parts: list[np.ndarray] = []
@@ -338,22 +348,143 @@ def apply_to_store(
         if cur_utt is not None:
             writer.add(cur_utt, np.concatenate(parts))
         # utterances with zero frames never appear in a block; keep them, with no labels
-        written = writer._seen
         for utt, count in stream.utterances():
-            if count == 0 and utt not in written:
+            if count == 0 and not writer.has(utt):
                 writer.add(utt, np.empty(0, dtype=np.int64))
         seconds = time.perf_counter() - t0
-        writer.close({"seconds": round(seconds, 3), "utt_range": [lo, hi]})
+        writer.close({"seconds": round(seconds, 3), **extra})
     except BaseException:
         writer.abort()
         raise
     return {
-        "shard": stem,
+        "shard": shard_stem(rank, meta.nshard),
         "utterances": writer.utts,
         "frames": writer.frames,
         "seconds": seconds,
         "skipped_existing": False,
     }
+
+
+def apply_to_store(
+    model_dir: str | os.PathLike[str],
+    store: FeatureStore | str | os.PathLike[str],
+    out_dir: str | os.PathLike[str],
+    nshard: int = 1,
+    rank: int = 0,
+    device: str = "auto",
+    block_frames: int = 65536,
+    overwrite: bool = False,
+    frame_window_s: float | None = None,
+) -> dict[str, Any]:
+    """Label the utterances of label shard ``rank`` of ``nshard`` of a feature store.
+
+    Label shard ``rank`` holds positions ``shard_range(U, nshard, rank)`` of the store's
+    global utterance order (module doc). A complete shard is skipped (rerun-safe) unless
+    ``overwrite``; a partial one is redone. Returns a summary:
+    ``{"shard", "utterances", "frames", "seconds", "skipped_existing"}``.
+    """
+    if not 0 <= rank < nshard:
+        raise ConfigError(f"rank must be in [0, {nshard}), got {rank}")
+    model = KMeansModel.load(model_dir, device=resolve_device(device))
+    if not isinstance(store, FeatureStore):
+        store = FeatureStore(store)
+    _check_model_matches_store(model, store)
+    source = {
+        "features": str(store.root),
+        "data_dir": store.meta.source,
+        "data_hash": store_fingerprint(store),
+    }
+    meta = _labels_meta(model_dir, model, store, nshard, frame_window_s, source, store.skipped())
+    out = Path(out_dir)
+    write_labels_meta(out, meta, overwrite=overwrite)
+    done = _existing_shard(out, meta, rank, overwrite)
+    if done is not None:
+        return done
+    lo, hi = shard_range(len(store), nshard, rank)
+    stream = StoreStream(store, block_frames=block_frames, utt_ranges=(lo, hi))
+    return _write_label_shard(model, stream, out, meta, rank, {"utt_range": [lo, hi]})
+
+
+def _flat_options(tree: Mapping[str, Any]) -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, Mapping):
+            flat.update(_flat_options(value))
+        else:
+            flat[key] = value
+    return flat
+
+
+def training_extractor(model: KMeansModel, device: torch.device | str) -> ExtractorRequest:
+    """The feature extractor the model's training store was made with, rebuilt from the
+    description recorded in the model (``feature.kind`` and ``feature.extractor``).
+
+    Raises ConfigError if the registered extractor no longer describes itself the same way
+    (the labels would come from different features than the centroids).
+    """
+    feat = model.meta.get("feature", {})
+    kind, described = feat.get("kind"), feat.get("extractor")
+    if not kind or not isinstance(described, Mapping):
+        raise ConfigError("the k-means model records no feature extractor to rebuild")
+    request = ExtractorRequest(kind=str(kind), options=_flat_options(described), device=str(device))
+    rebuilt = request.build().describe()
+    if rebuilt != described:
+        raise ConfigError(
+            f"cannot rebuild the {kind!r} extractor of the k-means training features: "
+            f"recorded {described}, rebuilt {rebuilt}"
+        )
+    return request
+
+
+def apply_to_audio(
+    model_dir: str | os.PathLike[str],
+    data_dir: str | os.PathLike[str],
+    out_dir: str | os.PathLike[str],
+    nshard: int = 1,
+    rank: int = 0,
+    device: str = "auto",
+    overwrite: bool = False,
+    tolerant: bool = False,
+    batch_seconds: float = 200.0,
+    frame_window_s: float | None = None,
+) -> dict[str, Any]:
+    """Label shard ``rank`` of ``nshard`` of a Kaldi data dir straight from its audio.
+
+    The features are computed with the extractor the model was trained on (rebuilt from
+    the model's metadata) by ``speechssl.features.dump`` into a temporary one-shard store
+    inside ``out_dir``, labelled, and removed; so bad audio is handled exactly as in a
+    dump (an error naming the utterance, or with ``tolerant`` skipped and recorded in the
+    shard's ``done.json``). Shards are the dump's (contiguous ranges of the sorted
+    utterance list).
+    """
+    if not 0 <= rank < nshard:
+        raise ConfigError(f"rank must be in [0, {nshard}), got {rank}")
+    dev = resolve_device(device)
+    model = KMeansModel.load(model_dir, device=dev)
+    request = training_extractor(model, dev)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = out / f".features-{shard_stem(rank, nshard)}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        opts = DumpOptions(nshard=nshard, tolerant=tolerant, batch_seconds=batch_seconds)
+        prepare_store(data_dir, tmp, request, opts)
+        store = FeatureStore(tmp, allow_incomplete=True)
+        source = {"data_dir": str(Path(data_dir).resolve()), "extractor": store.meta.extractor}
+        meta = _labels_meta(model_dir, model, store, nshard, frame_window_s, source, [])
+        write_labels_meta(out, meta, overwrite=overwrite)
+        done = _existing_shard(out, meta, rank, overwrite)
+        if done is not None:
+            return done
+        result = dump_shard(data_dir, tmp, request, opts, rank)
+        store = FeatureStore(tmp, allow_incomplete=True)
+        stream = StoreStream(store, ranks=[rank])
+        extra = {"inputs": result.inputs, "skipped": result.skipped}
+        summary = _write_label_shard(model, stream, out, meta, rank, extra)
+        summary["skipped_audio"] = len(result.skipped)
+        return summary
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 class UnitLabels(Mapping[str, np.ndarray]):
@@ -364,6 +495,8 @@ class UnitLabels(Mapping[str, np.ndarray]):
 
     Attributes:
         meta: the directory's :class:`LabelsMeta`.
+        dump_skipped: ``{utt, reason}`` of utterances whose features were never computed
+            (skipped by the feature dump), so they have no labels.
         extra: utterances that have labels but are not in the data dir (reported, ignored).
         skipped: ``(utt, reason)`` of utterances dropped in tolerant mode.
     """
@@ -374,6 +507,7 @@ class UnitLabels(Mapping[str, np.ndarray]):
         self._arrays = arrays
         self.extra: list[str] = []
         self.skipped: list[tuple[str, str]] = []
+        self.dump_skipped: list[dict[str, str]] = list(meta.source_skipped)
 
     @property
     def label_rate(self) -> float:
@@ -438,6 +572,7 @@ class UnitLabels(Mapping[str, np.ndarray]):
             raise LabelError(str(root), f"labels have k={meta.k}, but k={k} expected")
         np_dtype = _DTYPES[meta.dtype]
         arrays: dict[str, np.ndarray] = {}
+        dump_skipped: list[dict[str, str]] = list(meta.source_skipped)
         for r in range(meta.nshard):
             stem = shard_stem(r, meta.nshard)
             if not label_shard_is_complete(root, r, meta.nshard, np_dtype.itemsize):
@@ -447,6 +582,8 @@ class UnitLabels(Mapping[str, np.ndarray]):
                 )
             paths = _shard_paths(root, r, meta.nshard)
             info = json.loads(paths["done.json"].read_text())
+            # utterances the feature computation skipped (labels applied straight to audio)
+            dump_skipped.extend(info.get("skipped", []))
             frames = int(info["frames"])
             data = (
                 np.memmap(paths["bin"], dtype=np_dtype, mode="r", shape=(frames,))
@@ -477,6 +614,7 @@ class UnitLabels(Mapping[str, np.ndarray]):
                         )
                     arrays[utt] = data[off : off + cnt]
         labels = cls(root, meta, arrays)
+        labels.dump_skipped = dump_skipped
         if data_dir is not None:
             labels._check_against(Path(data_dir), tolerance, tolerant)
         return labels
@@ -484,7 +622,7 @@ class UnitLabels(Mapping[str, np.ndarray]):
     def _check_against(self, data_dir: Path, tolerance: float, tolerant: bool) -> None:
         # utt2dur when present, else segments, else audio headers (KaldiDataDir's rule)
         durations = KaldiDataDir(data_dir).durations()
-        skipped_at_dump = {s["utt"]: s.get("reason", "") for s in self.meta.source_skipped}
+        skipped_at_dump = {s["utt"]: s.get("reason", "") for s in self.dump_skipped}
         problems: list[tuple[str, str]] = []
         kept: dict[str, np.ndarray] = {}
         for utt, dur in durations.items():

@@ -47,29 +47,25 @@ class Alignments:
 
     @staticmethod
     def read(path: str | os.PathLike[str], rate: float = 100.0) -> Alignments:
-        """Read ``utt sym sym ...`` lines (one phone symbol per frame)."""
+        """Read ``utt sym sym ...`` lines (one phone symbol per frame; the bundled corpus's
+        ``ali.phones`` format, read with its reader)."""
+        from speechssl.data.synth.alignment import read_alignments
+
         p = Path(path)
         if not p.exists():
             raise LabelError(str(p), "alignment file does not exist")
         phones: list[str] = []
         ids: dict[str, int] = {}
         frames: dict[str, np.ndarray] = {}
-        with open(p, encoding="utf-8") as fh:
-            for lineno, line in enumerate(fh, start=1):
-                parts = line.split()
-                if not parts:
-                    raise LabelError(str(p), "empty line", where=f"{p}:{lineno}")
-                utt = parts[0]
-                if utt in frames:
-                    raise LabelError(utt, "aligned twice", where=f"{p}:{lineno}")
-                row = np.empty(len(parts) - 1, dtype=np.int32)
-                for n, sym in enumerate(parts[1:]):
-                    i = ids.get(sym)
-                    if i is None:
-                        i = ids[sym] = len(phones)
-                        phones.append(sym)
-                    row[n] = i
-                frames[utt] = row
+        for utt, symbols in read_alignments(p).items():
+            row = np.empty(len(symbols), dtype=np.int32)
+            for n, sym in enumerate(symbols):
+                i = ids.get(sym)
+                if i is None:
+                    i = ids[sym] = len(phones)
+                    phones.append(sym)
+                row[n] = i
+            frames[utt] = row
         return Alignments(phones=phones, frames=frames, rate=rate)
 
 

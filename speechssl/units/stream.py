@@ -20,6 +20,7 @@ import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -36,6 +37,34 @@ def utt_hash(seed: int, utt: str, salt: str = "select") -> int:
 def utt_uniform(seed: int, utt: str, salt: str = "select") -> float:
     """A number in ``[0, 1)`` drawn from the utterance id and seed (see :func:`utt_hash`)."""
     return utt_hash(seed, utt, salt) / float(1 << 63)
+
+
+def extractor_option(tree: Any, name: str) -> Any:
+    """The first value of key ``name`` in a store's nested extractor description (depth
+    first, e.g. ``options.frame.frame_length``), or None."""
+    if isinstance(tree, dict):
+        if name in tree:
+            return tree[name]
+        for value in tree.values():
+            found = extractor_option(value, name)
+            if found is not None:
+                return found
+    return None
+
+
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+
+
+def frame_uniforms(utt_keys: np.ndarray, frames: np.ndarray) -> np.ndarray:
+    """Numbers in ``[0, 1)``, one per ``(utterance key, frame index)`` pair (vectorised
+    splitmix64 of the pair): per-frame random draws that do not depend on how the frames
+    are split into blocks, shards or processes."""
+    z = utt_keys.astype(np.uint64) ^ (frames.astype(np.uint64) * _GOLDEN)
+    z = z + _GOLDEN
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    z = z ^ (z >> np.uint64(31))
+    return (z >> np.uint64(11)).astype(np.float64) / float(1 << 53)
 
 
 def store_fingerprint(store: FeatureStore) -> str:
@@ -98,6 +127,23 @@ def select_utterances(
     return {r: np.asarray(sorted(v), dtype=np.int64) for r, v in selected.items()}
 
 
+def subselect_utterances(
+    store: FeatureStore, stream: StoreStream, prob: float, seed: int
+) -> dict[int, np.ndarray]:
+    """The utterances of ``stream`` kept with probability ``prob`` (by hash of seed and id,
+    independent of ``select_utterances``' draw), as a selection for :class:`StoreStream`."""
+    out: dict[int, np.ndarray] = {}
+    for r in stream.ranks:
+        sh = store.shard(r)
+        keep = [
+            i
+            for i, _ in stream.utterance_indices(r)
+            if utt_uniform(seed, sh.utts[i], "init-utt") < prob
+        ]
+        out[r] = np.asarray(keep, dtype=np.int64)
+    return out
+
+
 @dataclass
 class Segment:
     """Part of one utterance inside a block: rows ``[start, start + count)`` of the block
@@ -127,6 +173,7 @@ class _Run:
     utt: str
     offset: int  # row in the shard file
     count: int
+    index: int  # position in the shard index
 
 
 class StoreStream:
@@ -171,7 +218,7 @@ class StoreStream:
                     lo, hi = utt_ranges
                     idx = idx[(idx + global_pos >= lo) & (idx + global_pos < hi)]
                 runs = [
-                    _Run(sh.utts[int(i)], int(sh.offsets[int(i)]), int(sh.counts[int(i)]))
+                    _Run(sh.utts[int(i)], int(sh.offsets[int(i)]), int(sh.counts[int(i)]), int(i))
                     for i in idx
                 ]
                 self._runs[r] = runs
@@ -184,6 +231,11 @@ class StoreStream:
         for r in self.ranks:
             for run in self._runs.get(r, []):
                 yield run.utt, run.count
+
+    def utterance_indices(self, rank: int) -> Iterator[tuple[int, str]]:
+        """``(index in the shard, utt)`` of the utterances this stream reads from ``rank``."""
+        for run in self._runs.get(rank, []):
+            yield run.index, run.utt
 
     def _path(self, rank: int) -> Path:
         return self.store.root / f"{shard_stem(rank, self.store.meta.nshard)}.bin"

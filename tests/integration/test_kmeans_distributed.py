@@ -58,7 +58,8 @@ def store(tmp_path_factory):
 
 
 def test_two_gloo_processes_match_one(store, tmp_path):
-    cfg_kw: dict = {}
+    # a small init sample: initialisation reads a subset of utterances (not the full pass)
+    cfg_kw: dict = {"init_sample_frames": 600}
     torch.set_num_threads(1)
     single = fit_kmeans(store, _cfg(**cfg_kw)).model
     out = tmp_path / "km2"
@@ -71,7 +72,7 @@ def test_two_gloo_processes_match_one(store, tmp_path):
     # statistics summed in another order differ only by float64 rounding
     torch.testing.assert_close(multi.centroids, single.centroids, rtol=0, atol=1e-5)
     assert multi.meta["inertia_per_frame"] == pytest.approx(
-        single.meta["inertia_per_frame"], rel=1e-9
+        single.meta["inertia_per_frame"], rel=1e-6
     )
 
 

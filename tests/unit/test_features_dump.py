@@ -262,8 +262,43 @@ def test_library_api_and_option_errors(data_dir: Path, tmp_path: Path) -> None:
     ].inputs == 200
     with pytest.raises(ConfigError, match="--num-ceps"):
         ExtractorRequest(kind="fbank", options={"num_ceps": 3}).build()
-    with pytest.raises(ConfigError, match="unknown feature extractor 'model'"):
+    with pytest.raises(ConfigError, match="--kind model needs --checkpoint"):
         ExtractorRequest(kind="model", options={}).build()
     with pytest.raises(ConfigError, match="--checkpoint"):
         ExtractorRequest(kind="mfcc", options={"checkpoint": "x.pt"}).build()
     assert FbankOptions().dim == 23
+
+
+#: kinds that cannot be built without artifacts, and where their own test lives
+NEEDS_ARTIFACTS = {"model": "tests/integration/test_model_features_dump.py (a trained model dir)"}
+
+
+def _registered() -> list[str]:
+    from speechssl.features.extractors import EXTRACTORS, load_extractor_plugins
+
+    load_extractor_plugins()
+    return [k for k in EXTRACTORS.names() if k not in NEEDS_ARTIFACTS]
+
+
+def test_registry_lists_the_model_kind() -> None:
+    from speechssl.features.extractors import EXTRACTORS, load_extractor_plugins
+
+    load_extractor_plugins()
+    assert set(NEEDS_ARTIFACTS) <= set(EXTRACTORS.names())
+
+
+@pytest.mark.parametrize("kind", _registered())
+def test_every_registered_extractor_honours_the_interface(kind: str) -> None:
+    """New kinds are checked automatically; a kind that needs artifacts (a checkpoint) is
+    listed in NEEDS_ARTIFACTS with the test that covers it instead."""
+    extractor = ExtractorRequest(kind=kind, options={}).build()
+    json.dumps(extractor.describe())  # meta.json must be able to record it
+    rate = extractor.sample_rate
+    waves = torch.zeros(2, rate)
+    waves[0] = torch.sin(torch.arange(rate) * 0.05) * 0.3
+    waves[1, : rate // 2] = torch.sin(torch.arange(rate // 2) * 0.11) * 0.2
+    lengths = torch.tensor([rate, rate // 2])
+    feats, nf = extractor(waves, lengths, ["a", "b"])
+    assert feats.dim() == 3 and feats.shape[0] == 2 and feats.shape[2] == extractor.dim
+    assert nf[0] > nf[1] > 0 and abs(int(nf[0]) - extractor.frame_rate) <= 3
+    assert torch.isfinite(feats).all()

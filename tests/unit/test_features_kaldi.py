@@ -138,8 +138,8 @@ MFCC_GRID = [
 def _utterances(sample_rate: float, seed: int) -> list[torch.Tensor]:
     # two utterances of different lengths, batched together (lengths matter for snip_edges)
     return [
-        torch.from_numpy(speech_like(sample_rate, 0.83, seed)),
-        torch.from_numpy(speech_like(sample_rate, 0.41, seed + 1)),
+        torch.from_numpy(speech_like(sample_rate, 0.53, seed)),
+        torch.from_numpy(speech_like(sample_rate, 0.31, seed + 1)),
     ]
 
 
@@ -179,6 +179,58 @@ def _check_against(
     assert err <= tol, f"{what}: max abs error {err:.2e} > {tol}"
 
 
+#: mel energies this far (60 dB) below a frame's loudest bin are not determined by float32
+#: arithmetic: on 16-bit speech such bins move by up to ~1e-2 between torchaudio and
+#: kaldi-native-fbank themselves (measured), so 1e-3 agreement is checked where the answer
+#: is well conditioned, and elsewhere we must be no further from the exact (float64) result
+#: than the peers are
+WELL_CONDITIONED_NATS = float(np.log(1e6))
+
+
+def _conditioned(w: torch.Tensor, opts) -> torch.Tensor:
+    """``[F, D]`` bool: entries whose float32 value is numerically determined."""
+    mel_opts = FbankOptions(frame=opts.frame, mel=opts.mel)
+    logmel, nf = compute_features(w.double().unsqueeze(0), None, mel_opts)
+    logmel = logmel[0, : int(nf[0])]
+    ok = logmel >= logmel.max(dim=1, keepdim=True).values - WELL_CONDITIONED_NATS
+    if isinstance(opts, MfccOptions):  # every cepstrum mixes every mel bin
+        return ok.all(dim=1, keepdim=True).expand(-1, opts.dim)
+    if opts.use_energy:
+        col = torch.ones(ok.shape[0], 1, dtype=torch.bool)
+        ok = torch.cat([ok, col] if opts.htk_compat else [col, ok], dim=1)
+    return ok
+
+
+def _check_parity(ours: torch.Tensor, w: torch.Tensor, opts, what: str) -> None:
+    """Ours vs torchaudio and kaldi-native-fbank on one utterance (see above)."""
+    exact, nf = compute_features(w.double().unsqueeze(0), None, opts)
+    exact = _unlifter(exact[0, : int(nf[0])], opts)
+    ok = _conditioned(w, opts)
+    if isinstance(opts, FbankOptions):
+        assert ok.float().mean() >= 0.75, f"{what}: too few well-conditioned entries to test"
+    # (MFCC frames mix all mel bins: at 44.1/48 kHz band-limited speech leaves the top bins
+    # near-empty in every frame, so most MFCC frames are only checked against exact below)
+    rows = ok.all(1)
+    ours_u = _unlifter(ours, opts)
+    for peer, ref in (
+        ("torchaudio", torchaudio_features(w, opts)),
+        ("knf", knf_features(w.numpy(), opts)),
+    ):
+        ref_t = torch.as_tensor(np.asarray(ref))
+        assert ref_t.shape == ours.shape, f"{what} vs {peer}: shapes {ref_t.shape}, {ours.shape}"
+        _check_against(ours[rows], ref_t[rows], TOL, f"{what} vs {peer}", opts)
+        ref_u = _unlifter(ref_t, opts)
+        err = (ours_u.double() - ref_u.double()).abs()
+        if ok.any():
+            assert err[ok].max() <= TOL, f"{what} vs {peer}: {err[ok].max():.2e} conditioned"
+        if (~ok).any():
+            ours_off = (ours_u.double() - exact).abs()[~ok].max()
+            peer_off = (ref_u.double() - exact).abs()[~ok].max()
+            assert ours_off <= 2 * peer_off + TOL, (
+                f"{what}: ill-conditioned entries {ours_off:.2e} from exact, {peer} {peer_off:.2e}"
+            )
+
+
 @pytest.mark.parametrize(
     "name,opts", FBANK_GRID + MFCC_GRID, ids=lambda x: x if isinstance(x, str) else ""
 )
@@ -188,9 +240,7 @@ def test_parity_with_torchaudio_and_knf(name: str, opts) -> None:
     feats, nf = compute_features(batch, lengths, opts)
     for i, w in enumerate(waves):
         ours = feats[i, : int(nf[i])]
-        # torchaudio has no 'sine' window; both peers cover every other option
-        _check_against(ours, torchaudio_features(w, opts), TOL, f"{name}[{i}] vs torchaudio", opts)
-        _check_against(ours, knf_features(w.numpy(), opts), TOL, f"{name}[{i}] vs knf", opts)
+        _check_parity(ours, w, opts, f"{name}[{i}]")
         assert (feats[i, int(nf[i]) :] == 0).all()
 
 
@@ -209,7 +259,7 @@ def _synth_speech(root, rate: int, count: int) -> list[torch.Tensor]:
         w = torch.from_numpy(wave)
         if sr != rate:
             w = taf.resample(w, sr, rate)
-        out.append(torch.round(w * 32767))
+        out.append(torch.round(w[: int(1.5 * rate)] * 32767))  # at most 1.5 s (test time)
     return out
 
 
@@ -237,8 +287,7 @@ def test_parity_on_synthesized_speech(synth_corpus, rate: int) -> None:
         for i, w in enumerate(waves):
             ours = feats[i, : int(nf[i])]
             what = f"{type(opts).__name__} {rate} Hz utt {i}"
-            _check_against(ours, torchaudio_features(w, opts), TOL, what + " vs torchaudio", opts)
-            _check_against(ours, knf_features(w.numpy(), opts), TOL, what + " vs knf", opts)
+            _check_parity(ours, w, opts, what)
 
 
 @pytest.mark.parametrize("window", ["sine", "povey"])
@@ -432,3 +481,16 @@ def test_bad_options_and_inputs_are_named() -> None:
         fbank(torch.zeros(2, 4000), torch.tensor([4000, 5000]))
     with pytest.raises(ConfigError, match=r"\[N, T\]"):
         fbank(torch.zeros(4000))
+
+
+def test_front_end_modules() -> None:
+    from speechssl.features import KaldiFbank, KaldiMfcc, KaldiSpectrogram
+
+    batch, lengths = _batch([torch.from_numpy(speech_like(16000, s, 2)) for s in (0.4, 0.25)])
+    fb = KaldiFbank(FbankOptions(mel=MelOptions(num_mel_bins=80)))
+    assert fb.dim == 80 and fb.frame_rate == 100.0 and not fb.state_dict()
+    feats, nf = fb(batch, lengths)
+    ref, nf_ref = fbank(batch, lengths, fb.opts)
+    assert torch.equal(nf, nf_ref) and torch.equal(feats, ref)
+    assert KaldiMfcc()(batch, lengths)[0].shape[-1] == 13
+    assert KaldiSpectrogram()(batch, lengths)[0].shape[-1] == 257

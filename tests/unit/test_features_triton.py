@@ -75,3 +75,24 @@ def test_triton_kernels_on_gpu_match_torch_and_torchaudio() -> None:
                     ta = torchaudio_features(w.cuda(), opts).cpu()
                     bound = 1.5e-2 if isinstance(opts, MfccOptions) else 1e-3  # lifter x 1e-3
                     assert (got[j, : int(nf[j])].cpu() - ta).abs().max() < bound
+
+
+@pytest.mark.cuda
+def test_gpu_front_end_makes_no_host_syncs() -> None:
+    from speechssl.features import FbankOptions, KaldiFbank, MelOptions
+
+    module = KaldiFbank(FbankOptions(mel=MelOptions(num_mel_bins=80)))
+    waves = torch.randn(4, 16000, device="cuda") * 1000
+    lengths = torch.tensor([16000, 12000, 9000, 300], device="cuda")
+    module(waves, lengths)  # warm-up: tables, kernel compilation
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        with torch.no_grad():
+            module(waves, lengths)  # Triton path
+        waves.requires_grad_(True)
+        feats, _ = module(waves, lengths)  # differentiable torch path
+        feats.sum().backward()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert waves.grad is not None and torch.isfinite(waves.grad).all()

@@ -185,6 +185,7 @@ def test_speakers_distinct_split_and_balanced():
     for sp in ("dev", "test"):
         assert sorted(s.gender for s in by_split[sp]) == ["f", "f", "m", "m"]
     assert len({s.accent for s in spks}) == len(ACCENTS)
+    assert all(0.9 <= s.warp <= 1.1 for s in spks) and len({s.warp for s in spks}) > 30
     assert make_speakers(SpeakerConfig(), seed=7) == spks
     assert make_speakers(SpeakerConfig(), seed=8) != spks
 

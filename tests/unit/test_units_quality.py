@@ -121,7 +121,7 @@ def test_alignment_file_errors(tmp_path):
     with pytest.raises(LabelError, match="does not exist"):
         Alignments.read(tmp_path / "none")
     (tmp_path / "dup").write_text("a x y\na x\n")
-    with pytest.raises(LabelError, match=r"a \(.*dup:2\): aligned twice"):
+    with pytest.raises(LabelError, match=r"a \(.*dup:2\): duplicate utterance"):
         Alignments.read(tmp_path / "dup")
 
 

@@ -10,6 +10,7 @@ opt data_root data "where the data dirs go"
 opt corpus_dir "" "Libri-Light root, the directory holding small/ medium/ large/ (required)"
 opt subsets "small medium large" "subsets combined into the training set"
 opt train_name ll_60k "name of the combined training data dir"
+opt --num max_segment 30 "cut recordings into segments of at most this many seconds (packing voice activity)"
 opt librispeech_dir "" "LibriSpeech root for the validation splits (empty: none)"
 opt librispeech_splits "dev-other" "LibriSpeech splits prepared for validation"
 parse_options "$@"
@@ -20,10 +21,10 @@ parts=()
 for subset in $subsets; do
   [[ -d $corpus_dir/$subset ]] || die "$corpus_dir/$subset: no such subset directory"
   speechssl data prepare-librilight --corpus-dir "$corpus_dir" --subset "$subset" \
-    --out "$data_root/ll_$subset"
+    --max-segment "$max_segment" --out "$data_root/ll_$subset"
   parts+=("$data_root/ll_$subset")
 done
-speechssl data combine --out "$data_root/$train_name" "${parts[@]}"
+speechssl data combine --overwrite --out "$data_root/$train_name" "${parts[@]}"
 if [[ -n $librispeech_dir ]]; then
   "$(dirname "${BASH_SOURCE[0]}")/../../librispeech/local/data.sh" --data-root "$data_root" \
     --corpus-dir "$librispeech_dir" --train-splits "" --other-splits "$librispeech_splits"

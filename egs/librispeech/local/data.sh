@@ -23,5 +23,5 @@ for split in $train_splits $other_splits; do
 done
 for split in $train_splits; do parts+=("$data_root/${split//-/_}"); done
 if ((${#parts[@]})); then
-  speechssl data combine --out "$data_root/$train_name" "${parts[@]}"
+  speechssl data combine --overwrite --out "$data_root/$train_name" "${parts[@]}"
 fi

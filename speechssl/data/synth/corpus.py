@@ -162,8 +162,8 @@ class NoiseSpec:
     kind: str
     snr_db: float
     seed: tuple[int, ...]
-    babble: tuple[tuple[str, VoiceSettings, int], ...] = ()
-    """Babble talkers: (text, voice, synthesis seed)."""
+    babble: tuple[tuple[str, VoiceSettings, int, float], ...] = ()
+    """Babble talkers: (text, voice, synthesis seed, warp)."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -203,7 +203,8 @@ class UtteranceRecord:
     words: tuple[str, ...]
     kind: str
     keyword: str | None
-    labels: tuple[str, ...]
+    labels: str
+    """Frame phone labels, space separated (a string: compact for long corpora)."""
     aug: str
 
 
@@ -271,14 +272,15 @@ class CorpusPlan:
         if cfg.noise and rng.random() < cfg.noise_prob:
             kind = cfg.noise_types[int(rng.integers(len(cfg.noise_types)))]
             snr = float(rng.uniform(*cfg.snr_db))
-            babble: list[tuple[str, VoiceSettings, int]] = []
+            babble: list[tuple[str, VoiceSettings, int, float]] = []
             if kind == "babble":
                 pool = [s for s in self.by_split[spk.split] if s.spk_id != spk.spk_id] or [spk]
                 n_talkers = int(rng.integers(cfg.babble_talkers[0], cfg.babble_talkers[1] + 1))
                 for _ in range(n_talkers):
                     other = pool[int(rng.integers(len(pool)))]
                     talker_text = sample_text(rng, _BABBLE_TEXT).spoken
-                    babble.append((talker_text, other.settings(), int(rng.integers(2**31))))
+                    talker_seed = int(rng.integers(2**31))
+                    babble.append((talker_text, other.settings(), talker_seed, other.warp))
             noise = NoiseSpec(
                 kind=kind, snr_db=snr, seed=(self.seed, 4, index), babble=tuple(babble)
             )
@@ -343,7 +345,10 @@ class UtteranceRenderer:
         sr = self.sample_rate
         result = self._speak(spec.utt_id, spec.text.spoken, spec.settings, spec.synth_seed)
         native = result.sample_rate
-        speech = self._resample(result.samples.astype(np.float64) / 32768.0, native)
+        # the speaker's warp: treat the samples as recorded at a higher/lower rate; rounded
+        # to 50 Hz so the resampling ratio reduces to a short polyphase kernel
+        played = _warped_rate(native, spec.speaker.warp)
+        speech = self._resample(result.samples.astype(np.float64) / 32768.0, played)
         phones = [(p.start, normalize_phone(p.name)) for p in result.phones]
         if not any(sym != SILENCE for _, sym in phones):
             raise SynthError(spec.utt_id, f"no phoneme events for {spec.text.spoken!r}")
@@ -361,7 +366,7 @@ class UtteranceRenderer:
         signal = np.zeros(total)
         signal[lead : lead + len(speech)] = speech
         # phone boundaries on the output timeline; the synthesized span ends in silence
-        bounds = [(lead + round(s * sr / native), sym) for s, sym in phones]
+        bounds = [(lead + round(s * sr / played), sym) for s, sym in phones]
         bounds = [(min(max(b, lead), lead + len(speech)), sym) for b, sym in bounds]
         bounds.append((lead + len(speech), SILENCE))
         speech_mask = np.zeros(total, dtype=bool)
@@ -389,10 +394,11 @@ class UtteranceRenderer:
                 noise = augment.pink_noise(nrng, total)
             else:
                 talkers = []
-                for k, (text, settings, seed) in enumerate(spec.noise.babble):
+                for k, (text, settings, seed, warp) in enumerate(spec.noise.babble):
                     res = self._speak(f"{spec.utt_id}(babble {k})", text, settings, seed)
+                    played_k = _warped_rate(res.sample_rate, warp)
                     talkers.append(
-                        self._resample(res.samples.astype(np.float64) / 32768.0, res.sample_rate)
+                        self._resample(res.samples.astype(np.float64) / 32768.0, played_k)
                     )
                 noise = augment.babble_noise(nrng, talkers, total)
             signal = augment.add_noise(signal, noise, spec.noise.snr_db, speech_mask)
@@ -417,9 +423,14 @@ class UtteranceRenderer:
             words=spec.text.words,
             kind=spec.text.kind,
             keyword=spec.text.keyword,
-            labels=tuple(frame_labels(bounds, total, sr)),
+            labels=" ".join(frame_labels(bounds, total, sr)),
             aug="+".join(aug) or "clean",
         )
+
+
+def _warped_rate(native: int, warp: float) -> int:
+    """The rate at which to read ``native``-rate samples to warp them by ``warp`` (50 Hz steps)."""
+    return max(50, 50 * round(native * warp / 50))
 
 
 # -- worker processes (spawned: eSpeak NG is not thread-safe and must not be forked) --------
@@ -621,7 +632,7 @@ def _write_tables(
 
     config = plan.config
     sr = config.sample_rate
-    table = phone_table(sym for rec in records for sym in rec.labels)
+    table = phone_table({sym for rec in records for sym in rec.labels.split()})
     write_phone_table(tmp / "phones.txt", table)
     splits: dict[str, dict[str, float]] = {}
     speakers_by_id = {s.spk_id: s for s in plan.speakers}
@@ -644,7 +655,7 @@ def _write_tables(
                 "spk2voice": {s: speakers_by_id[s].describe() for s in spk_ids},
             },
         )
-        write_alignments(ddir / "ali.phones", {r.utt_id: r.labels for r in recs})
+        write_alignments(ddir / "ali.phones", {r.utt_id: r.labels.split() for r in recs})
         write_phone_table(ddir / "phones.txt", table)
         splits[split] = {
             "utterances": len(recs),

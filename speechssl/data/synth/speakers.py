@@ -85,6 +85,9 @@ class Speaker:
     """Speaking rate, words per minute."""
     word_gap: int
     """Extra pause between words (10 ms units)."""
+    warp: float
+    """Frequency warp of the synthesized audio (played back ``warp`` times faster, so
+    formants, pitch and tempo scale by ``warp``): a vocal-tract-length change."""
     split: str
     """``train``, ``dev`` or ``test``."""
 
@@ -107,7 +110,7 @@ class Speaker:
     def describe(self) -> str:
         return (
             f"{self.voice} gender={self.gender} pitch={self.pitch} range={self.pitch_range} "
-            f"rate={self.rate} word_gap={self.word_gap}"
+            f"rate={self.rate} word_gap={self.word_gap} warp={self.warp:.3f}"
         )
 
 
@@ -135,6 +138,10 @@ class SpeakerConfig:
     """Fastest speaking rate (wpm)."""
     word_gap_prob: float = 0.25
     """Chance that a speaker leaves a short extra pause between words."""
+    warp_low: float = 0.9
+    """Smallest frequency warp (longer vocal tract: lower formants, slower)."""
+    warp_high: float = 1.1
+    """Largest frequency warp (shorter vocal tract: higher formants, faster)."""
 
     def __post_init__(self) -> None:
         if self.num_speakers < 3:
@@ -151,6 +158,8 @@ class SpeakerConfig:
                 raise ConfigError(f"{name} bounds must satisfy 0 <= low <= high <= 100")
         if not 80 <= self.rate_low <= self.rate_high <= 450:
             raise ConfigError("rate bounds must satisfy 80 <= low <= high <= 450")
+        if not 0.7 <= self.warp_low <= self.warp_high <= 1.4:
+            raise ConfigError("warp bounds must satisfy 0.7 <= low <= high <= 1.4")
 
 
 def split_sizes(num_speakers: int, dev_fraction: float, test_fraction: float) -> dict[str, int]:
@@ -200,6 +209,7 @@ def make_speakers(config: SpeakerConfig, seed: int) -> list[Speaker]:
                 pitch_range=int(rng.integers(config.range_low, config.range_high + 1)),
                 rate=int(rng.integers(config.rate_low, config.rate_high + 1)),
                 word_gap=int(rng.random() < config.word_gap_prob),
+                warp=round(float(rng.uniform(config.warp_low, config.warp_high)), 3),
                 split=split_of[idx],
             )
         )

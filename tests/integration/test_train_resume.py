@@ -1,0 +1,107 @@
+"""Exact resume after SIGKILL, kills during a save, corrupt checkpoints (real subprocesses)."""
+
+from __future__ import annotations
+
+import signal
+from pathlib import Path
+
+import pytest
+from train_helpers import base_overrides, events, losses, run_train, start_train, wait_for
+
+from speechssl.train import checkpoint as ckpt
+
+
+def test_killed_run_resumes_bitwise_mid_epoch(train_data: list[str], tmp_path: Path) -> None:
+    """N+M steps straight == N steps, SIGKILL, resume for M (losses bitwise equal, fp32)."""
+    n, m = 6, 5
+    common = [*train_data, *base_overrides(), "data.num_workers=1"]
+    straight = tmp_path / "straight"
+    res = run_train(
+        [*common, f"trainer.exp_dir={straight}", f"trainer.max_steps={n + m}"], cwd=tmp_path
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    per_epoch = events(straight, "plan")[0]["batches_per_rank"]
+    assert n % per_epoch != 0 and n + m > per_epoch * (n // per_epoch + 1), (
+        f"{per_epoch} batches per epoch: step {n} must be mid-epoch and M must cross an epoch"
+    )
+
+    killed = tmp_path / "killed"
+    proc = start_train(
+        [*common, f"trainer.exp_dir={killed}", "trainer.max_steps=1000", f"trainer.save_every={n}"],
+        cwd=tmp_path,
+        log=tmp_path / "killed.out",
+    )
+    first = killed / "checkpoints" / ckpt.step_dir_name(n)
+    wait_for(lambda: (first / ckpt.META_FILE).exists(), proc, 240, f"checkpoint {first.name}")
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(30)
+    assert proc.returncode == -signal.SIGKILL
+
+    res = run_train(
+        [*common, f"trainer.exp_dir={killed}", f"trainer.max_steps={n + m}", f"resume={first}"],
+        cwd=tmp_path,
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    resumed = events(killed, "resume")
+    assert resumed and resumed[-1]["step"] == n and resumed[-1]["epoch"] == n // per_epoch
+    want, got = losses(straight), losses(killed)
+    assert sorted(got) == list(range(1, n + m + 1))  # the log reads as one history
+    for step in range(1, n + m + 1):
+        assert got[step] == want[step], f"step {step}: {got[step]!r} != {want[step]!r}"
+
+
+@pytest.mark.slow
+def test_kill_during_save_keeps_previous_and_corrupt_is_refused(
+    train_data: list[str], tmp_path: Path
+) -> None:
+    common = [*train_data, *base_overrides(), "trainer.save_every=3"]
+    exp = tmp_path / "exp"
+    proc = start_train(
+        [*common, f"trainer.exp_dir={exp}", "trainer.max_steps=9"],
+        cwd=tmp_path,
+        log=tmp_path / "run.out",
+        **{ckpt.FAULT_PAUSE_ENV: "6"},
+    )
+    root = exp / "checkpoints"
+    wait_for(lambda: any(root.glob(".step-00000006.tmp-*/PAUSED")), proc, 240, "the paused save")
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(30)
+
+    complete, partial = ckpt.list_checkpoints(root)
+    assert [c.step for c in complete] == [3]
+    assert [p.name.startswith(".step-00000006.tmp-") for p in partial] == [True]
+    ckpt.load_checkpoint(complete[0].path)  # the previous checkpoint is intact
+    assert not (root / ckpt.step_dir_name(6)).exists()
+
+    res = run_train([*common, f"trainer.exp_dir={exp}", "trainer.max_steps=9"], cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert events(exp, "resume")[-1]["step"] == 3  # resume=auto took the newest complete one
+    complete, partial = ckpt.list_checkpoints(root)
+    assert [c.step for c in complete] == [3, 6, 9] and partial == []
+
+    # a corrupt newest checkpoint is refused before any training happens
+    weights = root / ckpt.step_dir_name(9) / ckpt.MODEL_FILE
+    data = bytearray(weights.read_bytes())
+    data[len(data) // 2] ^= 0x5A
+    weights.write_bytes(bytes(data))
+    before = (exp / "log.jsonl").read_text()
+    res = run_train([*common, f"trainer.exp_dir={exp}", "trainer.max_steps=12"], cwd=tmp_path)
+    assert res.returncode == 1
+    assert f"{weights}: SHA-256 does not match" in res.stderr
+    assert "refusing to train" in res.stderr
+    assert (exp / "log.jsonl").read_text() == before
+    assert [c.step for c in ckpt.list_checkpoints(root)[0]] == [3, 6, 9]
+
+    # resume=never refuses an experiment that already has checkpoints
+    res = run_train([*common, f"trainer.exp_dir={exp}", "resume=never"], cwd=tmp_path)
+    assert res.returncode == 1 and "already has checkpoints" in res.stderr
+
+
+@pytest.fixture
+def train_data(synth_corpus: Path, synth_km_labels: dict[str, Path]) -> list[str]:
+    """HuBERT on the bundled corpus' train split with k-means units."""
+    return [
+        "model=hubert_tiny",
+        f"data.dir={synth_corpus / 'train'}",
+        f"data.labels=[{synth_km_labels['train']}]",
+    ]

@@ -1,0 +1,95 @@
+"""Helpers for trainer tests: run `speechssl-train` as a real subprocess, read its log."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def train_env(**extra: str) -> dict[str, str]:
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "HYDRA_FULL_ERROR": "1"}
+    env.update(extra)
+    return env
+
+
+def train_cmd(overrides: list[str]) -> list[str]:
+    return [sys.executable, "-m", "speechssl.train", *overrides]
+
+
+def run_train(
+    overrides: list[str], *, cwd: Path, timeout: float = 300, **env: str
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        train_cmd(overrides),
+        cwd=cwd,
+        env=train_env(**env),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def start_train(
+    overrides: list[str], *, cwd: Path, log: Path, **env: str
+) -> subprocess.Popen[bytes]:
+    with open(log, "wb") as fh:
+        return subprocess.Popen(
+            train_cmd(overrides), cwd=cwd, env=train_env(**env), stdout=fh, stderr=subprocess.STDOUT
+        )
+
+
+def wait_for(
+    cond: Callable[[], bool], proc: subprocess.Popen[bytes], timeout: float, what: str
+) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if proc.poll() is not None:
+            raise AssertionError(f"training exited (code {proc.returncode}) before {what}")
+        if time.monotonic() > deadline:
+            proc.kill()
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.02)
+
+
+def records(exp: Path, kind: str) -> list[dict[str, Any]]:
+    out = []
+    for line in (exp / "log.jsonl").read_text().splitlines():
+        if line.strip():
+            rec = json.loads(line)
+            if rec.get("kind") == kind:
+                out.append(rec)
+    return out
+
+
+def losses(exp: Path) -> dict[int, float]:
+    return {int(r["step"]): float(r["loss"]) for r in records(exp, "train")}
+
+
+def events(exp: Path, name: str) -> list[dict[str, Any]]:
+    return [r for r in records(exp, "event") if r.get("event") == name]
+
+
+def base_overrides() -> list[str]:
+    """Small, fast CPU settings shared by the trainer's integration tests."""
+    return [
+        "data=synth",
+        "optim=tiny",
+        "data.min_seconds=0.5",
+        "data.crop_seconds=1.5",
+        "data.max_batch_seconds=4.5",
+        "data.num_workers=0",
+        "optim.total_steps=100",
+        "trainer.device=cpu",
+        "trainer.log_every=1",
+        "trainer.progress_bar=false",
+        "trainer.tensorboard=false",
+        "trainer.export_final=false",
+    ]
