@@ -274,6 +274,18 @@ def export_data2vec_audio(
     return export_family_to_transformers(model, out_dir, overwrite=overwrite)
 
 
+def is_family_export(path: str | os.PathLike[str]) -> bool:
+    """True if ``path`` is an export of one of this module's families (by its side
+    description), so loaders can route it here."""
+    desc_path = Path(path) / SIDECAR / DESCRIPTION_NAME
+    if not desc_path.is_file():
+        return False
+    try:
+        return json.loads(desc_path.read_text()).get("family") in FAMILIES
+    except (json.JSONDecodeError, AttributeError):
+        return False
+
+
 def import_family_from_transformers(path: str | os.PathLike[str]) -> PretrainModel:
     """Restore the pretraining model from an export written by
     :func:`export_family_to_transformers` (weights from ``model.safetensors``, everything else
@@ -345,5 +357,6 @@ __all__ = [
     "hf_config",
     "hf_config_for",
     "import_family_from_transformers",
+    "is_family_export",
     "to_transformers_state",
 ]

@@ -223,3 +223,23 @@ def test_base_export_parity(name, audio, tmp_path):
     diff = _max_diff(ours, _hf_hidden(hf.eval(), model, waves, lengths))
     print(f"{name}: max |ours - transformers| = {diff:.2e}")
     assert diff <= TOL
+
+
+def test_feature_dump_loads_family_exports(audio, tmp_path):
+    """``features dump --kind model --checkpoint EXPORT`` routes these exports here and gets
+    the same hidden layer as the model itself."""
+    from speechssl.models.extractor import ModelLayerExtractor, load_any_model
+
+    waves, lengths, ids = audio
+    model = _randomized("w2v_bert_tiny")
+    path = export_w2v_bert(model, tmp_path / "e")
+    loaded = load_any_model(path)
+    assert loaded.model_name == "w2v_bert_tiny"
+    extractor = ModelLayerExtractor(loaded, 2, str(path), torch.device("cpu"))
+    feats, frames = extractor(waves, lengths, ids)
+    with torch.no_grad():
+        ref = model.extract(waves, lengths)
+    assert frames.tolist() == (~ref.padding_mask).sum(1).tolist()
+    assert torch.allclose(feats, ref.hidden_states[2], atol=1e-5)
+    with pytest.raises(ConfigError, match="image model"):
+        ModelLayerExtractor(create_model("hubert_vision_tiny"), 1, "x", torch.device("cpu"))
