@@ -3,10 +3,11 @@
 An image ``[C, H, W]`` is cut into non-overlapping ``p x p`` patches in row-major order
 (:func:`patchify`: ``[H/p * W/p, C * p * p]``, channel-major inside a patch); each patch is
 projected linearly to the encoder dim (the ViT patch embedding, a conv with kernel = stride
-= ``p`` written as a matrix product), fixed 2-D sine-cosine positions are added (the
-transformer encoder then runs without its convolutional position embedding), and dropout
-is applied. The raw patch vectors are returned too: they are what k-means clusters into
-patch units (HuBERT's targets, applied to images).
+= ``p`` written as a matrix product). Positions (fixed 2-D sine-cosine or learned) are added
+by :meth:`PatchFrontend.add_positions` *after* masking, as in BEiT/MAE: a masked patch is the
+mask embedding plus its position, so the encoder (which runs without its convolutional
+position embedding) knows where each masked patch is. The raw patch vectors are returned
+too: they are what k-means clusters into patch units (HuBERT's targets, applied to images).
 """
 
 from __future__ import annotations
@@ -90,7 +91,8 @@ class PatchFrontendOutput:
     """What the patch front end hands the rest of the model.
 
     Attributes:
-        frames: embedded patches ``[N, P, D]`` (no padding: ``padding_mask`` is None).
+        frames: embedded patches ``[N, P, D]`` without positions (no padding:
+            ``padding_mask`` is None); mask them, then call ``add_positions``.
         patches: raw patch vectors ``[N, P, C * p * p]`` (k-means input).
         grid: ``(H / p, W / p)``.
     """
@@ -133,14 +135,17 @@ class PatchFrontend(nn.Module):
                 f"got {tuple(images.shape)}"
             )
         patches = patchify(images, c.patch_size)
-        x = self.projection(patches)
+        return PatchFrontendOutput(
+            frames=Frames(self.projection(patches), None), patches=patches, grid=c.grid
+        )
+
+    def add_positions(self, x: Tensor) -> Tensor:
+        """``[N, P, D]`` (masked or not) plus the position of each patch, then input dropout."""
         if self.position is not None:
             x = x + self.position.to(x.dtype)
-        elif c.position == "sincos":
+        elif self.config.position == "sincos":
             x = x + self.fixed_position.to(x.dtype)
-        return PatchFrontendOutput(
-            frames=Frames(self.dropout_input(x), None), patches=patches, grid=c.grid
-        )
+        return self.dropout_input(x)
 
 
 __all__ = [

@@ -14,7 +14,7 @@ interface: ``forward(batch, mask=, generator=) -> PretrainOutput``,
 ``extract(images, lengths=None, num_layers=None) -> ExtractOutput`` (one "frame" per patch,
 row-major; ``frame_rate`` is 0: patches have no time axis), ``after_optimizer_step``.
 The encoder is pre-LN (ViT style) without the convolutional position embedding: positions
-come from the front end's fixed 2-D sine-cosine table.
+come from the front end's fixed 2-D sine-cosine table, added after masking (BEiT/MAE).
 """
 
 from __future__ import annotations
@@ -84,10 +84,15 @@ class VisionEncoderModel(PretrainModel):
         used: Tensor | None = None
         if apply_mask or mask is not None:
             x, used = self.masker(x, front.grid, mask=mask, generator=generator)
+        x = self.frontend.add_positions(x)
         enc = self.encoder(
             x, None, output_hidden_states=output_hidden_states, num_layers=num_layers
         )
         return VisionEncodeResult(front=front, mask=used, encoder=enc)
+
+    def teacher_input(self, res: VisionEncodeResult) -> Tensor:
+        """The unmasked patch frames with their positions (what an EMA teacher sees)."""
+        return self.frontend.add_positions(res.front.frames.seqs)
 
     def extract(
         self, waveforms: Tensor, lengths: Tensor | None = None, num_layers: int | None = None
@@ -204,7 +209,7 @@ class Data2VecVisionModel(VisionEncoderModel):
     ) -> PretrainOutput:
         res = self.encode(batch.images, mask=mask, generator=generator)
         assert res.mask is not None
-        target = teacher_targets(self.teacher, res.front.frames.seqs, None, self.config.targets)
+        target = teacher_targets(self.teacher, self.teacher_input(res), None, self.config.targets)
         pred = self.final_proj(res.encoder.last_hidden_state)
         record = self.objective(pred, target, res.mask)
         metrics = {

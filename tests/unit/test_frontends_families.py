@@ -66,9 +66,12 @@ def test_patch_front_end():
     out = front(torch.randn(3, 2, 4, 6))
     assert out.frames.seqs.shape == (3, 6, 16) and out.frames.padding_mask is None
     assert out.patches.shape == (3, 6, 8) and out.grid == (2, 3)
-    # positions distinguish identical patches at different places
-    same = front(torch.zeros(1, 2, 4, 6)).frames.seqs[0]
-    assert not torch.allclose(same[0], same[1])
+    # frames carry no position (masking comes first); add_positions tells identical
+    # patches at different places apart
+    same = front(torch.zeros(1, 2, 4, 6)).frames.seqs
+    assert torch.allclose(same[0, 0], same[0, 1])
+    placed = front.add_positions(same)[0]
+    assert not torch.allclose(placed[0], placed[1])
     assert not PatchFrontend(
         PatchEmbeddingConfig(image_size=(4, 6), channels=2, patch_size=2, position="none"), 16
     ).state_dict().keys() - {"projection.weight", "projection.bias"}

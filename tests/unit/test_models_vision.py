@@ -69,7 +69,9 @@ def test_tiny_image_model_learns_on_digits(name, digits):
         opt.step()
         model.after_optimizer_step(step + 1)
     after = evaluate()
-    assert after.loss.total < 0.8 * before.loss.total
+    # the masked-unit loss starts near log(32) = 3.47 and the units' own entropy on masked
+    # patches is about 2.9, so 10% is what 15 steps can honestly take off it
+    assert after.loss.total < 0.9 * before.loss.total
     assert after.metrics["mask_fraction"] == pytest.approx(0.5)
     if "acc_masked" in after.metrics:
         assert after.metrics["acc_masked"] > before.metrics["acc_masked"] + 0.1
@@ -142,3 +144,21 @@ def test_patchify_roundtrip():
     # row-major patches, channel-major inside a patch
     assert torch.equal(p[0, 1], x[0, :, 0:2, 2:4].reshape(-1))
     assert torch.equal(unpatchify(p, 2, 3, (3, 2)), x)
+
+
+@pytest.mark.parametrize("name", IMAGE)
+def test_masked_patches_keep_their_positions(name, digits):
+    """Masked patches are the mask embedding plus their own position (added after masking),
+    so the encoder can tell them apart; unmasked ones are unchanged."""
+    model = create_model(name).eval()
+    seen = []
+    model.encoder.register_forward_pre_hook(lambda _m, args: seen.append(args[0]))
+    mask = torch.zeros(1, 16, dtype=torch.bool)
+    mask[0, [0, 5, 10]] = True
+    model.encode(digits[0][:1], mask=mask)
+    model.encode(digits[0][:1], apply_mask=False)
+    masked, clean = seen[0][0], seen[1][0]
+    assert not torch.allclose(masked[0], masked[5]) and not torch.allclose(masked[5], masked[10])
+    pos = model.frontend.fixed_position
+    assert torch.allclose(masked[5] - pos[5], masked[10] - pos[10], atol=1e-6)
+    assert torch.equal(masked[~mask[0]], clean[~mask[0]])
