@@ -52,7 +52,7 @@ from speechssl.train.distributed import (
     gradient_sync,
     wrap_model,
 )
-from speechssl.train.monitor import RunLogger, peak_flops_of
+from speechssl.train.monitor import RunLogger
 from speechssl.train.optim import Schedule, build_optimizer
 
 log = logging.getLogger(__name__)
@@ -263,14 +263,11 @@ class Trainer:
         self.consecutive_nonfinite = 0
         self.best_value: float | None = None
         self.best_step = 0
-        self.flops_per_sample: float | None = None
         # sum and count of the best metric since the last checkpoint (train-side best)
         self._save_window: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0])
-        self.peak_flops = tc.peak_flops or (
-            peak_flops_of(torch.cuda.get_device_name(self.device))
-            if self.device.type == "cuda"
-            else 0.0
-        )
+        self.peak_flops = tc.peak_flops or self._device_peak_flops()
+        self.analytic_flops = self._has_analytic_flops()
+        self.flops_per_padded_sample: float | None = None  # measured once if not analytic
         if self.resume_from is not None:
             self._load(self.resume_from)
 
@@ -328,6 +325,29 @@ class Trainer:
             unit.compile(dynamic=True)
         if self.env.is_main:
             log.info("compiled %d blocks with torch.compile (dynamic shapes)", len(units))
+
+    def _device_peak_flops(self) -> float:
+        if self.device.type != "cuda":
+            return 0.0
+        from speechssl.models.flops import peak_bf16_tflops
+
+        peak = peak_bf16_tflops(torch.cuda.get_device_name(self.device))
+        return 0.0 if peak is None else peak * 1e12
+
+    def _has_analytic_flops(self) -> bool:
+        """Whether ``speechssl.models.flops`` can count this model's FLOPs."""
+        from speechssl.models.flops import train_step_flops
+
+        try:
+            train_step_flops(getattr(self.model, "config", None), [self.sample_rate])
+        except (AttributeError, TypeError):
+            return False
+        return True
+
+    def _step_flops(self, lengths: Tensor) -> float:
+        from speechssl.models.flops import train_step_flops
+
+        return train_step_flops(getattr(self.model, "config", None), lengths.tolist())
 
     def _skips_layers(self) -> bool:
         """Layer drop leaves whole layers without gradients in some steps: DDP must then
@@ -575,8 +595,11 @@ class Trainer:
         sums: dict[str, Tensor] = {}
         local_nonfinite = False
         bad_terms: list[str] = []
-        count_flops = self.peak_flops > 0 and self.flops_per_sample is None
-        real = padded = loaded = utts = 0
+        mfu = self.peak_flops > 0
+        # models without analytic counts: count one micro-batch's ops once, per padded sample
+        count_flops = mfu and not self.analytic_flops and self.flops_per_padded_sample is None
+        real = padded = loaded = utts = skipped_utts = 0
+        flops = 0.0
         for k, tb in enumerate(micro):
             torch.manual_seed(derive_seed(tc.seed, tb.epoch, tb.index, _MODEL_STREAM))
             batch = tb.audio_batch().to(self.device, non_blocking=True)
@@ -584,6 +607,7 @@ class Trainer:
             padded += tb.waveforms.numel()
             loaded += tb.loaded_samples
             utts += tb.batch_size
+            skipped_utts += len(tb.skipped)
             for utt, reason in tb.skipped:
                 self.logger.event("skipped_utterance", step=self.step, utt=utt, reason=reason)
             flop_ctx: Any = contextlib.nullcontext()
@@ -606,7 +630,12 @@ class Trainer:
                 total = total.float()
                 self.scaler.scale(total / len(micro)).backward()
             if count_flops and k == 0:
-                self.flops_per_sample = flop_ctx.get_total_flops() / max(1, tb.waveforms.numel())
+                measured = flop_ctx.get_total_flops()
+                self.flops_per_padded_sample = measured / max(1, tb.waveforms.numel())
+            if mfu and self.analytic_flops:
+                flops += self._step_flops(tb.lengths)
+            elif mfu and self.flops_per_padded_sample is not None:
+                flops += self.flops_per_padded_sample * tb.waveforms.numel()
             if batch.batch_size == 0:
                 continue
             values = {
@@ -630,10 +659,22 @@ class Trainer:
         grad_norm = float(
             _total_norm(torch.nn.utils.clip_grad_norm_(self.params, max_norm, foreach=True))
         )
-        flag = torch.tensor(
-            [float(local_nonfinite or not math.isfinite(grad_norm))], device=self.device
+        window.add("skipped_utts", skipped_utts, 1)  # counted whatever happens to the step
+        # one all-reduce decides for every rank: any non-finite value, and any data at all
+        flags = torch.tensor(
+            [float(local_nonfinite or not math.isfinite(grad_norm)), float(utts)],
+            device=self.device,
         )
-        nonfinite = bool(all_reduce(flag, self.env, op="max").item() > 0)
+        all_reduce(flags, self.env)
+        nonfinite, global_utts = bool(flags[0].item() > 0), int(flags[1].item())
+        if global_utts == 0 and not nonfinite:
+            # every utterance of the global batch failed to load (tolerant mode): an
+            # optimizer step on zero gradients would still move Adam's weights, so skip it
+            self.optimizer.zero_grad(set_to_none=True)
+            if self.scaler.is_enabled():
+                self.scaler.update()
+            self.logger.event("empty_step", step=self.step, batches=[tb.index for tb in micro])
+            return False
         if nonfinite:
             self.optimizer.zero_grad(set_to_none=True)
             if self.scaler.is_enabled():
@@ -669,12 +710,10 @@ class Trainer:
         window.add("loaded_samples", loaded, 1)
         window.add("utterances", utts, 1)
         window.add("batches", n, 1)
+        if mfu:
+            window.add("flops", flops, 1)
         window.updates += 1
-        self.logger.progress(
-            1,
-            loss=host[names.index("loss")] / n if "loss" in names else float("nan"),
-            lr=self.schedule.lr,
-        )
+        self.logger.progress(1)
         return True
 
     def model_after_step(self) -> None:
@@ -742,7 +781,15 @@ class Trainer:
         counts = dict(zip(keys, vals[n : 2 * n]))
         skipped, wait = vals[2 * n], vals[2 * n + 1]
         rec: dict[str, Any] = {"step": self.step, "epoch": self.epoch}
-        special = {"real_samples", "padded_samples", "loaded_samples", "utterances", "batches"}
+        special = {
+            "real_samples",
+            "padded_samples",
+            "loaded_samples",
+            "utterances",
+            "batches",
+            "skipped_utts",
+            "flops",
+        }
         for k in keys:
             if k not in special and counts[k] > 0:
                 rec[k] = sums[k] / counts[k]
@@ -756,11 +803,13 @@ class Trainer:
         rec["data_wait_fraction"] = wait / self.env.world_size / max(elapsed, 1e-9)
         rec["skipped_steps"] = int(skipped / self.env.world_size)
         rec["updates"] = window.updates
-        if self.flops_per_sample is not None and self.peak_flops > 0:
-            achieved = self.flops_per_sample * padded / max(elapsed, 1e-9)
+        rec["batches"] = int(sums.get("batches", 0.0))
+        rec["skipped_utts"] = int(sums.get("skipped_utts", 0.0))
+        if self.peak_flops > 0 and sums.get("flops"):
+            achieved = sums["flops"] / max(elapsed, 1e-9)
             rec["mfu"] = achieved / (self.peak_flops * self.env.world_size)
         self.logger.write("train", rec)
-        post = {k: rec[k] for k in ("loss", "acc_masked") if k in rec}
+        post = {k: rec[k] for k in ("loss", "acc_masked", "lr", "audio_sec_per_sec") if k in rec}
         self.logger.progress(0, **post)
 
     @torch.no_grad()
