@@ -12,10 +12,10 @@ from train_helpers import base_overrides, losses, records, run_train
 from speechssl.train import checkpoint as ckpt
 
 
-@pytest.mark.parametrize(
-    "model",
-    ["data2vec_audio_tiny", pytest.param("w2v_bert_tiny", marks=pytest.mark.slow)],
-)
+# ~25 s each on a busy 2-core machine: slow suite (the teacher's state round trip through a
+# model dir is in the default suite: tests/unit/test_models.py::test_save_and_load_model_dir)
+@pytest.mark.slow
+@pytest.mark.parametrize("model", ["data2vec_audio_tiny", "w2v_bert_tiny"])
 def test_train_and_resume_bitwise(model: str, synth_corpus: Path, tmp_path: Path) -> None:
     common = [
         f"model={model}",
