@@ -17,6 +17,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import signal
+import threading
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -261,6 +263,8 @@ class Trainer:
         self.epoch = 0
         self.index = 0  # micro-batches this rank consumed in the current epoch
         self.consecutive_nonfinite = 0
+        self.stop_signal: int | None = None  # set by a SIGTERM/SIGUSR1 handler
+        self.stop_requested = False  # agreed by all ranks after each step
         self.best_value: float | None = None
         self.best_step = 0
         # sum and count of the best metric since the last checkpoint (train-side best)
@@ -365,9 +369,14 @@ class Trainer:
 
         overrides = dict(self.cfg.model.overrides)
         labels = self.cfg.data.labels
-        if not labels:
-            return overrides
         config = model_config(self.cfg.model.name, **overrides)
+        if not labels:
+            if hasattr(config, "num_classes"):
+                raise ConfigError(
+                    f"model {self.cfg.model.name} predicts unit labels: give data.labels=[DIR,...] "
+                    "(label dirs from speechssl kmeans apply)"
+                )
+            return overrides
         if hasattr(config, "num_classes") and "num_classes" not in overrides:
             from speechssl.units.labels import LabelsMeta
 
@@ -514,13 +523,23 @@ class Trainer:
     # ----------------------------------------------------------------------------------
     # the loop
 
+    def _request_stop(self, signum: int, frame: Any) -> None:
+        self.stop_signal = signum
+
     def fit(self) -> TrainSummary:
+        """Train until ``max_steps`` / ``max_epochs``, or until SIGTERM/SIGUSR1 (a cluster's
+        preemption notice): then every rank stops after the current update, a checkpoint is
+        saved, and the summary says ``stopped="signal"``."""
         tc = self.cfg.trainer
         stopped = "max_steps"
         window = StepWindow()
         last_saved: Path | None = None
+        previous = {}
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGUSR1):
+                previous[sig] = signal.signal(sig, self._request_stop)
         try:
-            while self.step < tc.max_steps:
+            while self.step < tc.max_steps and not self.stop_requested:
                 if tc.max_epochs and self.epoch >= tc.max_epochs:
                     stopped = "max_epochs"
                     break
@@ -540,6 +559,8 @@ class Trainer:
                         continue
                     updated = self.train_step(micro, window)
                     micro = []
+                    if self.stop_requested:
+                        break
                     if updated:
                         # log before a checkpoint so a checkpoint's steps are all in the log
                         if self.step % tc.log_every == 0:
@@ -548,6 +569,9 @@ class Trainer:
                         last_saved = self._after_update(window) or last_saved
                         if self.step >= tc.max_steps:
                             break
+                if self.stop_requested:
+                    stopped = "signal"
+                    break
                 if micro:  # cannot happen: epochs are padded to whole steps
                     raise RuntimeError("epoch ended inside an accumulated step")
                 if self.step >= tc.max_steps:
@@ -558,7 +582,16 @@ class Trainer:
                 self._log_window(window)
             if last_saved is None or ckpt.step_dir_name(self.step) != last_saved.name:
                 last_saved = self._save()
-            final = self._export_final() if tc.export_final else None
+            final = None
+            if stopped == "signal":
+                self.logger.event(
+                    "stop",
+                    step=self.step,
+                    reason=f"signal {self.stop_signal or 'on another rank'}",
+                    checkpoint=str(last_saved),
+                )
+            elif tc.export_final:
+                final = self._export_final()
             self.logger.event("done", step=self.step, epoch=self.epoch, stopped=stopped)
             return TrainSummary(
                 step=self.step,
@@ -569,6 +602,8 @@ class Trainer:
                 stopped=stopped,
             )
         finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
             self.logger.close()
 
     def _after_update(self, window: StepWindow) -> Path | None:
@@ -660,13 +695,19 @@ class Trainer:
             _total_norm(torch.nn.utils.clip_grad_norm_(self.params, max_norm, foreach=True))
         )
         window.add("skipped_utts", skipped_utts, 1)  # counted whatever happens to the step
-        # one all-reduce decides for every rank: any non-finite value, and any data at all
+        # one all-reduce decides for every rank: any non-finite value, any data at all, and
+        # whether a rank was asked to stop
         flags = torch.tensor(
-            [float(local_nonfinite or not math.isfinite(grad_norm)), float(utts)],
+            [
+                float(local_nonfinite or not math.isfinite(grad_norm)),
+                float(utts),
+                float(self.stop_signal is not None),
+            ],
             device=self.device,
         )
         all_reduce(flags, self.env)
         nonfinite, global_utts = bool(flags[0].item() > 0), int(flags[1].item())
+        self.stop_requested = bool(flags[2].item() > 0)
         if global_utts == 0 and not nonfinite:
             # every utterance of the global batch failed to load (tolerant mode): an
             # optimizer step on zero gradients would still move Adam's weights, so skip it
@@ -689,6 +730,7 @@ class Trainer:
         else:
             self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
+        lr_used = self.schedule.lr
         self.schedule.step()
         self.step += 1
         self.consecutive_nonfinite = 0
@@ -701,7 +743,7 @@ class Trainer:
                 acc[0] += value
                 acc[1] += n
         window.add("grad_norm", grad_norm)
-        window.add("lr", self.schedule.lr)
+        window.add("lr", lr_used)
         window.add(
             "loss_scale", float(self.scaler.get_scale()) if self.scaler.is_enabled() else 1.0
         )
