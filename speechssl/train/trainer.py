@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import os
 import signal
 import threading
 import time
@@ -106,7 +107,17 @@ def _total_norm(norm: Tensor) -> Tensor:
     return full() if callable(full) else norm
 
 
-def _model_state(model: nn.Module, env: DistEnv, fsdp: bool) -> dict[str, Tensor]:
+def _flatten(node: Any, prefix: str = "") -> dict[str, Any]:
+    """``{"a.b": value}`` of a nested dict (lists are leaves)."""
+    if not isinstance(node, dict):
+        return {prefix: node}
+    out: dict[str, Any] = {}
+    for key, value in node.items():
+        out.update(_flatten(value, f"{prefix}.{key}" if prefix else str(key)))
+    return out
+
+
+def _model_state(model: nn.Module, fsdp: bool) -> dict[str, Tensor]:
     if fsdp:
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
@@ -178,6 +189,7 @@ class Trainer:
         self.sample_rate = int(cfg.data.sample_rate or getattr(self.model, "sample_rate", 16000))
 
         # 3. data
+        self._data_reports: dict[str, Any] = {}
         self.train_corpus, self.filter_report = self._corpus(
             train_corpus, cfg.data.dir, cfg.data.labels, "train"
         )
@@ -235,6 +247,8 @@ class Trainer:
                 len(dev_sampler.epoch_plan(_DEV_EPOCH)[0]) - dev_sampler.epoch_plan(_DEV_EPOCH)[1]
             )
             self.dev_loader = make_loader(
+                # strict even in tolerant mode: an emptied dev batch would leave ranks with
+                # different numbers of (collective, under FSDP) forward passes
                 CroppedBatchDataset(dev, dev_opts, seed=tc.seed, normalize=cfg.data.normalize),
                 dev_sampler,
                 num_workers=0,
@@ -312,7 +326,6 @@ class Trainer:
         filtered, report = filter_by_duration(corpus, dcfg.min_seconds, dcfg.max_seconds)
         if self.env.is_main:
             log.info("%s data %s: %s", split, data_dir or "(given)", report.summary())
-        self._data_reports = getattr(self, "_data_reports", {})
         self._data_reports[split] = report
         return filtered, report
 
@@ -480,15 +493,31 @@ class Trainer:
                 self.index,
             )
 
-    def _log_start(self) -> None:
+    def _save_config(self) -> list[str]:
+        """Write the resolved config to ``config.yaml``; a different one from an earlier
+        start is kept as ``config.step-<N>.yaml``. Returns the changed keys."""
         from omegaconf import OmegaConf
 
-        if self.env.is_main:
-            from speechssl.utils.atomic import atomic_write_text
+        from speechssl.utils.atomic import atomic_write_text
 
-            atomic_write_text(
-                self.exp_dir / "config.yaml", OmegaConf.to_yaml(OmegaConf.structured(self.cfg))
+        path = self.exp_dir / "config.yaml"
+        new = OmegaConf.structured(self.cfg)
+        changed: list[str] = []
+        if path.is_file():
+            old = OmegaConf.load(path)
+            flat_old = _flatten(OmegaConf.to_container(old))
+            flat_new = _flatten(OmegaConf.to_container(new))
+            changed = sorted(
+                k for k in flat_old.keys() | flat_new.keys() if flat_old.get(k) != flat_new.get(k)
             )
+            if changed:
+                os.replace(path, path.with_name(f"config.step-{self.step:08d}.yaml"))
+                log.warning("config changed since the last start: %s", ", ".join(changed))
+        atomic_write_text(path, OmegaConf.to_yaml(new))
+        return changed
+
+    def _log_start(self) -> None:
+        changed = self._save_config() if self.env.is_main else []
         n_params = sum(p.numel() for p in self.model.parameters())
         self.logger.event(
             "resume" if self.resume_from else "start",
@@ -496,6 +525,7 @@ class Trainer:
             epoch=self.epoch,
             checkpoint=str(self.resume_from) if self.resume_from else None,
             world_size=self.env.world_size,
+            config_changed=changed,
             device=str(self.device),
             model=self.cfg.model.name,
             parameters=n_params,
@@ -890,7 +920,7 @@ class Trainer:
 
     def _save(self, dev_metrics: dict[str, float] | None = None) -> Path:
         tc = self.cfg.trainer
-        model_state = _model_state(self.model, self.env, self.fsdp)
+        model_state = _model_state(self.model, self.fsdp)
         optim_state = _optimizer_state(self.model, self.optimizer, self.fsdp)
         rngs = all_gather_objects(ckpt.capture_rng_state(), self.env)
         metric_value: float | None
@@ -1009,7 +1039,7 @@ class Trainer:
             save_model_dir,
         )
 
-        state = _model_state(self.model, self.env, self.fsdp) if self.fsdp else None
+        state = _model_state(self.model, self.fsdp) if self.fsdp else None
         target = self.exp_dir / "final"
         if self.env.is_main:
             model: Any = self.model

@@ -44,6 +44,11 @@ def test_killed_run_resumes_bitwise_mid_epoch(train_data: list[str], tmp_path: P
     assert res.returncode == 0, res.stderr[-3000:]
     resumed = events(killed, "resume")
     assert resumed and resumed[-1]["step"] == n and resumed[-1]["epoch"] == n // per_epoch
+    # the changed command line is recorded; the earlier config is kept beside the new one
+    assert {"resume", "trainer.max_steps", "trainer.save_every"} <= set(
+        resumed[-1]["config_changed"]
+    )
+    assert "max_steps: 1000" in (killed / f"config.step-{n:08d}.yaml").read_text()
     want, got = losses(straight), losses(killed)
     assert sorted(got) == list(range(1, n + m + 1))  # the log reads as one history
     for step in range(1, n + m + 1):
