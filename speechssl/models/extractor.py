@@ -32,6 +32,13 @@ def load_any_model(path: str | os.PathLike[str]) -> PretrainModel:
     if (root / CONFIG_NAME).is_file():
         return load_model_dir(root)
     if (root / "config.json").is_file():
+        from speechssl.interop.transformers_families import (
+            import_family_from_transformers,
+            is_family_export,
+        )
+
+        if is_family_export(root):  # w2v-BERT / data2vec audio exports
+            return import_family_from_transformers(root)
         from speechssl.interop.transformers import import_from_transformers
 
         return import_from_transformers(root)
@@ -55,6 +62,10 @@ class ModelLayerExtractor:
     """Hidden layer ``layer`` of ``model`` for padded waveform batches."""
 
     def __init__(self, model: PretrainModel, layer: int, source: str, device: torch.device) -> None:
+        from speechssl.models.registry import get_spec
+
+        if model.model_name and get_spec(model.model_name).modality != "audio":
+            raise ConfigError(f"{model.model_name} is an image model; --kind model needs audio")
         num_layers = model.config.encoder.num_layers
         if not 0 <= layer <= num_layers:
             raise ConfigError(
