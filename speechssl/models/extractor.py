@@ -32,13 +32,6 @@ def load_any_model(path: str | os.PathLike[str]) -> PretrainModel:
     if (root / CONFIG_NAME).is_file():
         return load_model_dir(root)
     if (root / "config.json").is_file():
-        from speechssl.interop.transformers_families import (
-            import_family_from_transformers,
-            is_family_export,
-        )
-
-        if is_family_export(root):  # w2v-BERT / data2vec audio exports
-            return import_family_from_transformers(root)
         from speechssl.interop.transformers import import_from_transformers
 
         return import_from_transformers(root)

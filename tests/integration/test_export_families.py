@@ -243,3 +243,21 @@ def test_feature_dump_loads_family_exports(audio, tmp_path):
     assert torch.allclose(feats, ref.hidden_states[2], atol=1e-5)
     with pytest.raises(ConfigError, match="image model"):
         ModelLayerExtractor(create_model("hubert_vision_tiny"), 1, "x", torch.device("cpu"))
+
+
+def test_generic_transformers_entry_points_dispatch_here(tmp_path):
+    """``speechssl.interop.transformers.export_to_transformers`` / ``import_from_transformers``
+    (the HuBERT / wav2vec 2.0 entry points) hand these families to this exporter."""
+    from speechssl.interop.transformers import export_to_transformers, import_from_transformers
+
+    model = _randomized("data2vec_audio_tiny")
+    path = export_to_transformers(model, tmp_path / "e")
+    assert (path / "speechssl" / "heads.safetensors").is_file()
+    back = import_from_transformers(path)
+    assert back.model_name == "data2vec_audio_tiny"
+    assert all(
+        torch.equal(a, b)
+        for a, b in zip(model.state_dict().values(), back.state_dict().values(), strict=True)
+    )
+    with pytest.raises(ConfigError, match="k-means"):
+        export_to_transformers(model, tmp_path / "f", kmeans_dir=tmp_path)
