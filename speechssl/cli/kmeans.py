@@ -35,11 +35,17 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     fit.add_argument("--tol", type=float, default=1e-4, help="relative inertia change to stop at")
     fit.add_argument("--n-init", type=int, default=3, help="k-means++ restarts")
     fit.add_argument("--init-sample-frames", type=int, help="frames in the init sample")
-    fit.add_argument("--batch-size", type=int, default=10000, help="minibatch mode batch size")
+    fit.add_argument("--batch-size", type=int, default=10000, help="mini-batch size (frames)")
+    fit.add_argument(
+        "--minibatch-epochs",
+        type=float,
+        default=0.0,
+        help="lloyd mode: mini-batch epochs before the full-batch iterations (fast start)",
+    )
     fit.add_argument("--normalize", choices=["none", "global_mv"], default="none")
     fit.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
     fit.add_argument("--cache-gb", type=float, help="keep data in (device) memory up to this")
-    fit.add_argument("--block-frames", type=int, default=65536)
+    fit.add_argument("--block-frames", type=int, help="rows per read (default: ~8 MiB)")
     fit.add_argument("--threads", type=int, help="torch CPU threads")
     fit.add_argument("--overwrite", action="store_true", help="replace an existing model")
     fit.set_defaults(func=cmd_fit)
@@ -114,6 +120,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
         n_init=args.n_init,
         init_sample_frames=args.init_sample_frames,
         batch_size=args.batch_size,
+        minibatch_epochs=args.minibatch_epochs,
         normalize=args.normalize,
         seed=args.seed,
         percent=args.percent,

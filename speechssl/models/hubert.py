@@ -188,15 +188,14 @@ class HubertModel(WaveformEncoderModel):
         mask: Tensor | None = None,
         generator: torch.Generator | None = None,
     ) -> PretrainOutput:
+        # labels are checked and aligned before the encoder runs: the checks read values on
+        # the host, and doing that first keeps a GPU's queue full afterwards
+        lengths = batch.lengths.to(batch.waveforms.device)
+        frame_lengths = self.output_lengths(lengths)
+        s = int(self.output_lengths(torch.tensor([batch.waveforms.shape[1]]))[0])
+        targets = self.frame_targets(batch, s, frame_lengths)
         res = self.encode(batch.waveforms, batch.lengths, mask=mask, generator=generator)
         x = res.encoder.last_hidden_state
-        n, s = x.shape[:2]
-        frame_lengths = (
-            (~res.padding_mask).sum(dim=1)
-            if res.padding_mask is not None
-            else torch.full((n,), s, dtype=torch.long, device=x.device)
-        )
-        targets = self.frame_targets(batch, s, frame_lengths)
         names = list(targets)
         logits = dict(zip(names, self.head(x), strict=True))
         assert res.mask is not None

@@ -189,7 +189,10 @@ class TrainerConfig:
     export_final: bool = True
     """Write ``exp_dir/final`` (the model dir ``speechssl features dump`` reads) at the end."""
     peak_flops: float = 0.0
-    """Peak FLOP/s of one device for MFU; 0 looks the GPU up in a table (no MFU on CPU)."""
+    """Peak FLOP/s of one device for MFU; 0 takes the GPU's dense bf16 peak from
+    ``speechssl.models.flops`` (no MFU on CPU unless set). Model FLOPs come from
+    ``speechssl.models.flops`` (real, unpadded lengths) or, for models it cannot count,
+    from one measured micro-batch (``torch.utils.flop_counter``, per padded sample)."""
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:

@@ -8,8 +8,9 @@
   ``data_wait_fraction``, ``skipped_steps``, ``mfu`` (GPU, when known); averages over the
   updates since the previous record.
 - ``dev``: ``step`` and the dev loss terms and metrics.
-- ``event``: ``event`` is ``start``, ``resume``, ``data``, ``nonfinite``, ``checkpoint``,
-  ``best``, ``stop`` or ``done``, with details.
+- ``event``: ``event`` is ``start``, ``resume``, ``data``, ``plan``, ``skipped_utterance``,
+  ``empty_step``, ``nonfinite``, ``checkpoint``, ``best``, ``export``, ``stop`` or ``done``,
+  with details.
 
 The log is append-only (a crash can tear at most its last line, which readers skip); on
 resume it is rewritten atomically without the records past the checkpoint's step, so it
@@ -29,27 +30,6 @@ from typing import IO, Any
 from speechssl.utils.atomic import atomic_open
 
 LOG_NAME = "log.jsonl"
-
-# dense bf16/fp16 tensor-core peak FLOP/s per device, by a substring of the device name
-PEAK_FLOPS: dict[str, float] = {
-    "H200": 989.4e12,
-    "H100 NVL": 835e12,
-    "H100 PCIe": 756e12,
-    "H100": 989.4e12,
-    "A100": 312e12,
-    "L40S": 362e12,
-    "A10G": 125e12,
-    "RTX 4090": 165e12,
-    "V100": 125e12,
-}
-
-
-def peak_flops_of(device_name: str) -> float:
-    """Peak FLOP/s for a CUDA device name from :data:`PEAK_FLOPS`; 0.0 when unknown."""
-    for key, value in PEAK_FLOPS.items():
-        if key in device_name:
-            return value
-    return 0.0
 
 
 def _clean(value: Any) -> Any:
@@ -172,7 +152,10 @@ class RunLogger:
         if steps:
             self._bar.update(steps)
         if postfix:
-            self._bar.set_postfix({k: f"{v:.4g}" for k, v in postfix.items()}, refresh=False)
+            short = {"audio_sec_per_sec": "audio_s/s"}
+            self._bar.set_postfix(
+                {short.get(k, k): f"{v:.4g}" for k, v in postfix.items()}, refresh=False
+            )
 
     def message(self, text: str) -> None:
         """A line for the user that does not break the progress bar."""

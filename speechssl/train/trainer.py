@@ -17,6 +17,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import os
+import signal
+import threading
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -52,7 +55,7 @@ from speechssl.train.distributed import (
     gradient_sync,
     wrap_model,
 )
-from speechssl.train.monitor import RunLogger, peak_flops_of
+from speechssl.train.monitor import RunLogger
 from speechssl.train.optim import Schedule, build_optimizer
 
 log = logging.getLogger(__name__)
@@ -104,7 +107,17 @@ def _total_norm(norm: Tensor) -> Tensor:
     return full() if callable(full) else norm
 
 
-def _model_state(model: nn.Module, env: DistEnv, fsdp: bool) -> dict[str, Tensor]:
+def _flatten(node: Any, prefix: str = "") -> dict[str, Any]:
+    """``{"a.b": value}`` of a nested dict (lists are leaves)."""
+    if not isinstance(node, dict):
+        return {prefix: node}
+    out: dict[str, Any] = {}
+    for key, value in node.items():
+        out.update(_flatten(value, f"{prefix}.{key}" if prefix else str(key)))
+    return out
+
+
+def _model_state(model: nn.Module, fsdp: bool) -> dict[str, Tensor]:
     if fsdp:
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
@@ -170,12 +183,14 @@ class Trainer:
 
         self.stream_names = stream_names_for(cfg.data.labels)
         self._seed_everything(tc.seed)
-        self.model: nn.Module = create_model(cfg.model.name, **self._model_overrides()).to(
-            self.device
-        )
+        given_streams = train_corpus is not None and bool(train_corpus.streams)
+        self.model: nn.Module = create_model(
+            cfg.model.name, **self._model_overrides(given_streams)
+        ).to(self.device)
         self.sample_rate = int(cfg.data.sample_rate or getattr(self.model, "sample_rate", 16000))
 
         # 3. data
+        self._data_reports: dict[str, Any] = {}
         self.train_corpus, self.filter_report = self._corpus(
             train_corpus, cfg.data.dir, cfg.data.labels, "train"
         )
@@ -233,6 +248,8 @@ class Trainer:
                 len(dev_sampler.epoch_plan(_DEV_EPOCH)[0]) - dev_sampler.epoch_plan(_DEV_EPOCH)[1]
             )
             self.dev_loader = make_loader(
+                # strict even in tolerant mode: an emptied dev batch would leave ranks with
+                # different numbers of (collective, under FSDP) forward passes
                 CroppedBatchDataset(dev, dev_opts, seed=tc.seed, normalize=cfg.data.normalize),
                 dev_sampler,
                 num_workers=0,
@@ -261,16 +278,15 @@ class Trainer:
         self.epoch = 0
         self.index = 0  # micro-batches this rank consumed in the current epoch
         self.consecutive_nonfinite = 0
+        self.stop_signal: int | None = None  # set by a SIGTERM/SIGUSR1 handler
+        self.stop_requested = False  # agreed by all ranks after each step
         self.best_value: float | None = None
         self.best_step = 0
-        self.flops_per_sample: float | None = None
         # sum and count of the best metric since the last checkpoint (train-side best)
         self._save_window: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0])
-        self.peak_flops = tc.peak_flops or (
-            peak_flops_of(torch.cuda.get_device_name(self.device))
-            if self.device.type == "cuda"
-            else 0.0
-        )
+        self.peak_flops = tc.peak_flops or self._device_peak_flops()
+        self.analytic_flops = self._has_analytic_flops()
+        self.flops_per_padded_sample: float | None = None  # measured once if not analytic
         if self.resume_from is not None:
             self._load(self.resume_from)
 
@@ -311,7 +327,6 @@ class Trainer:
         filtered, report = filter_by_duration(corpus, dcfg.min_seconds, dcfg.max_seconds)
         if self.env.is_main:
             log.info("%s data %s: %s", split, data_dir or "(given)", report.summary())
-        self._data_reports = getattr(self, "_data_reports", {})
         self._data_reports[split] = report
         return filtered, report
 
@@ -329,6 +344,29 @@ class Trainer:
         if self.env.is_main:
             log.info("compiled %d blocks with torch.compile (dynamic shapes)", len(units))
 
+    def _device_peak_flops(self) -> float:
+        if self.device.type != "cuda":
+            return 0.0
+        from speechssl.models.flops import peak_bf16_tflops
+
+        peak = peak_bf16_tflops(torch.cuda.get_device_name(self.device))
+        return 0.0 if peak is None else peak * 1e12
+
+    def _has_analytic_flops(self) -> bool:
+        """Whether ``speechssl.models.flops`` can count this model's FLOPs."""
+        from speechssl.models.flops import train_step_flops
+
+        try:
+            train_step_flops(getattr(self.model, "config", None), [self.sample_rate])
+        except (AttributeError, TypeError):
+            return False
+        return True
+
+    def _step_flops(self, lengths: Tensor) -> float:
+        from speechssl.models.flops import train_step_flops
+
+        return train_step_flops(getattr(self.model, "config", None), lengths.tolist())
+
     def _skips_layers(self) -> bool:
         """Layer drop leaves whole layers without gradients in some steps: DDP must then
         look for unused parameters."""
@@ -338,16 +376,22 @@ class Trainer:
             log.info("encoder.layer_drop=%g: DDP runs with find_unused_parameters=True", drop)
         return drop > 0
 
-    def _model_overrides(self) -> dict[str, Any]:
+    def _model_overrides(self, given_streams: bool = False) -> dict[str, Any]:
         """The user's model overrides, plus the label streams' names and sizes (k) for
-        models that predict units, unless the user set them."""
+        models that predict units, unless the user set them. ``given_streams``: the caller
+        passed a corpus with its own label streams (the overrides are then the caller's)."""
         from speechssl.models.registry import model_config
 
         overrides = dict(self.cfg.model.overrides)
         labels = self.cfg.data.labels
-        if not labels:
-            return overrides
         config = model_config(self.cfg.model.name, **overrides)
+        if not labels:
+            if hasattr(config, "num_classes") and not given_streams:
+                raise ConfigError(
+                    f"model {self.cfg.model.name} predicts unit labels: give data.labels=[DIR,...] "
+                    "(label dirs from speechssl kmeans apply)"
+                )
+            return overrides
         if hasattr(config, "num_classes") and "num_classes" not in overrides:
             from speechssl.units.labels import LabelsMeta
 
@@ -451,15 +495,31 @@ class Trainer:
                 self.index,
             )
 
-    def _log_start(self) -> None:
+    def _save_config(self) -> list[str]:
+        """Write the resolved config to ``config.yaml``; a different one from an earlier
+        start is kept as ``config.step-<N>.yaml``. Returns the changed keys."""
         from omegaconf import OmegaConf
 
-        if self.env.is_main:
-            from speechssl.utils.atomic import atomic_write_text
+        from speechssl.utils.atomic import atomic_write_text
 
-            atomic_write_text(
-                self.exp_dir / "config.yaml", OmegaConf.to_yaml(OmegaConf.structured(self.cfg))
+        path = self.exp_dir / "config.yaml"
+        new = OmegaConf.structured(self.cfg)
+        changed: list[str] = []
+        if path.is_file():
+            old = OmegaConf.load(path)
+            flat_old = _flatten(OmegaConf.to_container(old))
+            flat_new = _flatten(OmegaConf.to_container(new))
+            changed = sorted(
+                k for k in flat_old.keys() | flat_new.keys() if flat_old.get(k) != flat_new.get(k)
             )
+            if changed:
+                os.replace(path, path.with_name(f"config.step-{self.step:08d}.yaml"))
+                log.warning("config changed since the last start: %s", ", ".join(changed))
+        atomic_write_text(path, OmegaConf.to_yaml(new))
+        return changed
+
+    def _log_start(self) -> None:
+        changed = self._save_config() if self.env.is_main else []
         n_params = sum(p.numel() for p in self.model.parameters())
         self.logger.event(
             "resume" if self.resume_from else "start",
@@ -467,6 +527,7 @@ class Trainer:
             epoch=self.epoch,
             checkpoint=str(self.resume_from) if self.resume_from else None,
             world_size=self.env.world_size,
+            config_changed=changed,
             device=str(self.device),
             model=self.cfg.model.name,
             parameters=n_params,
@@ -494,13 +555,23 @@ class Trainer:
     # ----------------------------------------------------------------------------------
     # the loop
 
+    def _request_stop(self, signum: int, frame: Any) -> None:
+        self.stop_signal = signum
+
     def fit(self) -> TrainSummary:
+        """Train until ``max_steps`` / ``max_epochs``, or until SIGTERM/SIGUSR1 (a cluster's
+        preemption notice): then every rank stops after the current update, a checkpoint is
+        saved, and the summary says ``stopped="signal"``."""
         tc = self.cfg.trainer
         stopped = "max_steps"
         window = StepWindow()
         last_saved: Path | None = None
+        previous = {}
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGUSR1):
+                previous[sig] = signal.signal(sig, self._request_stop)
         try:
-            while self.step < tc.max_steps:
+            while self.step < tc.max_steps and not self.stop_requested:
                 if tc.max_epochs and self.epoch >= tc.max_epochs:
                     stopped = "max_epochs"
                     break
@@ -520,6 +591,8 @@ class Trainer:
                         continue
                     updated = self.train_step(micro, window)
                     micro = []
+                    if self.stop_requested:
+                        break
                     if updated:
                         # log before a checkpoint so a checkpoint's steps are all in the log
                         if self.step % tc.log_every == 0:
@@ -528,6 +601,9 @@ class Trainer:
                         last_saved = self._after_update(window) or last_saved
                         if self.step >= tc.max_steps:
                             break
+                if self.stop_requested:
+                    stopped = "signal"
+                    break
                 if micro:  # cannot happen: epochs are padded to whole steps
                     raise RuntimeError("epoch ended inside an accumulated step")
                 if self.step >= tc.max_steps:
@@ -538,7 +614,16 @@ class Trainer:
                 self._log_window(window)
             if last_saved is None or ckpt.step_dir_name(self.step) != last_saved.name:
                 last_saved = self._save()
-            final = self._export_final() if tc.export_final else None
+            final = None
+            if stopped == "signal":
+                self.logger.event(
+                    "stop",
+                    step=self.step,
+                    reason=f"signal {self.stop_signal or 'on another rank'}",
+                    checkpoint=str(last_saved),
+                )
+            elif tc.export_final:
+                final = self._export_final()
             self.logger.event("done", step=self.step, epoch=self.epoch, stopped=stopped)
             return TrainSummary(
                 step=self.step,
@@ -549,6 +634,8 @@ class Trainer:
                 stopped=stopped,
             )
         finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
             self.logger.close()
 
     def _after_update(self, window: StepWindow) -> Path | None:
@@ -575,8 +662,11 @@ class Trainer:
         sums: dict[str, Tensor] = {}
         local_nonfinite = False
         bad_terms: list[str] = []
-        count_flops = self.peak_flops > 0 and self.flops_per_sample is None
-        real = padded = loaded = utts = 0
+        mfu = self.peak_flops > 0
+        # models without analytic counts: count one micro-batch's ops once, per padded sample
+        count_flops = mfu and not self.analytic_flops and self.flops_per_padded_sample is None
+        real = padded = loaded = utts = skipped_utts = 0
+        flops = 0.0
         for k, tb in enumerate(micro):
             torch.manual_seed(derive_seed(tc.seed, tb.epoch, tb.index, _MODEL_STREAM))
             batch = tb.audio_batch().to(self.device, non_blocking=True)
@@ -584,6 +674,7 @@ class Trainer:
             padded += tb.waveforms.numel()
             loaded += tb.loaded_samples
             utts += tb.batch_size
+            skipped_utts += len(tb.skipped)
             for utt, reason in tb.skipped:
                 self.logger.event("skipped_utterance", step=self.step, utt=utt, reason=reason)
             flop_ctx: Any = contextlib.nullcontext()
@@ -606,7 +697,12 @@ class Trainer:
                 total = total.float()
                 self.scaler.scale(total / len(micro)).backward()
             if count_flops and k == 0:
-                self.flops_per_sample = flop_ctx.get_total_flops() / max(1, tb.waveforms.numel())
+                measured = flop_ctx.get_total_flops()
+                self.flops_per_padded_sample = measured / max(1, tb.waveforms.numel())
+            if mfu and self.analytic_flops:
+                flops += self._step_flops(tb.lengths)
+            elif mfu and self.flops_per_padded_sample is not None:
+                flops += self.flops_per_padded_sample * tb.waveforms.numel()
             if batch.batch_size == 0:
                 continue
             values = {
@@ -630,10 +726,28 @@ class Trainer:
         grad_norm = float(
             _total_norm(torch.nn.utils.clip_grad_norm_(self.params, max_norm, foreach=True))
         )
-        flag = torch.tensor(
-            [float(local_nonfinite or not math.isfinite(grad_norm))], device=self.device
+        window.add("skipped_utts", skipped_utts, 1)  # counted whatever happens to the step
+        # one all-reduce decides for every rank: any non-finite value, any data at all, and
+        # whether a rank was asked to stop
+        flags = torch.tensor(
+            [
+                float(local_nonfinite or not math.isfinite(grad_norm)),
+                float(utts),
+                float(self.stop_signal is not None),
+            ],
+            device=self.device,
         )
-        nonfinite = bool(all_reduce(flag, self.env, op="max").item() > 0)
+        all_reduce(flags, self.env)
+        nonfinite, global_utts = bool(flags[0].item() > 0), int(flags[1].item())
+        self.stop_requested = bool(flags[2].item() > 0)
+        if global_utts == 0 and not nonfinite:
+            # every utterance of the global batch failed to load (tolerant mode): an
+            # optimizer step on zero gradients would still move Adam's weights, so skip it
+            self.optimizer.zero_grad(set_to_none=True)
+            if self.scaler.is_enabled():
+                self.scaler.update()
+            self.logger.event("empty_step", step=self.step, batches=[tb.index for tb in micro])
+            return False
         if nonfinite:
             self.optimizer.zero_grad(set_to_none=True)
             if self.scaler.is_enabled():
@@ -648,6 +762,7 @@ class Trainer:
         else:
             self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
+        lr_used = self.schedule.lr
         self.schedule.step()
         self.step += 1
         self.consecutive_nonfinite = 0
@@ -660,7 +775,7 @@ class Trainer:
                 acc[0] += value
                 acc[1] += n
         window.add("grad_norm", grad_norm)
-        window.add("lr", self.schedule.lr)
+        window.add("lr", lr_used)
         window.add(
             "loss_scale", float(self.scaler.get_scale()) if self.scaler.is_enabled() else 1.0
         )
@@ -669,12 +784,10 @@ class Trainer:
         window.add("loaded_samples", loaded, 1)
         window.add("utterances", utts, 1)
         window.add("batches", n, 1)
+        if mfu:
+            window.add("flops", flops, 1)
         window.updates += 1
-        self.logger.progress(
-            1,
-            loss=host[names.index("loss")] / n if "loss" in names else float("nan"),
-            lr=self.schedule.lr,
-        )
+        self.logger.progress(1)
         return True
 
     def model_after_step(self) -> None:
@@ -742,7 +855,15 @@ class Trainer:
         counts = dict(zip(keys, vals[n : 2 * n]))
         skipped, wait = vals[2 * n], vals[2 * n + 1]
         rec: dict[str, Any] = {"step": self.step, "epoch": self.epoch}
-        special = {"real_samples", "padded_samples", "loaded_samples", "utterances", "batches"}
+        special = {
+            "real_samples",
+            "padded_samples",
+            "loaded_samples",
+            "utterances",
+            "batches",
+            "skipped_utts",
+            "flops",
+        }
         for k in keys:
             if k not in special and counts[k] > 0:
                 rec[k] = sums[k] / counts[k]
@@ -756,11 +877,13 @@ class Trainer:
         rec["data_wait_fraction"] = wait / self.env.world_size / max(elapsed, 1e-9)
         rec["skipped_steps"] = int(skipped / self.env.world_size)
         rec["updates"] = window.updates
-        if self.flops_per_sample is not None and self.peak_flops > 0:
-            achieved = self.flops_per_sample * padded / max(elapsed, 1e-9)
+        rec["batches"] = int(sums.get("batches", 0.0))
+        rec["skipped_utts"] = int(sums.get("skipped_utts", 0.0))
+        if self.peak_flops > 0 and sums.get("flops"):
+            achieved = sums["flops"] / max(elapsed, 1e-9)
             rec["mfu"] = achieved / (self.peak_flops * self.env.world_size)
         self.logger.write("train", rec)
-        post = {k: rec[k] for k in ("loss", "acc_masked") if k in rec}
+        post = {k: rec[k] for k in ("loss", "acc_masked", "lr", "audio_sec_per_sec") if k in rec}
         self.logger.progress(0, **post)
 
     @torch.no_grad()
@@ -799,7 +922,7 @@ class Trainer:
 
     def _save(self, dev_metrics: dict[str, float] | None = None) -> Path:
         tc = self.cfg.trainer
-        model_state = _model_state(self.model, self.env, self.fsdp)
+        model_state = _model_state(self.model, self.fsdp)
         optim_state = _optimizer_state(self.model, self.optimizer, self.fsdp)
         rngs = all_gather_objects(ckpt.capture_rng_state(), self.env)
         metric_value: float | None
@@ -918,7 +1041,7 @@ class Trainer:
             save_model_dir,
         )
 
-        state = _model_state(self.model, self.env, self.fsdp) if self.fsdp else None
+        state = _model_state(self.model, self.fsdp) if self.fsdp else None
         target = self.exp_dir / "final"
         if self.env.is_main:
             model: Any = self.model

@@ -1,0 +1,14 @@
+"""Unit discovery: k-means on dumped features, unit labels, and unit-quality reports.
+
+* :mod:`speechssl.units.kmeans` - streaming torch k-means (k-means++ restarts on a sample,
+  full-batch Lloyd and mini-batch updates, empty-cluster splitting, ``torch.distributed``
+  statistics), the :class:`~speechssl.units.kmeans.KMeansModel` file format.
+* :mod:`speechssl.units.stream` - bounded-memory reads of a feature store, deterministic
+  sampling by utterance id.
+* :mod:`speechssl.units.labels` - ``kmeans apply`` (from a store or straight from audio),
+  the label directory format, :class:`~speechssl.units.labels.UnitLabels` with length checks.
+* :mod:`speechssl.units.quality`, :mod:`speechssl.units.report`,
+  :mod:`speechssl.units.plotting` - PNMI / purities, usage and durations, JSON + PNG.
+* :mod:`speechssl.units.distributed` - the few collectives k-means needs.
+* :mod:`speechssl.units.synthetic` - Gaussian-mixture stores for tests and benchmarks.
+"""

@@ -95,7 +95,7 @@ class KMeansConfig:
     n_init: int = 3
     """k-means++ restarts on the initialisation sample; the best one is kept."""
     init_sample_frames: int | None = None
-    """Frames in the initialisation sample (default ``max(10000, 64 * k)``)."""
+    """Frames in the initialisation sample (default ``max(10000, 32 * k)``)."""
     init_lloyd_iters: int = 10
     """Lloyd iterations on the sample that refine each restart before comparing them."""
     minibatch_epochs: float = 0.0
@@ -116,10 +116,11 @@ class KMeansConfig:
     """Use about this percentage of utterances (chosen by hash of seed and utterance id)."""
     max_frames: int | None = None
     """Use utterances (in hash order) up to this many frames in total."""
-    block_frames: int = 65536
-    """Rows read from the store per block."""
-    chunk_elems: int = 1 << 20
-    """Upper bound on the elements of one ``[rows, k]`` distance matrix."""
+    block_frames: int | None = None
+    """Rows read from the store per block (default: about 8 MiB of float32 rows)."""
+    chunk_elems: int | None = None
+    """Upper bound on the elements of one ``[rows, k]`` distance matrix (default: 2**20 on
+    CPU, cache friendly; 2**26 on CUDA, large enough to keep the GPU busy)."""
     device: str = "auto"
     """``cpu``, ``cuda``, ``cuda:N`` or ``auto`` (CUDA when available)."""
     cache_gb: float | None = None
@@ -145,7 +146,7 @@ class KMeansConfig:
 
     @property
     def sample_frames(self) -> int:
-        return self.init_sample_frames or max(10_000, 64 * self.k)
+        return self.init_sample_frames or max(10_000, 32 * self.k)
 
 
 def resolve_device(device: str) -> torch.device:
@@ -192,8 +193,11 @@ class KMeansModel:
             x = (x - self.mean) / self.std
         return x
 
-    def assign(self, x: Tensor | np.ndarray, chunk_elems: int = 1 << 20) -> tuple[Tensor, Tensor]:
-        """Nearest centroid of each row of ``x`` ``[N, dim]`` (raw features).
+    def assign(
+        self, x: Tensor | np.ndarray, chunk_elems: int | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """Nearest centroid of each row of ``x`` ``[N, dim]`` (raw features) and its squared
+        distance (see :func:`assign_nearest` on precision).
 
         Returns ``(labels [N] int64, squared distance [N] float32)``.
         """
@@ -206,7 +210,7 @@ class KMeansModel:
             raise ConfigError(f"features of shape {tuple(xt.shape)}, model expects [N, {self.dim}]")
         xn = self.normalize(xt)
         cnorm = (self.centroids * self.centroids).sum(1)
-        rows = _chunk_rows(chunk_elems, self.k)
+        rows = _chunk_rows(chunk_elems or default_chunk_elems(self.centroids.device), self.k)
         labels, dists = [], []
         for s in range(0, xn.shape[0], rows):
             idx, dist = assign_nearest(xn[s : s + rows], self.centroids, cnorm)
@@ -215,6 +219,28 @@ class KMeansModel:
         if not labels:
             return torch.empty(0, dtype=torch.int64), torch.empty(0)
         return torch.cat(labels), torch.cat(dists)
+
+    def labels(self, x: Tensor | np.ndarray, chunk_elems: int | None = None) -> Tensor:
+        """Nearest centroid of each row of ``x`` ``[N, dim]`` (raw features), ``[N]`` int64;
+        like :meth:`assign` without computing the distances."""
+        if isinstance(x, np.ndarray):
+            arr = np.ascontiguousarray(x)
+            xt = torch.from_numpy(arr if arr.flags.writeable else arr.copy())
+        else:
+            xt = x
+        if xt.ndim != 2 or xt.shape[1] != self.dim:
+            raise ConfigError(f"features of shape {tuple(xt.shape)}, model expects [N, {self.dim}]")
+        xn = self.normalize(xt)
+        cnorm = (self.centroids * self.centroids).sum(1).unsqueeze(0)
+        ct = self.centroids.t()
+        rows = _chunk_rows(chunk_elems or default_chunk_elems(self.centroids.device), self.k)
+        out = torch.empty(xn.shape[0], dtype=torch.int64, device=xn.device)
+        for s in range(0, xn.shape[0], rows):
+            xc = xn[s : s + rows]
+            torch.argmin(
+                torch.addmm(cnorm, xc, ct, beta=1.0, alpha=-2.0), dim=1, out=out[s : s + rows]
+            )
+        return out
 
     def save(self, out_dir: str | os.PathLike[str], overwrite: bool = False) -> None:
         """Write ``kmeans.safetensors`` and ``kmeans.json`` into ``out_dir`` atomically."""
@@ -282,6 +308,10 @@ def _sha256_file(path: Path) -> str:
 
 
 # --------------------------------------------------------------------------- kernels
+
+
+def default_chunk_elems(device: torch.device) -> int:
+    return 1 << 26 if device.type == "cuda" else 1 << 20
 
 
 def _chunk_rows(chunk_elems: int, k: int) -> int:
@@ -657,7 +687,7 @@ def fit_kmeans(store: FeatureStore | str | os.PathLike[str], cfg: KMeansConfig) 
     else:
         cache_bytes = 0.0
     data = _Data(stream, device, cache_bytes)
-    chunk_rows = _chunk_rows(cfg.chunk_elems, cfg.k)
+    chunk_rows = _chunk_rows(cfg.chunk_elems or default_chunk_elems(device), cfg.k)
     log.info(
         "k-means: k=%d on %d frames (%d on rank %d of %d), dim %d, device %s, cache %s",
         cfg.k, total_frames, stream.num_frames, rank, world, store.dim, device, data.cache_enabled,

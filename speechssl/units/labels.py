@@ -337,8 +337,7 @@ def _write_label_shard(
         cur_utt: str | None = None
         parts: list[np.ndarray] = []
         for block in stream.blocks():
-            labels, _ = model.assign(torch.from_numpy(block.rows))
-            lab = labels.cpu().numpy()
+            lab = model.labels(torch.from_numpy(block.rows)).cpu().numpy()
             for seg in block.segments:
                 if seg.utt != cur_utt:
                     if cur_utt is not None:
@@ -372,7 +371,7 @@ def apply_to_store(
     nshard: int = 1,
     rank: int = 0,
     device: str = "auto",
-    block_frames: int = 65536,
+    block_frames: int | None = None,
     overwrite: bool = False,
     frame_window_s: float | None = None,
 ) -> dict[str, Any]:

@@ -27,11 +27,16 @@ def plot_report(
     import matplotlib.pyplot as plt
 
     k = usage.shape[0]
-    rows = 2 if counts is not None else 1
-    fig, axes_any = plt.subplots(
-        rows, 1, figsize=(max(8.0, min(24.0, k / 12)), 4.0 * rows + 1), squeeze=False
-    )
-    axes: Any = axes_any[:, 0]
+    width = max(8.0, min(24.0, k / 12))
+    if counts is None:
+        fig, ax0 = plt.subplots(1, 1, figsize=(width, 4.0))
+        axes: Any = [ax0]
+    else:
+        # one readable tick label per phone: the matrix panel grows with the phone count
+        matrix_h = max(4.0, 0.16 * counts.shape[0])
+        fig, axes = plt.subplots(
+            2, 1, figsize=(width, 4.0 + matrix_h + 1.0), height_ratios=[4.0, matrix_h]
+        )
     total = max(int(usage.sum()), 1)
     order = np.argsort(-usage, kind="stable")
     ax = axes[0]
@@ -51,9 +56,7 @@ def plot_report(
         ax = axes[1]
         im = ax.imshow(mat, aspect="auto", interpolation="nearest", cmap="viridis", vmin=0, vmax=1)
         ax.set_yticks(np.arange(len(phone_order)))
-        ax.set_yticklabels(
-            [phones[i] for i in phone_order], fontsize=max(4, min(9, 400 // max(len(phones), 1)))
-        )
+        ax.set_yticklabels([phones[i] for i in phone_order], fontsize=7)
         ax.set_xlabel("units (ordered by dominant phone)")
         ax.set_ylabel("phone (by frequency)")
         ax.set_title("p(phone | unit)")

@@ -144,6 +144,11 @@ def subselect_utterances(
     return out
 
 
+#: default block size in bytes of float32 rows: large enough for efficient reads and
+#: matmuls, small enough that a few blocks in flight stay far below the data size
+BLOCK_BYTES = 8 << 20
+
+
 @dataclass
 class Segment:
     """Part of one utterance inside a block: rows ``[start, start + count)`` of the block
@@ -184,7 +189,8 @@ class StoreStream:
         ranks: which shards this process reads (default: all complete shards).
         selection: ``{rank: utterance indices}`` from :func:`select_utterances`; ``None``
             takes every utterance.
-        block_frames: maximum rows per block (an utterance longer than this is split).
+        block_frames: maximum rows per block (an utterance longer than this is split);
+            default: about ``BLOCK_BYTES`` of float32 rows.
         utt_ranges: optionally restrict to utterances by global position (used by label
             sharding): ``(first, last)`` indices into the store's global utterance order.
     """
@@ -194,9 +200,11 @@ class StoreStream:
         store: FeatureStore,
         ranks: Sequence[int] | None = None,
         selection: dict[int, np.ndarray] | None = None,
-        block_frames: int = 65536,
+        block_frames: int | None = None,
         utt_ranges: tuple[int, int] | None = None,
     ) -> None:
+        if block_frames is None:
+            block_frames = max(256, BLOCK_BYTES // (4 * store.dim))
         if block_frames <= 0:
             raise ConfigError(f"block_frames must be positive, got {block_frames}")
         self.store = store

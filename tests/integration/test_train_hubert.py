@@ -1,6 +1,7 @@
 """`speechssl-train model=hubert_tiny` on the bundled corpus with real k-means units: it learns
 (loss falls, masked accuracy rises), evaluates on dev, keeps the best checkpoint, logs every
-health signal, plots, and exports a model dir (`speechssl.models.io`)."""
+health signal, plots, and exports a model dir (`speechssl.models.io`) that
+`speechssl features dump --kind model` reads."""
 
 from __future__ import annotations
 
@@ -75,3 +76,11 @@ def test_hubert_tiny_learns_on_the_bundled_corpus(
     assert from_ckpt.model_name == final.model_name == "hubert_tiny"
     info = json.loads((exp / "final" / "model.json").read_text())["extra"]["training"]
     assert info["step"] == steps and info["labels"][0]["k"] == 20
+    # ... and what `speechssl features dump --kind model` reads (HuBERT iteration 2)
+    store = tmp_path / "hidden"
+    code = main(["features", "dump", "--data", str(synth_corpus / "dev"), "--kind", "model",
+                 "--checkpoint", str(exp / "final"), "--layer", "1", "--out", str(store),
+                 "--device", "cpu"])  # fmt: skip
+    assert code == 0
+    meta = json.loads((store / "meta.json").read_text())
+    assert meta["kind"] == "model" and meta["dim"] == final.config.encoder.dim

@@ -60,17 +60,21 @@ def _compare_runs(one: Path, two: Path, steps: int) -> None:
 
 @pytest.mark.distributed
 def test_two_process_ddp_matches_one_process(hubert_data: list[str], tmp_path: Path) -> None:
-    """2 gloo ranks x 1 micro-batch == 1 process x 2 accumulated micro-batches."""
-    common = [*hubert_data, *base_overrides(), "trainer.max_steps=4"]
+    """2 gloo ranks x 2 accumulated micro-batches (no_sync on the first) == 1 process x 4
+    accumulated micro-batches: same global batches, same losses and weights."""
+    common = [*hubert_data, *base_overrides(), "trainer.max_steps=3"]
     res = run_train(
-        [*common, f"trainer.exp_dir={tmp_path / 'one'}", "trainer.grad_accum=2"], cwd=tmp_path
+        [*common, f"trainer.exp_dir={tmp_path / 'one'}", "trainer.grad_accum=4"], cwd=tmp_path
     )
     assert res.returncode == 0, res.stderr[-3000:]
-    res = _torchrun([*common, f"trainer.exp_dir={tmp_path / 'two'}"], cwd=tmp_path)
+    res = _torchrun(
+        [*common, f"trainer.exp_dir={tmp_path / 'two'}", "trainer.grad_accum=2"], cwd=tmp_path
+    )
     assert res.returncode == 0, res.stderr[-3000:]
     start = events(tmp_path / "two", "start")[0]
     assert start["world_size"] == 2
-    _compare_runs(tmp_path / "one", tmp_path / "two", 4)
+    assert records(tmp_path / "two", "train")[0]["batches"] == 4  # counted over both ranks
+    _compare_runs(tmp_path / "one", tmp_path / "two", 3)
 
 
 @pytest.mark.distributed
@@ -162,6 +166,18 @@ def test_repeated_nonfinite_stops_with_message_and_saved_state(
 
 
 @pytest.mark.slow
+def test_bf16_autocast_trains(train_data: list[str], tmp_path: Path) -> None:
+    exp = tmp_path / "exp"
+    args = [f"trainer.exp_dir={exp}", "trainer.precision=bf16", "trainer.max_steps=4"]
+    res = run_train([*train_data, *base_overrides(), *args], cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-3000:]
+    train = records(exp, "train")
+    assert [r["step"] for r in train] == [1, 2, 3, 4]
+    assert all(math.isfinite(r["loss"]) and r["loss_scale"] == 1.0 for r in train)
+    assert not events(exp, "nonfinite")
+
+
+@pytest.mark.slow
 def test_compiled_blocks_train_like_eager(train_data: list[str], tmp_path: Path) -> None:
     """trainer.compile=true (inductor on CPU, dynamic shapes) gives the eager losses (dropout
     off: inductor draws dropout masks from its own generator)."""
@@ -182,3 +198,17 @@ def test_compiled_blocks_train_like_eager(train_data: list[str], tmp_path: Path)
     assert sorted(eager) == sorted(compiled) == [1, 2, 3]
     for step in eager:
         assert compiled[step] == pytest.approx(eager[step], rel=1e-3), step
+
+
+@pytest.mark.cuda
+def test_cuda_bf16_run_reports_mfu(hubert_data: list[str], tmp_path: Path) -> None:
+    """On a GPU: bf16 autocast, pinned-memory loading, and MFU against the device's peak."""
+    exp = tmp_path / "exp"
+    args = [f"trainer.exp_dir={exp}", "trainer.device=cuda", "trainer.precision=bf16"]
+    overrides = [o for o in base_overrides() if o != "trainer.device=cpu"]
+    res = run_train([*hubert_data, *overrides, *args, "trainer.max_steps=5"], cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-3000:]
+    train = records(exp, "train")
+    assert events(exp, "start")[0]["device"].startswith("cuda")
+    assert [r["step"] for r in train] == [1, 2, 3, 4, 5]
+    assert all(math.isfinite(r["loss"]) and 0.0 < r["mfu"] < 1.0 for r in train)

@@ -110,7 +110,7 @@ def test_encoder_learns_under_sgd():
     target = torch.roll(x, 1, dims=1)  # copy the previous frame: needs attention/position
     opt = torch.optim.Adam(enc.parameters(), lr=3e-3)
     losses = []
-    for _ in range(60):
+    for _ in range(30):
         loss = F.mse_loss(enc(x).last_hidden_state, target)
         opt.zero_grad()
         loss.backward()

@@ -6,9 +6,11 @@ non-finite check, AdamW, schedule, the step's metrics fetched to the host). Peer
 ``torchaudio.models.hubert_pretrain_model`` built from the same ``HubertConfig`` values,
 stepped the way torchaudio's HuBERT recipe does (forward, summed cross-entropy over masked
 frames / #masked + 10 x feature penalty, backward, clipping, AdamW, ``loss.item()``).
-Both see the same waveforms and 50 Hz labels, in the same process, alternately.
+Both start from the same weights and see the same waveforms and 50 Hz labels, in the same
+process, alternately; layer drop is off on both sides.
 
     python tools/bench/train_step.py --model hubert_tiny --batch 8 --seconds 4 --device cpu
+    OMP_NUM_THREADS=1 python tools/bench/train_step.py --clock cpu      # shared machine
     python tools/bench/train_step.py --model hubert_base --batch 8 --seconds 15 \\
         --device cuda --precision bf16
 
@@ -34,8 +36,9 @@ import torch
 import torch.nn.functional as F
 
 REPO = Path(__file__).resolve().parents[2]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+for path in (REPO, Path(__file__).resolve().parent):  # the package; model_step.py beside us
+    if str(path) not in sys.path:
+        sys.path.insert(0, str(path))
 
 from speechssl.models.registry import model_config  # noqa: E402
 from speechssl.train.config import (  # noqa: E402
@@ -68,26 +71,15 @@ class NoiseReader(AudioReader):
 
 
 def torchaudio_hubert(cfg: Any) -> torch.nn.Module:
-    """torchaudio's HuBERT pretraining model with the values of our ``HubertConfig``."""
+    """torchaudio's HuBERT pretraining model with the values of our ``HubertConfig`` (the
+    encoder arguments are mapped by ``model_step.py``, the models' step benchmark)."""
+    from model_step import _ta_encoder_kwargs
     from torchaudio.models import hubert_pretrain_model
 
-    ex, enc, mask = cfg.extractor, cfg.encoder, cfg.mask
+    mask = cfg.mask
+    grad_mult = cfg.extractor.feature_grad_mult
     return hubert_pretrain_model(
-        extractor_mode=ex.mode,
-        extractor_conv_layer_config=[tuple(layer) for layer in ex.conv_layers],
-        extractor_conv_bias=ex.conv_bias,
-        encoder_embed_dim=enc.dim,
-        encoder_projection_dropout=cfg.dropout_input,
-        encoder_pos_conv_kernel=enc.pos_conv_kernel,
-        encoder_pos_conv_groups=enc.pos_conv_groups,
-        encoder_num_layers=enc.num_layers,
-        encoder_num_heads=enc.num_heads,
-        encoder_attention_dropout=enc.attention_dropout,
-        encoder_ff_interm_features=enc.ffn_dim,
-        encoder_ff_interm_dropout=enc.activation_dropout,
-        encoder_dropout=enc.dropout,
-        encoder_layer_norm_first=enc.layer_norm_first,
-        encoder_layer_drop=enc.layer_drop,
+        **_ta_encoder_kwargs(cfg),
         mask_prob=mask.mask_prob,
         mask_selection="static",
         mask_other=0.0,
@@ -104,7 +96,7 @@ def torchaudio_hubert(cfg: Any) -> torch.nn.Module:
         skip_nomask=False,
         num_classes=cfg.num_classes[0],
         final_dim=cfg.final_dim,
-        feature_grad_mult=ex.feature_grad_mult if ex.feature_grad_mult < 1.0 else None,
+        feature_grad_mult=grad_mult if 0 < grad_mult < 1 else None,
     )
 
 
@@ -124,7 +116,12 @@ def run_case(args: argparse.Namespace) -> dict[str, Any]:
     device = torch.device(args.device)
     samples = round(args.seconds * RATE)
     classes = 100
-    overrides = {"num_classes": (classes,), "label_streams": ("km",)}
+    # layer drop off on both sides (it makes step times random), as model_step.py does
+    overrides = {
+        "num_classes": (classes,),
+        "label_streams": ("km",),
+        "encoder": {"layer_drop": 0.0},
+    }
     cfg = model_config(args.model, **overrides)
     frames = num_frames(cfg, samples)
     rng = np.random.default_rng(0)
@@ -162,8 +159,11 @@ def run_case(args: argparse.Namespace) -> dict[str, Any]:
         batch = trainer.dataset[BatchSpec(epoch=0, index=0, indices=tuple(range(args.batch)))]
         ours_params = sum(p.numel() for p in trainer.model.parameters())
 
-        torch.manual_seed(0)
-        peer = torchaudio_hubert(cfg).to(device)
+        from speechssl.interop.torchaudio import load_torchaudio_weights
+
+        peer = torchaudio_hubert(trainer.model.config)  # the config with layer drop etc.
+        load_torchaudio_weights(trainer.model, peer)  # same initial weights on both sides
+        peer = peer.to(device)
         peer_params = sum(p.numel() for p in peer.parameters())
         peer_opt = torch.optim.AdamW(
             peer.parameters(), lr=1e-4, betas=(0.9, 0.98), eps=1e-6, weight_decay=0.01
@@ -205,13 +205,16 @@ def run_case(args: argparse.Namespace) -> dict[str, Any]:
         for _ in range(args.warmup):
             ours_step()
             peer_step()
+        # cpu: process CPU time, i.e. the work each side does without the time spent
+        # descheduled on a shared machine (use with OMP_NUM_THREADS=1)
+        clock = time.process_time if args.clock == "cpu" else time.perf_counter
         for _ in range(args.steps):
             for fn, out in ((ours_step, ours_t), (peer_step, peer_t)):
                 sync(device)
-                t0 = time.perf_counter()
+                t0 = clock()
                 fn()
                 sync(device)
-                out.append(time.perf_counter() - t0)
+                out.append(clock() - t0)
     ours_ms = 1000 * statistics.median(ours_t)
     peer_ms = 1000 * statistics.median(peer_t)
     audio = float(batch.lengths.sum()) / RATE
@@ -220,6 +223,7 @@ def run_case(args: argparse.Namespace) -> dict[str, Any]:
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "precision": args.precision,
         "threads": torch.get_num_threads(),
+        "clock": args.clock,
         "ours_ms": round(ours_ms, 2),
         "peer_ms": round(peer_ms, 2),
         "ratio": round(peer_ms / ours_ms, 3),
@@ -247,6 +251,12 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
     parser.add_argument("--compile", action="store_true", help="trainer.compile=true for ours")
+    parser.add_argument(
+        "--clock",
+        choices=["wall", "cpu"],
+        default="wall",
+        help="cpu: process CPU time (busy machine)",
+    )
     args = parser.parse_args()
     print(json.dumps(run_case(args)), flush=True)
 
