@@ -296,3 +296,70 @@ class SpanMasker(nn.Module):
             )
             x = x.masked_fill(channel.unsqueeze(1), 0.0)
         return x, mask
+
+
+@dataclass(kw_only=True)
+class BlockMaskConfig:
+    """2-D block masking of patch grids (the image counterpart of :class:`SpanMaskConfig`)."""
+
+    mask_prob: float = 0.6
+    """Fraction of the grid's patches to mask (exactly, with ``exact_count``)."""
+    block_size: tuple[int, int] = (2, 2)
+    """Height and width of each masked block, in patches."""
+    exact_count: bool = True
+    """Mask exactly ``round(mask_prob * H * W)`` patches per image."""
+
+    def __post_init__(self) -> None:
+        self.block_size = tuple(int(v) for v in self.block_size)  # type: ignore[assignment]
+        if len(self.block_size) != 2 or min(self.block_size) < 1:
+            raise ConfigError(f"block_size must be two positive ints, got {self.block_size}")
+        if not 0.0 <= self.mask_prob <= 1.0:
+            raise ConfigError(f"mask_prob must be in [0, 1], got {self.mask_prob}")
+
+
+class BlockMasker(nn.Module):
+    """Replaces the patches of random 2-D blocks with a learned embedding.
+
+    Args:
+        dim: feature dimension of the patch frames.
+        config: mask settings.
+    """
+
+    def __init__(self, dim: int, config: BlockMaskConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.mask_embedding = nn.Parameter(torch.empty(dim).uniform_())
+
+    def compute_mask(
+        self,
+        batch_size: int,
+        grid: tuple[int, int],
+        device: torch.device,
+        generator: torch.Generator | None = None,
+    ) -> Tensor:
+        """``[N, H * W]`` bool mask, True = masked."""
+        c = self.config
+        return compute_block_mask(
+            batch_size,
+            grid,
+            c.mask_prob,
+            block_size=c.block_size,
+            exact_count=c.exact_count,
+            generator=generator,
+            device=device,
+        )
+
+    def forward(
+        self,
+        x: Tensor,
+        grid: tuple[int, int],
+        mask: Tensor | None = None,
+        generator: torch.Generator | None = None,
+    ) -> tuple[Tensor, Tensor]:
+        """Mask ``x [N, H * W, D]`` (row-major patches); returns ``(masked x, mask [N, H * W])``."""
+        if x.shape[1] != grid[0] * grid[1]:
+            raise ValueError(f"{x.shape[1]} patches do not form a {grid[0]}x{grid[1]} grid")
+        if mask is None:
+            mask = self.compute_mask(x.shape[0], grid, x.device, generator)
+        x = torch.where(mask.unsqueeze(-1), self.mask_embedding.to(x.dtype), x)
+        return x, mask

@@ -15,6 +15,7 @@ is applied only to ``last_hidden_state``.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -113,17 +114,43 @@ class SelfAttention(nn.Module):
         return self.out_proj(y.transpose(1, 2).reshape(n, s, self.dim))
 
 
-class FeedForward(nn.Module):
-    """``fc2(dropout(gelu(fc1(x))))``."""
+#: activation functions by config name (``swish`` is SiLU, the conformer's choice)
+ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {
+    "gelu": F.gelu,
+    "swish": F.silu,
+    "silu": F.silu,
+    "relu": F.relu,
+}
 
-    def __init__(self, dim: int, hidden_dim: int, activation_dropout: float = 0.0) -> None:
+
+def activation_function(name: str) -> Callable[[Tensor], Tensor]:
+    """The activation called ``name`` (a ConfigError lists the known ones)."""
+    try:
+        return ACTIVATIONS[name]
+    except KeyError:
+        raise ConfigError(
+            f"unknown activation {name!r}; known: {', '.join(sorted(ACTIVATIONS))}"
+        ) from None
+
+
+class FeedForward(nn.Module):
+    """``fc2(dropout(act(fc1(x))))`` with ``act`` GELU unless ``activation`` names another."""
+
+    def __init__(
+        self,
+        dim: int,
+        hidden_dim: int,
+        activation_dropout: float = 0.0,
+        activation: str = "gelu",
+    ) -> None:
         super().__init__()
         self.fc1 = nn.Linear(dim, hidden_dim)
         self.fc2 = nn.Linear(hidden_dim, dim)
         self.activation_dropout = nn.Dropout(activation_dropout)
+        self.activation = activation_function(activation)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.fc2(self.activation_dropout(F.gelu(self.fc1(x))))
+        return self.fc2(self.activation_dropout(self.activation(self.fc1(x))))
 
 
 class TransformerLayer(nn.Module):
@@ -234,7 +261,11 @@ class TransformerEncoder(nn.Module):
             # padded frames must not leak into real ones through the position convolution
             x = x.masked_fill(padding_mask.unsqueeze(-1), 0.0)
         if self.pos_conv is not None:
-            x = x + self.pos_conv(x)
+            if getattr(self.pos_conv, "accepts_padding_mask", False):
+                # a deep position module re-masks padding between its layers
+                x = x + self.pos_conv(x, padding_mask)
+            else:
+                x = x + self.pos_conv(x)
         if not self.layer_norm_first:
             x = self.layer_norm(x)
         x = self.dropout(x)

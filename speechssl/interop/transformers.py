@@ -309,9 +309,20 @@ def export_to_transformers(
         kmeans_dir: the k-means model the training labels came from; copied to
             ``speechssl/kmeans`` and referenced in ``speechssl/model.json``.
         overwrite: replace an existing ``out_dir``.
+
+    w2v-BERT and data2vec audio models are handed to
+    :func:`speechssl.interop.transformers_families.export_family_to_transformers`.
     """
     from transformers import Wav2Vec2FeatureExtractor
 
+    from speechssl.interop import transformers_families
+
+    if model.family in transformers_families.FAMILIES:
+        if kmeans_dir is not None:
+            raise ConfigError(f"{model.family} models are not trained on k-means labels")
+        return transformers_families.export_family_to_transformers(
+            model, out_dir, overwrite=overwrite
+        )
     family = _family(model)
     config = hf_config(model, pretraining)
     hf_state, side = to_transformers_state(model, pretraining)
@@ -408,10 +419,16 @@ def import_from_transformers(path: str | os.PathLike[str], **overrides: Any) -> 
     preset, ``overrides`` apply (e.g. ``num_classes=(500,)``), and the parts
     ``transformers`` does not have (HuBERT's head; a bare encoder's quantizer) start fresh.
     """
+    from speechssl.interop import transformers_families
+
     root = Path(path)
     cfg_path = root / "config.json"
     if not cfg_path.is_file():
         raise CheckpointError(f"{root}: not a transformers model directory (no config.json)")
+    if transformers_families.is_family_export(root):  # w2v-BERT / data2vec audio exports
+        if overrides:
+            raise ConfigError("overrides are not supported for w2v-BERT / data2vec exports")
+        return transformers_families.import_family_from_transformers(root)
     hf_cfg = json.loads(cfg_path.read_text())
     desc_path = root / SIDECAR / DESCRIPTION_NAME
     side: dict[str, Tensor] = {}

@@ -55,6 +55,10 @@ class ModelLayerExtractor:
     """Hidden layer ``layer`` of ``model`` for padded waveform batches."""
 
     def __init__(self, model: PretrainModel, layer: int, source: str, device: torch.device) -> None:
+        from speechssl.models.registry import get_spec
+
+        if model.model_name and get_spec(model.model_name).modality != "audio":
+            raise ConfigError(f"{model.model_name} is an image model; --kind model needs audio")
         num_layers = model.config.encoder.num_layers
         if not 0 <= layer <= num_layers:
             raise ConfigError(

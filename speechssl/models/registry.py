@@ -23,7 +23,14 @@ from speechssl.registry import Registry
 FAMILY_MODULES: list[str] = [
     "speechssl.models.hubert",
     "speechssl.models.wav2vec2",
+    "speechssl.models.w2v_bert",
+    "speechssl.models.data2vec",
+    "speechssl.models.vision",
 ]
+
+#: what a model's ``forward``/``extract`` take: ``audio`` (``AudioBatch``, waveforms) or
+#: ``image`` (``speechssl.data.images.ImageBatch``, ``[N, C, H, W]`` images)
+MODALITIES = ("audio", "image")
 
 
 @dataclass(frozen=True)
@@ -36,6 +43,7 @@ class ModelSpec:
         make_config: returns the preset's config dataclass.
         build: builds the model from a config.
         size: named size (``tiny``, ``base``, ``large``, ...).
+        modality: ``audio`` or ``image`` (what the model's batches hold).
     """
 
     name: str
@@ -43,6 +51,7 @@ class ModelSpec:
     make_config: Callable[[], Any]
     build: Callable[[Any], PretrainModel]
     size: str = ""
+    modality: str = "audio"
 
 
 MODELS: Registry[ModelSpec] = Registry("model")
@@ -55,8 +64,11 @@ def register_model(
     make_config: Callable[[], Any],
     build: Callable[[Any], PretrainModel],
     size: str = "",
+    modality: str = "audio",
 ) -> None:
-    MODELS.add(name, ModelSpec(name, family, make_config, build, size))
+    if modality not in MODALITIES:
+        raise ConfigError(f"model {name!r}: modality must be one of {MODALITIES}, got {modality!r}")
+    MODELS.add(name, ModelSpec(name, family, make_config, build, size, modality))
 
 
 def _ensure_families() -> None:
@@ -64,9 +76,12 @@ def _ensure_families() -> None:
         importlib.import_module(module)
 
 
-def list_models() -> list[str]:
+def list_models(modality: str | None = None) -> list[str]:
+    """Registered presets (only those of ``modality`` when given)."""
     _ensure_families()
-    return MODELS.names()
+    if modality is None:
+        return MODELS.names()
+    return [n for n in MODELS.names() if MODELS.get(n).modality == modality]
 
 
 def get_spec(name: str) -> ModelSpec:

@@ -48,6 +48,14 @@ def run(cfg: Any) -> int:
     except SpeechSSLError as exc:
         print(f"speechssl-train: error: {exc}", file=sys.stderr)
         return 1
+    if summary.stopped == "signal":
+        if rank == 0:
+            log.warning(
+                "stopped by a signal at step %d; state saved in %s (rerun to resume)",
+                summary.step,
+                summary.last_checkpoint,
+            )
+        return 143  # 128 + SIGTERM: a preempted job, not a finished one
     if rank == 0:
         log.info(
             "finished at step %d (epoch %d, %s); last checkpoint %s; best %s=%s; final model %s",

@@ -17,6 +17,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import os
+import signal
+import threading
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -104,7 +107,17 @@ def _total_norm(norm: Tensor) -> Tensor:
     return full() if callable(full) else norm
 
 
-def _model_state(model: nn.Module, env: DistEnv, fsdp: bool) -> dict[str, Tensor]:
+def _flatten(node: Any, prefix: str = "") -> dict[str, Any]:
+    """``{"a.b": value}`` of a nested dict (lists are leaves)."""
+    if not isinstance(node, dict):
+        return {prefix: node}
+    out: dict[str, Any] = {}
+    for key, value in node.items():
+        out.update(_flatten(value, f"{prefix}.{key}" if prefix else str(key)))
+    return out
+
+
+def _model_state(model: nn.Module, fsdp: bool) -> dict[str, Tensor]:
     if fsdp:
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
@@ -170,12 +183,14 @@ class Trainer:
 
         self.stream_names = stream_names_for(cfg.data.labels)
         self._seed_everything(tc.seed)
-        self.model: nn.Module = create_model(cfg.model.name, **self._model_overrides()).to(
-            self.device
-        )
+        given_streams = train_corpus is not None and bool(train_corpus.streams)
+        self.model: nn.Module = create_model(
+            cfg.model.name, **self._model_overrides(given_streams)
+        ).to(self.device)
         self.sample_rate = int(cfg.data.sample_rate or getattr(self.model, "sample_rate", 16000))
 
         # 3. data
+        self._data_reports: dict[str, Any] = {}
         self.train_corpus, self.filter_report = self._corpus(
             train_corpus, cfg.data.dir, cfg.data.labels, "train"
         )
@@ -233,6 +248,8 @@ class Trainer:
                 len(dev_sampler.epoch_plan(_DEV_EPOCH)[0]) - dev_sampler.epoch_plan(_DEV_EPOCH)[1]
             )
             self.dev_loader = make_loader(
+                # strict even in tolerant mode: an emptied dev batch would leave ranks with
+                # different numbers of (collective, under FSDP) forward passes
                 CroppedBatchDataset(dev, dev_opts, seed=tc.seed, normalize=cfg.data.normalize),
                 dev_sampler,
                 num_workers=0,
@@ -261,6 +278,8 @@ class Trainer:
         self.epoch = 0
         self.index = 0  # micro-batches this rank consumed in the current epoch
         self.consecutive_nonfinite = 0
+        self.stop_signal: int | None = None  # set by a SIGTERM/SIGUSR1 handler
+        self.stop_requested = False  # agreed by all ranks after each step
         self.best_value: float | None = None
         self.best_step = 0
         # sum and count of the best metric since the last checkpoint (train-side best)
@@ -308,7 +327,6 @@ class Trainer:
         filtered, report = filter_by_duration(corpus, dcfg.min_seconds, dcfg.max_seconds)
         if self.env.is_main:
             log.info("%s data %s: %s", split, data_dir or "(given)", report.summary())
-        self._data_reports = getattr(self, "_data_reports", {})
         self._data_reports[split] = report
         return filtered, report
 
@@ -358,16 +376,22 @@ class Trainer:
             log.info("encoder.layer_drop=%g: DDP runs with find_unused_parameters=True", drop)
         return drop > 0
 
-    def _model_overrides(self) -> dict[str, Any]:
+    def _model_overrides(self, given_streams: bool = False) -> dict[str, Any]:
         """The user's model overrides, plus the label streams' names and sizes (k) for
-        models that predict units, unless the user set them."""
+        models that predict units, unless the user set them. ``given_streams``: the caller
+        passed a corpus with its own label streams (the overrides are then the caller's)."""
         from speechssl.models.registry import model_config
 
         overrides = dict(self.cfg.model.overrides)
         labels = self.cfg.data.labels
-        if not labels:
-            return overrides
         config = model_config(self.cfg.model.name, **overrides)
+        if not labels:
+            if hasattr(config, "num_classes") and not given_streams:
+                raise ConfigError(
+                    f"model {self.cfg.model.name} predicts unit labels: give data.labels=[DIR,...] "
+                    "(label dirs from speechssl kmeans apply)"
+                )
+            return overrides
         if hasattr(config, "num_classes") and "num_classes" not in overrides:
             from speechssl.units.labels import LabelsMeta
 
@@ -471,15 +495,31 @@ class Trainer:
                 self.index,
             )
 
-    def _log_start(self) -> None:
+    def _save_config(self) -> list[str]:
+        """Write the resolved config to ``config.yaml``; a different one from an earlier
+        start is kept as ``config.step-<N>.yaml``. Returns the changed keys."""
         from omegaconf import OmegaConf
 
-        if self.env.is_main:
-            from speechssl.utils.atomic import atomic_write_text
+        from speechssl.utils.atomic import atomic_write_text
 
-            atomic_write_text(
-                self.exp_dir / "config.yaml", OmegaConf.to_yaml(OmegaConf.structured(self.cfg))
+        path = self.exp_dir / "config.yaml"
+        new = OmegaConf.structured(self.cfg)
+        changed: list[str] = []
+        if path.is_file():
+            old = OmegaConf.load(path)
+            flat_old = _flatten(OmegaConf.to_container(old))
+            flat_new = _flatten(OmegaConf.to_container(new))
+            changed = sorted(
+                k for k in flat_old.keys() | flat_new.keys() if flat_old.get(k) != flat_new.get(k)
             )
+            if changed:
+                os.replace(path, path.with_name(f"config.step-{self.step:08d}.yaml"))
+                log.warning("config changed since the last start: %s", ", ".join(changed))
+        atomic_write_text(path, OmegaConf.to_yaml(new))
+        return changed
+
+    def _log_start(self) -> None:
+        changed = self._save_config() if self.env.is_main else []
         n_params = sum(p.numel() for p in self.model.parameters())
         self.logger.event(
             "resume" if self.resume_from else "start",
@@ -487,6 +527,7 @@ class Trainer:
             epoch=self.epoch,
             checkpoint=str(self.resume_from) if self.resume_from else None,
             world_size=self.env.world_size,
+            config_changed=changed,
             device=str(self.device),
             model=self.cfg.model.name,
             parameters=n_params,
@@ -514,13 +555,23 @@ class Trainer:
     # ----------------------------------------------------------------------------------
     # the loop
 
+    def _request_stop(self, signum: int, frame: Any) -> None:
+        self.stop_signal = signum
+
     def fit(self) -> TrainSummary:
+        """Train until ``max_steps`` / ``max_epochs``, or until SIGTERM/SIGUSR1 (a cluster's
+        preemption notice): then every rank stops after the current update, a checkpoint is
+        saved, and the summary says ``stopped="signal"``."""
         tc = self.cfg.trainer
         stopped = "max_steps"
         window = StepWindow()
         last_saved: Path | None = None
+        previous = {}
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGUSR1):
+                previous[sig] = signal.signal(sig, self._request_stop)
         try:
-            while self.step < tc.max_steps:
+            while self.step < tc.max_steps and not self.stop_requested:
                 if tc.max_epochs and self.epoch >= tc.max_epochs:
                     stopped = "max_epochs"
                     break
@@ -540,6 +591,8 @@ class Trainer:
                         continue
                     updated = self.train_step(micro, window)
                     micro = []
+                    if self.stop_requested:
+                        break
                     if updated:
                         # log before a checkpoint so a checkpoint's steps are all in the log
                         if self.step % tc.log_every == 0:
@@ -548,6 +601,9 @@ class Trainer:
                         last_saved = self._after_update(window) or last_saved
                         if self.step >= tc.max_steps:
                             break
+                if self.stop_requested:
+                    stopped = "signal"
+                    break
                 if micro:  # cannot happen: epochs are padded to whole steps
                     raise RuntimeError("epoch ended inside an accumulated step")
                 if self.step >= tc.max_steps:
@@ -558,7 +614,16 @@ class Trainer:
                 self._log_window(window)
             if last_saved is None or ckpt.step_dir_name(self.step) != last_saved.name:
                 last_saved = self._save()
-            final = self._export_final() if tc.export_final else None
+            final = None
+            if stopped == "signal":
+                self.logger.event(
+                    "stop",
+                    step=self.step,
+                    reason=f"signal {self.stop_signal or 'on another rank'}",
+                    checkpoint=str(last_saved),
+                )
+            elif tc.export_final:
+                final = self._export_final()
             self.logger.event("done", step=self.step, epoch=self.epoch, stopped=stopped)
             return TrainSummary(
                 step=self.step,
@@ -569,6 +634,8 @@ class Trainer:
                 stopped=stopped,
             )
         finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
             self.logger.close()
 
     def _after_update(self, window: StepWindow) -> Path | None:
@@ -660,13 +727,19 @@ class Trainer:
             _total_norm(torch.nn.utils.clip_grad_norm_(self.params, max_norm, foreach=True))
         )
         window.add("skipped_utts", skipped_utts, 1)  # counted whatever happens to the step
-        # one all-reduce decides for every rank: any non-finite value, and any data at all
+        # one all-reduce decides for every rank: any non-finite value, any data at all, and
+        # whether a rank was asked to stop
         flags = torch.tensor(
-            [float(local_nonfinite or not math.isfinite(grad_norm)), float(utts)],
+            [
+                float(local_nonfinite or not math.isfinite(grad_norm)),
+                float(utts),
+                float(self.stop_signal is not None),
+            ],
             device=self.device,
         )
         all_reduce(flags, self.env)
         nonfinite, global_utts = bool(flags[0].item() > 0), int(flags[1].item())
+        self.stop_requested = bool(flags[2].item() > 0)
         if global_utts == 0 and not nonfinite:
             # every utterance of the global batch failed to load (tolerant mode): an
             # optimizer step on zero gradients would still move Adam's weights, so skip it
@@ -689,6 +762,7 @@ class Trainer:
         else:
             self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
+        lr_used = self.schedule.lr
         self.schedule.step()
         self.step += 1
         self.consecutive_nonfinite = 0
@@ -701,7 +775,7 @@ class Trainer:
                 acc[0] += value
                 acc[1] += n
         window.add("grad_norm", grad_norm)
-        window.add("lr", self.schedule.lr)
+        window.add("lr", lr_used)
         window.add(
             "loss_scale", float(self.scaler.get_scale()) if self.scaler.is_enabled() else 1.0
         )
@@ -848,7 +922,7 @@ class Trainer:
 
     def _save(self, dev_metrics: dict[str, float] | None = None) -> Path:
         tc = self.cfg.trainer
-        model_state = _model_state(self.model, self.env, self.fsdp)
+        model_state = _model_state(self.model, self.fsdp)
         optim_state = _optimizer_state(self.model, self.optimizer, self.fsdp)
         rngs = all_gather_objects(ckpt.capture_rng_state(), self.env)
         metric_value: float | None
@@ -967,7 +1041,7 @@ class Trainer:
             save_model_dir,
         )
 
-        state = _model_state(self.model, self.env, self.fsdp) if self.fsdp else None
+        state = _model_state(self.model, self.fsdp) if self.fsdp else None
         target = self.exp_dir / "final"
         if self.env.is_main:
             model: Any = self.model

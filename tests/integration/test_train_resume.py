@@ -44,6 +44,11 @@ def test_killed_run_resumes_bitwise_mid_epoch(train_data: list[str], tmp_path: P
     assert res.returncode == 0, res.stderr[-3000:]
     resumed = events(killed, "resume")
     assert resumed and resumed[-1]["step"] == n and resumed[-1]["epoch"] == n // per_epoch
+    # the changed command line is recorded; the earlier config is kept beside the new one
+    assert {"resume", "trainer.max_steps", "trainer.save_every"} <= set(
+        resumed[-1]["config_changed"]
+    )
+    assert "max_steps: 1000" in (killed / f"config.step-{n:08d}.yaml").read_text()
     want, got = losses(straight), losses(killed)
     assert sorted(got) == list(range(1, n + m + 1))  # the log reads as one history
     for step in range(1, n + m + 1):
@@ -105,3 +110,35 @@ def train_data(synth_corpus: Path, synth_km_labels: dict[str, Path]) -> list[str
         f"data.dir={synth_corpus / 'train'}",
         f"data.labels=[{synth_km_labels['train']}]",
     ]
+
+
+@pytest.mark.slow
+def test_sigterm_saves_and_stops_then_resume_continues(
+    train_data: list[str], tmp_path: Path
+) -> None:
+    """A preemption notice (SIGTERM) stops after the current step with a checkpoint there."""
+    common = [*train_data, *base_overrides(), "trainer.save_every=1000"]
+    exp = tmp_path / "exp"
+    proc = start_train(
+        [*common, f"trainer.exp_dir={exp}", "trainer.max_steps=1000"],
+        cwd=tmp_path,
+        log=tmp_path / "run.out",
+    )
+    log = exp / "log.jsonl"
+    wait_for(lambda: log.exists() and '"step": 2,' in log.read_text(), proc, 240, "step 2")
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(120) == 143
+    stop = events(exp, "stop")
+    assert len(stop) == 1 and "signal 15" in stop[0]["reason"]
+    saved = Path(stop[0]["checkpoint"])
+    step = ckpt.verify_checkpoint(saved)["step"]
+    assert step >= 2 and saved.name == ckpt.step_dir_name(step)
+    assert not (exp / "final").exists()  # not finished, nothing exported
+    assert max(losses(exp)) == step  # every step up to the checkpoint is in the log
+
+    res = run_train(
+        [*common, f"trainer.exp_dir={exp}", f"trainer.max_steps={step + 2}"], cwd=tmp_path
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert events(exp, "resume")[-1]["step"] == step
+    assert sorted(losses(exp)) == list(range(1, step + 3))

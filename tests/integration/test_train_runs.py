@@ -198,3 +198,17 @@ def test_compiled_blocks_train_like_eager(train_data: list[str], tmp_path: Path)
     assert sorted(eager) == sorted(compiled) == [1, 2, 3]
     for step in eager:
         assert compiled[step] == pytest.approx(eager[step], rel=1e-3), step
+
+
+@pytest.mark.cuda
+def test_cuda_bf16_run_reports_mfu(hubert_data: list[str], tmp_path: Path) -> None:
+    """On a GPU: bf16 autocast, pinned-memory loading, and MFU against the device's peak."""
+    exp = tmp_path / "exp"
+    args = [f"trainer.exp_dir={exp}", "trainer.device=cuda", "trainer.precision=bf16"]
+    overrides = [o for o in base_overrides() if o != "trainer.device=cpu"]
+    res = run_train([*hubert_data, *overrides, *args, "trainer.max_steps=5"], cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-3000:]
+    train = records(exp, "train")
+    assert events(exp, "start")[0]["device"].startswith("cuda")
+    assert [r["step"] for r in train] == [1, 2, 3, 4, 5]
+    assert all(math.isfinite(r["loss"]) and 0.0 < r["mfu"] < 1.0 for r in train)

@@ -19,11 +19,19 @@ from speechssl.models.hubert import align_labels
 from speechssl.models.io import load_model_dir, save_model_dir
 
 ALL = list_models()
-TINY = [n for n in ALL if get_spec(n).size == "tiny"]
-# large presets take ~1.3 GB and several seconds to initialise: slow suite only
+# the tests below feed waveforms; image models have their own (tests/unit/test_models_vision.py)
+AUDIO = list_models("audio")
+TINY = [n for n in AUDIO if get_spec(n).size == "tiny"]
+
+
+def _is_heavy(name: str) -> bool:
+    # ~1 GB or more (large presets, w2v-BERT 2.0's 600M base) and seconds to initialise
+    return get_spec(name).size == "large" or model_config(name).encoder.dim >= 1024
+
+
 BIG = [
-    pytest.param(n, marks=pytest.mark.slow) if get_spec(n).size == "large" else n
-    for n in ALL
+    pytest.param(n, marks=pytest.mark.slow) if _is_heavy(n) else n
+    for n in AUDIO
     if get_spec(n).size not in ("tiny", "")
 ]
 
@@ -147,15 +155,22 @@ def _train(model, batch, steps: int, lr: float = 2e-3):
 def test_tiny_model_learns_on_real_audio(name, corpus):
     """A few Adam steps on bundled-corpus audio lower the loss measured with a fixed mask.
 
-    HuBERT: the masked-prediction term falls and masked accuracy rises. wav2vec 2.0 (a few
-    steps are too few for the contrastive term itself; see the slow test below): the
-    diversity term falls and the code perplexity stays at least a quarter of the codebook
-    (16 of 2 x 32 codes): a collapsed quantizer sits at G = 2 (one code per group), and the
-    ~170 masked frames of this batch could support far more than 16.
+    HuBERT: the masked-prediction term falls and masked accuracy rises. wav2vec 2.0 and
+    w2v-BERT (a few steps are too few for the contrastive term itself; see the slow test
+    below): the diversity term falls and the code perplexity stays at least a quarter of the
+    codebook (16 of 2 x 32 codes for wav2vec 2.0, of 1 x 64 for w2v-BERT): a collapsed
+    quantizer sits at G (one code per group), and the ~170 masked frames of this batch could
+    support far more than 16. data2vec: the EMA teacher moved with the student (beating a
+    constant prediction takes longer: tests/unit/test_models_families.py).
     """
     torch.manual_seed(0)
     batch = make_batch(corpus, 3, 1.2, codebook_size=32)
     model = create_model(name, **_adapt(name, 32))
+    teacher_before = (
+        {k: v.clone() for k, v in model.teacher.state_dict().items()}
+        if hasattr(model, "teacher")
+        else None
+    )
     before, after, last = _train(model, batch, 8)
     assert after.loss.total < 0.8 * before.loss.total
     for key in after.loss.terms:
@@ -166,6 +181,13 @@ def test_tiny_model_learns_on_real_audio(name, corpus):
         assert after.metrics["code_perplexity"] >= codes / 4
         assert last.metrics["code_perplexity"] >= codes / 4
         assert after.metrics["temperature"] < before.metrics["temperature"]
+    elif teacher_before is not None:
+        moved = [
+            k
+            for k, v in model.teacher.state_dict().items()
+            if not torch.equal(v, teacher_before[k])
+        ]
+        assert int(model.teacher.num_updates) == 8 and len(moved) > 10
     else:
         assert after.loss.terms["rpq/masked"] < 0.8 * before.loss.terms["rpq/masked"]
         assert after.metrics["acc_masked"] > before.metrics["acc_masked"] + 0.1

@@ -507,6 +507,7 @@ def test_launch_slurm_jobs_through_srun(tmp_path: Path) -> None:
         assert f"shard {j}\n" in text
 
 
+@pytest.mark.slow
 @pytest.mark.distributed
 def test_launch_slurm_two_node_torchrun(tmp_path: Path) -> None:
     log = tmp_path / "t.log"

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from speechssl.errors import ItemError
+from speechssl.errors import ConfigError, ItemError
 from speechssl.train.config import DataConfig, ModelConfig, OptimConfig, TrainConfig, TrainerConfig
 from speechssl.train.data import AudioReader, TrainCorpus
 from speechssl.train.distributed import init_distributed
@@ -86,3 +86,13 @@ def test_tolerant_training_skips_and_counts_bad_utterances(tmp_path: Path) -> No
 def test_strict_training_stops_naming_the_utterance(tmp_path: Path) -> None:
     with pytest.raises(ItemError, match="u2"):
         _trainer(tmp_path, tolerant=False, bad={"u2"}).fit()
+
+
+def test_unit_predicting_model_without_labels_is_refused_up_front(tmp_path: Path) -> None:
+    cfg = TrainConfig(
+        model=ModelConfig(name="hubert_tiny"),
+        data=DataConfig(dir="unused"),
+        trainer=TrainerConfig(exp_dir=str(tmp_path / "exp"), device="cpu"),
+    )
+    with pytest.raises(ConfigError, match=r"hubert_tiny predicts unit labels: give data\.labels"):
+        Trainer(cfg, init_distributed("cpu"))

@@ -17,9 +17,11 @@ parse_options "$@"
 
 [[ -n $corpus_dir ]] || die "--corpus-dir is required (the Libri-Light root holding small/ ...)"
 [[ -d $corpus_dir ]] || die "--corpus-dir $corpus_dir: no such directory"
-parts=()
 for subset in $subsets; do
   [[ -d $corpus_dir/$subset ]] || die "$corpus_dir/$subset: no such subset directory"
+done
+parts=()
+for subset in $subsets; do
   speechssl data prepare-librilight --corpus-dir "$corpus_dir" --subset "$subset" \
     --max-segment "$max_segment" --out "$data_root/ll_$subset"
   parts+=("$data_root/ll_$subset")

@@ -15,9 +15,11 @@ parse_options "$@"
 
 [[ -n $corpus_dir ]] || die "--corpus-dir is required (the LibriSpeech root holding train-clean-100/ ...)"
 [[ -d $corpus_dir ]] || die "--corpus-dir $corpus_dir: no such directory"
-parts=()
 for split in $train_splits $other_splits; do
   [[ -d $corpus_dir/$split ]] || die "$corpus_dir/$split: no such split directory"
+done
+parts=()
+for split in $train_splits $other_splits; do
   speechssl data prepare-librispeech --corpus-dir "$corpus_dir" --split "$split" \
     --out "$data_root/${split//-/_}"
 done

@@ -16,17 +16,25 @@ from speechssl.core.objectives.masked_prediction import (
     masked_accuracy,
     masked_prediction_loss,
 )
+from speechssl.core.objectives.regression import (
+    RegressionObjective,
+    feature_std,
+    regression_loss,
+)
 
 __all__ = [
     "IGNORE_INDEX",
     "ContrastiveObjective",
     "MaskedPredictionHead",
     "MaskedPredictionObjective",
+    "RegressionObjective",
     "contrastive_accuracy",
     "cosine_logits",
+    "feature_std",
     "info_nce_logits",
     "info_nce_loss",
     "masked_accuracy",
     "masked_prediction_loss",
+    "regression_loss",
     "sample_distractors",
 ]

@@ -1,0 +1,400 @@
+"""w2v-BERT: contrastive learning and masked prediction trained together (Chung et al., 2021).
+
+The model is a front end plus core parts:
+
+* stacked-fbank front end (:mod:`speechssl.frontends.fbank_stack`: 80-dim fbank, two frames
+  stacked, 50 Hz) and span masking of its projected frames (:class:`SpanMasker`);
+* one conformer stack (:mod:`speechssl.core.conformer`) whose lower
+  ``num_layers - num_mlm_layers`` layers are the *contrastive module* and whose top
+  ``num_mlm_layers`` layers are the *masked-prediction (MLM) module*;
+* contrastive module output -> InfoNCE against Gumbel-quantized (unmasked) features at the
+  masked frames, plus the codebook diversity loss (wav2vec 2.0's objective,
+  :class:`~speechssl.core.objectives.ContrastiveObjective`);
+* MLM module output -> a linear classifier predicting, at each masked frame, the index the
+  quantizer chose for it in each of the first ``num_target_codebooks`` codebooks
+  (:func:`~speechssl.core.objectives.masked_prediction_loss`); the targets are the
+  quantizer's argmax codes, so the discretisation is learned end to end with the model.
+
+``loss = contrastive_weight * (InfoNCE + diversity_weight * diversity) + mlm_weight * MLM``
+(1, 0.1, 1 in the paper and in fairseq2). Loss terms: ``contrastive``, ``diversity``,
+``mlm``; metrics: ``acc_masked`` (MLM accuracy), ``acc_contrastive``, ``code_perplexity``,
+``prob_perplexity``, ``temperature``, ``mask_fraction``.
+
+The ``base`` preset is w2v-BERT 2.0's architecture (fairseq2 ``w2vbert`` "600m" and the
+``transformers`` ``Wav2Vec2BertConfig`` defaults); the encoder exports to
+``transformers.Wav2Vec2BertModel`` (:mod:`speechssl.interop.transformers_families`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from speechssl.core.conformer import (
+    ConformerEncoder,
+    ConformerEncoderConfig,
+    build_conformer_encoder,
+)
+from speechssl.core.loss import LossRecord
+from speechssl.core.masking import SpanMaskConfig, SpanMasker
+from speechssl.core.objectives.contrastive import (
+    ContrastiveObjective,
+    contrastive_accuracy,
+    sample_distractors,
+)
+from speechssl.core.objectives.masked_prediction import (
+    MaskedPredictionHead,
+    masked_accuracy,
+    masked_prediction_loss,
+)
+from speechssl.core.quantizers import GumbelVectorQuantizer, diversity_loss
+from speechssl.data.batch import AudioBatch
+from speechssl.errors import ConfigError
+from speechssl.frontends.fbank_stack import FbankStackConfig, FbankStackFrontend
+from speechssl.models.base import ExtractOutput, PretrainModel, PretrainOutput
+from speechssl.models.registry import register_model
+from speechssl.models.waveform import EncodeResult
+
+
+@dataclass(kw_only=True)
+class W2VBertConfig:
+    """w2v-BERT pretraining model."""
+
+    frontend: FbankStackConfig = field(default_factory=FbankStackConfig)
+    """Stacked-fbank front end."""
+    encoder: ConformerEncoderConfig = field(default_factory=ConformerEncoderConfig)
+    """Conformer stack (contrastive module below, MLM module on top)."""
+    mask: SpanMaskConfig = field(default_factory=lambda: SpanMaskConfig(mask_prob=0.65))
+    """Span masking of the projected front end frames."""
+    num_mlm_layers: int = 16
+    """Top conformer layers forming the masked-prediction module (the rest are the
+    contrastive module)."""
+    dropout_input: float = 0.0
+    """Dropout on the projected front end output."""
+    dropout_features: float = 0.0
+    """Dropout on the quantizer input."""
+    final_dim: int = 768
+    """Dim in which contrastive predictions and quantized targets are compared."""
+    logit_temp: float = 0.1
+    """Temperature of the InfoNCE cosine similarities."""
+    num_negatives: int = 100
+    """Distractors per masked frame, from the same utterance."""
+    codebook_groups: int = 1
+    """Gumbel quantizer codebooks G."""
+    codebook_vars: int = 1024
+    """Entries per codebook V (the MLM module's classes)."""
+    vq_dim: int = 1024
+    """Dim of the concatenated code vectors."""
+    gumbel_temp: tuple[float, float, float] = (2.0, 0.1, 0.999995)
+    """Gumbel temperature (start, floor, decay per update)."""
+    num_target_codebooks: int = 1
+    """The first this many codebooks are MLM targets (one classifier each)."""
+    contrastive_weight: float = 1.0
+    """Weight of the contrastive module's loss (InfoNCE + weighted diversity)."""
+    mlm_weight: float = 1.0
+    """Weight of the masked-prediction loss."""
+    diversity_weight: float = 0.1
+    """Weight of the codebook diversity loss inside the contrastive loss."""
+    distributed_perplexity: bool = False
+    """Average the code distribution of the diversity loss over all ranks."""
+
+    def __post_init__(self) -> None:
+        for name, cls in (
+            ("frontend", FbankStackConfig),
+            ("encoder", ConformerEncoderConfig),
+            ("mask", SpanMaskConfig),
+        ):
+            value = getattr(self, name)
+            if isinstance(value, dict):
+                setattr(self, name, cls(**value))
+        self.gumbel_temp = tuple(float(t) for t in self.gumbel_temp)  # type: ignore[assignment]
+        if len(self.gumbel_temp) != 3:
+            raise ConfigError(
+                f"w2v_bert: gumbel_temp must be (max, min, decay), got {self.gumbel_temp}"
+            )
+        if not 1 <= self.num_mlm_layers < self.encoder.num_layers:
+            raise ConfigError(
+                f"w2v_bert: num_mlm_layers must be in [1, encoder.num_layers="
+                f"{self.encoder.num_layers}), got {self.num_mlm_layers}"
+            )
+        if not 1 <= self.num_target_codebooks <= self.codebook_groups:
+            raise ConfigError(
+                f"w2v_bert: num_target_codebooks must be in [1, codebook_groups="
+                f"{self.codebook_groups}], got {self.num_target_codebooks}"
+            )
+        if self.num_negatives < 1:
+            raise ConfigError(f"w2v_bert: num_negatives must be >= 1, got {self.num_negatives}")
+
+    @property
+    def num_contrastive_layers(self) -> int:
+        return self.encoder.num_layers - self.num_mlm_layers
+
+
+class W2VBertModel(PretrainModel):
+    """w2v-BERT for pretraining: ``forward(AudioBatch)`` -> contrastive + MLM loss record."""
+
+    def __init__(
+        self,
+        config: W2VBertConfig,
+        frontend: FbankStackFrontend,
+        masker: SpanMasker,
+        encoder: ConformerEncoder,
+        quantizer: GumbelVectorQuantizer,
+        contrastive: ContrastiveObjective,
+        mlm_head: MaskedPredictionHead,
+    ) -> None:
+        super().__init__()
+        self.config = config
+        self.frontend = frontend
+        self.masker = masker
+        self.encoder = encoder
+        self.quantizer = quantizer
+        self.project_q = nn.Linear(config.vq_dim, config.final_dim)
+        self.final_proj = nn.Linear(config.encoder.dim, config.final_dim)
+        self.dropout_features = nn.Dropout(config.dropout_features)
+        self.contrastive = contrastive
+        self.mlm_head = mlm_head
+        self.frame_rate = frontend.frame_rate
+        self.sample_rate = frontend.sample_rate
+        # the annealed Gumbel temperature is state: saved with the weights
+        self.register_buffer("num_updates", torch.zeros((), dtype=torch.long))
+
+    num_updates: Tensor
+
+    def output_lengths(self, lengths: Tensor) -> Tensor:
+        """Encoder frames for waveforms of ``lengths`` samples."""
+        return self.frontend.output_lengths(lengths)
+
+    def after_optimizer_step(self, num_updates: int) -> None:
+        self.num_updates.fill_(num_updates)
+        self.quantizer.set_num_updates(num_updates)
+
+    def _load_from_state_dict(
+        self, state_dict: Any, prefix: str, *args: Any, **kwargs: Any
+    ) -> None:
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        self.quantizer.set_num_updates(int(self.num_updates))
+
+    def encode(
+        self,
+        waveforms: Tensor,
+        lengths: Tensor | None = None,
+        *,
+        apply_mask: bool = True,
+        mask: Tensor | None = None,
+        output_hidden_states: bool = False,
+        num_layers: int | None = None,
+        generator: torch.Generator | None = None,
+    ) -> EncodeResult:
+        """Front end, (optional) masking, conformer stack."""
+        front = self.frontend(waveforms, lengths)
+        x = front.frames.seqs
+        padding_mask = front.frames.padding_mask
+        used_mask: Tensor | None = None
+        if apply_mask or mask is not None:
+            x, used_mask = self.masker(x, padding_mask, mask=mask, generator=generator)
+            if padding_mask is not None:
+                used_mask = used_mask & ~padding_mask
+        enc = self.encoder(
+            x, padding_mask, output_hidden_states=output_hidden_states, num_layers=num_layers
+        )
+        return EncodeResult(front=front, mask=used_mask, encoder=enc, padding_mask=padding_mask)
+
+    def forward(
+        self,
+        batch: AudioBatch,
+        *,
+        mask: Tensor | None = None,
+        generator: torch.Generator | None = None,
+    ) -> PretrainOutput:
+        c = self.config
+        res = self.encode(
+            batch.waveforms,
+            batch.lengths,
+            mask=mask,
+            output_hidden_states=True,
+            generator=generator,
+        )
+        assert res.mask is not None and res.encoder.hidden_states is not None
+        time_mask = res.mask
+        context = res.encoder.hidden_states[c.num_contrastive_layers]
+
+        # contrastive module: InfoNCE against quantized unmasked features + diversity
+        q = self.quantizer(
+            self.dropout_features(res.front.features)[time_mask], generator=generator
+        )
+        targets = self.project_q(q.quantized)
+        pred = self.final_proj(context[time_mask])
+        index, valid = sample_distractors(
+            time_mask.sum(dim=1), c.num_negatives, generator=generator
+        )
+        diversity = diversity_loss(q.prob_perplexity, q.num_codes)
+        contrastive, logits = self.contrastive(
+            pred, targets, targets[index], valid, diversity=diversity
+        )
+
+        # masked-prediction module: classify each masked frame's code in each target codebook
+        top = res.encoder.last_hidden_state[time_mask]
+        mlm_logits = self.mlm_head(top)
+        all_masked = torch.ones(top.shape[0], dtype=torch.bool, device=top.device)
+        mlm_terms = [
+            masked_prediction_loss(lg, q.codes[:, g], all_masked).terms["masked"]
+            for g, lg in enumerate(mlm_logits)
+        ]
+        mlm = torch.stack(mlm_terms).mean()
+
+        total = c.contrastive_weight * contrastive.total + c.mlm_weight * mlm
+        record = LossRecord(
+            total=total,
+            terms={
+                "contrastive": contrastive.terms["contrastive"],
+                "diversity": diversity,
+                "mlm": mlm,
+            },
+            weights={
+                "contrastive": c.contrastive_weight,
+                "diversity": c.contrastive_weight * c.diversity_weight,
+                "mlm": c.mlm_weight,
+            },
+            sample_size=top.shape[0],
+        )
+        n, s = time_mask.shape
+        real = (
+            (~res.padding_mask).sum()
+            if res.padding_mask is not None
+            else torch.tensor(n * s, device=time_mask.device)
+        )
+        metrics = {
+            "acc_masked": masked_accuracy(mlm_logits[0], q.codes[:, 0], all_masked)["acc_masked"],
+            "acc_contrastive": contrastive_accuracy(logits),
+            "code_perplexity": q.code_perplexity,
+            "prob_perplexity": q.prob_perplexity.detach(),
+            "temperature": torch.tensor(q.temperature),
+            "mask_fraction": (time_mask.sum() / real.clamp(min=1)).detach().float(),
+        }
+        return PretrainOutput(loss=record, metrics=metrics, num_frames=int(real))
+
+    def extract(
+        self, waveforms: Tensor, lengths: Tensor | None = None, num_layers: int | None = None
+    ) -> ExtractOutput:
+        res = self.encode(
+            waveforms, lengths, apply_mask=False, output_hidden_states=True, num_layers=num_layers
+        )
+        hidden = res.encoder.hidden_states
+        assert hidden is not None
+        complete = num_layers is None or num_layers == self.encoder.num_layers
+        return ExtractOutput(
+            hidden_states=hidden,
+            padding_mask=res.padding_mask,
+            frame_rate=self.frame_rate,
+            last_hidden_state=res.encoder.last_hidden_state if complete else None,
+        )
+
+
+def build_w2v_bert(config: W2VBertConfig) -> W2VBertModel:
+    """Factory: build each part from its config and hand them to the model."""
+    frontend = FbankStackFrontend(config.frontend, config.encoder.dim, config.dropout_input)
+    masker = SpanMasker(config.encoder.dim, config.mask)
+    encoder = build_conformer_encoder(config.encoder)
+    quantizer = GumbelVectorQuantizer(
+        config.frontend.feature_dim,
+        config.codebook_groups,
+        config.codebook_vars,
+        config.vq_dim,
+        config.gumbel_temp,
+        distributed=config.distributed_perplexity,
+    )
+    contrastive = ContrastiveObjective(
+        config.logit_temp, config.diversity_weight, feature_penalty_weight=0.0
+    )
+    mlm_head = MaskedPredictionHead(
+        config.encoder.dim,
+        [config.codebook_vars] * config.num_target_codebooks,
+        kind="linear",
+    )
+    return W2VBertModel(config, frontend, masker, encoder, quantizer, contrastive, mlm_head)
+
+
+def w2v_bert_base_config() -> W2VBertConfig:
+    """w2v-BERT 2.0 (fairseq2 ``w2vbert`` "600m", ``transformers`` ``Wav2Vec2BertConfig``
+    defaults): 80-dim fbank stacked by 2 (160 in), 24 conformer layers of 1024 (16 heads,
+    FFN 4096, swish, causal depthwise kernel 31, relative key positions clipped at 64 left
+    / 8 right), no dropout or layer drop; the top 16 layers are the MLM module; mask 0.65 x
+    10 (min 2 spans); one codebook of 1024 entries (1024-dim), Gumbel temperature (2, 0.1,
+    0.999995), final dim 768, 100 distractors, logit temperature 0.1; loss weights 1
+    (contrastive), 0.1 (diversity), 1 (MLM)."""
+    return W2VBertConfig(
+        frontend=FbankStackConfig(num_mel_bins=80, stride=2),
+        encoder=ConformerEncoderConfig(
+            dim=1024,
+            num_layers=24,
+            num_heads=16,
+            ffn_dim=4096,
+            activation="swish",
+            depthwise_kernel=31,
+            causal_depthwise=True,
+            position_encoding="relative_key",
+            max_left_distance=64,
+            max_right_distance=8,
+            dropout=0.0,
+            attention_dropout=0.0,
+            activation_dropout=0.0,
+            conv_dropout=0.0,
+            layer_drop=0.0,
+        ),
+        mask=SpanMaskConfig(mask_prob=0.65, mask_length=10, min_masks=2),
+        num_mlm_layers=16,
+        final_dim=768,
+        logit_temp=0.1,
+        num_negatives=100,
+        codebook_groups=1,
+        codebook_vars=1024,
+        vq_dim=1024,
+        gumbel_temp=(2.0, 0.1, 0.999995),
+        num_target_codebooks=1,
+        contrastive_weight=1.0,
+        mlm_weight=1.0,
+        diversity_weight=0.1,
+    )
+
+
+def w2v_bert_tiny_config() -> W2VBertConfig:
+    """Tiny w2v-BERT for tests and demos: the base layout with 4 conformer layers of 128 (4
+    heads, FFN 256, depthwise kernel 15), the top 2 forming the MLM module, final dim 64,
+    one codebook of 64 entries (64-dim), 20 distractors, light dropout."""
+    base = w2v_bert_base_config()
+    return dataclasses.replace(
+        base,
+        encoder=dataclasses.replace(
+            base.encoder,
+            dim=128,
+            num_layers=4,
+            num_heads=4,
+            ffn_dim=256,
+            depthwise_kernel=15,
+            dropout=0.05,
+        ),
+        num_mlm_layers=2,
+        final_dim=64,
+        codebook_vars=64,
+        vq_dim=64,
+        num_negatives=20,
+    )
+
+
+for _size, _make in (("tiny", w2v_bert_tiny_config), ("base", w2v_bert_base_config)):
+    register_model(
+        f"w2v_bert_{_size}", family="w2v_bert", make_config=_make, build=build_w2v_bert, size=_size
+    )
+
+__all__ = [
+    "W2VBertConfig",
+    "W2VBertModel",
+    "build_w2v_bert",
+    "w2v_bert_base_config",
+    "w2v_bert_tiny_config",
+]
