@@ -177,6 +177,17 @@ stage_summary() {
   run_cmd speechssl recipe summary "${args[@]}"
 }
 
+# what each stage writes: set aside (PATH.old) before a stage redoes a completed run
+outputs_dump_iter1() { echo "$dump_dir/$(iter_features 1)"; }
+outputs_kmeans_iter1() { echo "$exp_dir/iter1/kmeans"; }
+outputs_labels_iter1() { printf '%s\n' "$exp_dir/iter1/labels" "$exp_dir/iter1/report"; }
+outputs_train_iter1() { echo "$exp_dir/iter1/train"; }
+outputs_dump_iter2() { echo "$dump_dir/$(iter_features 2)"; }
+outputs_kmeans_iter2() { echo "$exp_dir/iter2/kmeans"; }
+outputs_labels_iter2() { printf '%s\n' "$exp_dir/iter2/labels" "$exp_dir/iter2/report"; }
+outputs_train_iter2() { echo "$exp_dir/iter2/train"; }
+outputs_summary() { echo "$exp_dir/summary"; }
+
 # ---------------------------------------------------------------------------- main
 
 # where jobs run: cmd.sh of the corpus directory sets the *_cmd launchers

@@ -50,6 +50,10 @@ stage_summary() {
   run_cmd speechssl recipe summary --out "$exp_dir/summary" --train "$family=$exp_dir/train"
 }
 
+# what each stage writes: set aside (PATH.old) before a stage redoes a completed run
+outputs_train() { echo "$exp_dir/train"; }
+outputs_summary() { echo "$exp_dir/summary"; }
+
 if [[ -f cmd.sh ]]; then
   # shellcheck source=/dev/null
   . ./cmd.sh

@@ -23,7 +23,13 @@
 #   - a stage whose sentinel exists is skipped, but only if its command list is unchanged:
 #     a done stage whose commands changed (different options) is an error, not a silent
 #     reuse of stale output; --force true redoes the stages in range regardless;
-#   - starting a stage deletes the sentinels of all later stages (their inputs change);
+#   - starting a stage turns the sentinels of all later stages into .stale markers (their
+#     inputs change);
+#   - outputs of an earlier completed run are never resumed from: a stage that runs while its
+#     .done (--force) or .stale marker exists first moves the paths its optional
+#     `outputs_NAME` function prints to PATH.old (replacing an older PATH.old), so commands
+#     that skip complete work (feature shards, label shards, checkpoints) start fresh. A stage
+#     that failed or was interrupted has neither marker, so a rerun resumes its partial work;
 #   - a failing stage stops the recipe (exit 1) naming the stage and its log, with the
 #     log's tail; rerunning skips the finished stages and redoes the failed one;
 #   - SIGINT/SIGTERM/SIGHUP stop the running stage's whole process group before exiting.
@@ -123,14 +129,30 @@ _stage_enabled() {
 }
 
 _invalidate_from() {
-  # delete the sentinels of stage NUM and every later stage
+  # turn the sentinels of every stage after NUM into .stale markers; drop NUM's own
   local from=$1 dir=$2 file num
   for file in "$dir"/stage-*.done; do
     [[ -e $file ]] || continue
     num=${file##*/stage-}
     num=$((10#${num%%.*}))
-    if ((num >= from)); then rm -f "$file"; fi
+    if ((num > from)); then
+      mv -f "$file" "${file%.done}.stale"
+    elif ((num == from)); then
+      rm -f "$file"
+    fi
   done
+}
+
+_set_aside_outputs() {
+  # _set_aside_outputs NAME: move each existing path outputs_NAME prints to PATH.old
+  local name=$1 path
+  declare -F "outputs_$name" >/dev/null || return 0
+  while IFS= read -r path; do
+    [[ -n $path && -e $path ]] || continue
+    rm -rf "$path.old"
+    mv "$path" "$path.old"
+    log "stage outputs from an earlier completed run set aside: $path -> $path.old"
+  done < <("outputs_$name")
 }
 
 _stage_pid=""
@@ -160,7 +182,7 @@ _on_signal() {
 # shellcheck disable=SC2154
 run_stages() {
   # run_stages STATE_DIR: sentinels go to STATE_DIR/.stages, logs to STATE_DIR/logs
-  local state=$1 num name desc plan done_file log_file t0 rc tail_lines=25
+  local state=$1 num name desc plan done_file stale_file log_file t0 rc tail_lines=25
   local sentinels="$state/.stages" logs="$state/logs"
   ((${#_stage_nums[@]})) || die "no stages registered"
 
@@ -212,6 +234,11 @@ run_stages() {
       die "stage $num ($name) is marked done but its commands differ from this run's" \
         "(options changed?). Old commands: $done_file. To redo it and every later stage:" \
         "rerun with --stage $num --force true"
+    fi
+    stale_file="$sentinels/$(_stage_file "$num" "stale")"
+    if [[ -f $done_file || -f $stale_file ]]; then
+      _set_aside_outputs "$name"
+      rm -f "$stale_file"
     fi
     _invalidate_from "$num" "$sentinels"
     log "stage $num ($name): $desc; log: $log_file"

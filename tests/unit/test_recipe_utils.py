@@ -174,7 +174,7 @@ def test_stages_run_in_order_with_logs_and_sentinels(tmp_path: Path) -> None:
     res = bash(TOY, "--out", out)
     assert res.returncode == 0, res.stderr
     assert calls(out) == [1, 2, 4]  # stage 3's condition is false
-    assert (out / "d.txt").read_text() == "a\nb\njob 0\njob 1\n"
+    assert (out / "d.txt").read_text() == "a\nb\njob 0 a\njob 1 a\n"
     assert sorted(p.name for p in (out / ".stages").glob("*.done")) == [
         "stage-01.prepare.done",
         "stage-02.slow.done",
@@ -224,6 +224,40 @@ def test_stage_range_condition_and_force(tmp_path: Path) -> None:
     assert res.returncode == 0, res.stderr
     assert calls(out) == [1, 2, 3, 4, 1]
     assert [p.name for p in (out / ".stages").glob("*.done")] == ["stage-01.prepare.done"]
+    assert sorted(p.name for p in (out / ".stages").glob("*.stale")) == [
+        "stage-02.slow.stale",
+        "stage-03.optional.stale",
+        "stage-04.jobs.stale",
+    ]
+
+
+def test_redone_stage_never_reuses_outputs_of_a_completed_run(tmp_path: Path) -> None:
+    out = tmp_path / "exp"
+    assert bash(TOY, "--out", out).returncode == 0
+    assert (out / "parts" / "0").read_text() == "job 0 a\n"
+    # new options from stage 1 on: stage 4's job outputs (skipped when they exist) are from
+    # the old run, so they are set aside, not reused
+    res = bash(TOY, "--out", out, "--letter", "b", "--force", "true")
+    assert res.returncode == 0, res.stderr
+    assert (out / "d.txt").read_text() == "b\nb\njob 0 b\njob 1 b\n"
+    assert (out / "parts.old" / "0").read_text() == "job 0 a\n"
+    assert f"set aside: {out}/parts -> {out}/parts.old" in res.stderr
+    # a later stage invalidated by an earlier one (.stale) starts fresh too
+    res = bash(TOY, "--out", out, "--letter", "a", "--stop-stage", "1", "--force", "true")
+    assert res.returncode == 0, res.stderr
+    assert (out / ".stages" / "stage-04.jobs.stale").exists()
+    res = bash(TOY, "--out", out, "--letter", "a")
+    assert res.returncode == 0, res.stderr
+    assert (out / "d.txt").read_text() == "a\nb\njob 0 a\njob 1 a\n"
+    assert not list((out / ".stages").glob("*.stale"))
+    # a stage that failed (or was killed) resumes its partial work: nothing is set aside
+    res = bash(TOY, "--out", out, "--stage", "4", "--force", "true", "--fail-at", "4")
+    assert res.returncode == 1
+    (out / "parts").mkdir()
+    (out / "parts" / "0").write_text("partial 0\n")
+    res = bash(TOY, "--out", out)
+    assert res.returncode == 0, res.stderr
+    assert (out / "d.txt").read_text() == "a\nb\npartial 0\njob 1 a\n"
 
 
 def test_done_stage_with_changed_commands_is_an_error(tmp_path: Path) -> None:

