@@ -224,6 +224,10 @@ class WaveformFrontend(nn.Module):
     def frame_rate(self) -> float:
         return self.sample_rate / self.config.total_stride
 
+    def output_lengths(self, lengths: Tensor) -> Tensor:
+        """Frames for waveforms of ``lengths`` samples."""
+        return self.extractor.output_lengths(lengths)
+
     def forward(self, waveforms: Tensor, lengths: Tensor | None = None) -> FrontendOutput:
         if lengths is None:
             lengths = torch.full(

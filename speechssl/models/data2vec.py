@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
+from speechssl.core.loss import LossRecord
 from speechssl.core.masking import SpanMaskConfig, SpanMasker
 from speechssl.core.objectives.regression import RegressionObjective, feature_std
 from speechssl.core.positions import StackedConvPositionalEmbedding
@@ -51,7 +52,15 @@ from speechssl.data.batch import AudioBatch
 from speechssl.errors import ConfigError
 from speechssl.frontends.speech import ConvExtractorConfig, WaveformFrontend
 from speechssl.models.base import PretrainOutput
-from speechssl.models.hubert import TINY_CONV_LAYERS
+from speechssl.models.common import (
+    base_transformer_encoder,
+    coerce_subconfigs,
+    mask_fraction,
+    real_frame_count,
+    span_mask,
+    tiny_extractor,
+    tiny_transformer_encoder,
+)
 from speechssl.models.registry import register_model
 from speechssl.models.waveform import WaveformEncoderModel
 
@@ -128,6 +137,54 @@ def teacher_targets(
         )
 
 
+def regression_metrics(
+    target: Tensor, pred: Tensor, mask: Tensor, teacher: EMATeacher
+) -> dict[str, Tensor]:
+    """Collapse watch of the regression at the masked positions (``target_std``,
+    ``pred_std``: both falling towards 0 means collapse) and the teacher's ``ema_decay``."""
+    return {
+        "target_std": feature_std(target[mask]),
+        "pred_std": feature_std(pred[mask]),
+        "ema_decay": torch.tensor(teacher.decay),
+    }
+
+
+class EMARegressionMixin(nn.Module):
+    """The student projection, EMA teacher and regression objective of data2vec (audio and
+    vision), and the teacher update after each optimizer step. Put before the model's base
+    class, whose ``encoder`` the teacher follows."""
+
+    final_proj: nn.Linear
+    teacher: EMATeacher
+    objective: RegressionObjective
+
+    def init_regression_parts(
+        self, dim: int, teacher: EMATeacher, objective: RegressionObjective
+    ) -> None:
+        self.final_proj = nn.Linear(dim, dim)
+        self.teacher = teacher
+        self.objective = objective
+
+    def after_optimizer_step(self, num_updates: int) -> None:
+        self.teacher.update(self.get_submodule("encoder"), num_updates)
+
+    def regression_loss(
+        self,
+        teacher_input: Tensor,
+        padding_mask: Tensor | None,
+        student_output: Tensor,
+        mask: Tensor,
+        targets: Data2VecTargetConfig,
+    ) -> tuple[LossRecord, dict[str, Tensor]]:
+        """The regression record of the projected ``student_output`` at the ``mask``ed
+        positions onto the teacher's targets for the unmasked ``teacher_input``, and
+        :func:`regression_metrics`."""
+        target = teacher_targets(self.teacher, teacher_input, padding_mask, targets)
+        pred = self.final_proj(student_output)
+        record = self.objective(pred, target, mask)
+        return record, regression_metrics(target, pred, mask, self.teacher)
+
+
 @dataclass(kw_only=True)
 class Data2VecAudioConfig:
     """data2vec audio pretraining model."""
@@ -154,20 +211,20 @@ class Data2VecAudioConfig:
     """Teacher, targets and regression loss."""
 
     def __post_init__(self) -> None:
-        for name, cls in (
-            ("extractor", ConvExtractorConfig),
-            ("encoder", TransformerEncoderConfig),
-            ("mask", SpanMaskConfig),
-            ("targets", Data2VecTargetConfig),
-        ):
-            value = getattr(self, name)
-            if isinstance(value, dict):
-                setattr(self, name, cls(**value))
+        coerce_subconfigs(
+            self,
+            {
+                "extractor": ConvExtractorConfig,
+                "encoder": TransformerEncoderConfig,
+                "mask": SpanMaskConfig,
+                "targets": Data2VecTargetConfig,
+            },
+        )
         if self.pos_conv_depth < 1 or self.encoder.pos_conv_kernel < 1:
             raise ConfigError("data2vec: pos_conv_depth and encoder.pos_conv_kernel must be >= 1")
 
 
-class Data2VecAudioModel(WaveformEncoderModel):
+class Data2VecAudioModel(EMARegressionMixin, WaveformEncoderModel):
     """data2vec audio for pretraining: ``forward(AudioBatch)`` -> regression loss record."""
 
     def __init__(
@@ -181,12 +238,7 @@ class Data2VecAudioModel(WaveformEncoderModel):
     ) -> None:
         super().__init__(frontend, masker, encoder)
         self.config = config
-        self.final_proj = nn.Linear(config.encoder.dim, config.encoder.dim)
-        self.teacher = teacher
-        self.objective = objective
-
-    def after_optimizer_step(self, num_updates: int) -> None:
-        self.teacher.update(self.encoder, num_updates)
+        self.init_regression_parts(config.encoder.dim, teacher, objective)
 
     def forward(
         self,
@@ -197,23 +249,15 @@ class Data2VecAudioModel(WaveformEncoderModel):
     ) -> PretrainOutput:
         res = self.encode(batch.waveforms, batch.lengths, mask=mask, generator=generator)
         assert res.mask is not None
-        target = teacher_targets(
-            self.teacher, res.front.frames.seqs, res.padding_mask, self.config.targets
+        record, metrics = self.regression_loss(
+            res.front.frames.seqs,
+            res.padding_mask,
+            res.encoder.last_hidden_state,
+            res.mask,
+            self.config.targets,
         )
-        pred = self.final_proj(res.encoder.last_hidden_state)
-        record = self.objective(pred, target, res.mask)
-        n, s = res.mask.shape
-        real = (
-            (~res.padding_mask).sum()
-            if res.padding_mask is not None
-            else torch.tensor(n * s, device=res.mask.device)
-        )
-        metrics = {
-            "target_std": feature_std(target[res.mask]),
-            "pred_std": feature_std(pred[res.mask]),
-            "ema_decay": torch.tensor(self.teacher.decay),
-            "mask_fraction": (res.mask.sum() / real.clamp(min=1)).detach().float(),
-        }
+        real = real_frame_count(res.mask, res.padding_mask)
+        metrics["mask_fraction"] = mask_fraction(res.mask, real)
         return PretrainOutput(loss=record, metrics=metrics, num_frames=int(real))
 
 
@@ -255,21 +299,9 @@ def data2vec_audio_base_config() -> Data2VecAudioConfig:
     encoder layers only."""
     return Data2VecAudioConfig(
         extractor=ConvExtractorConfig(mode="layer_norm", conv_bias=False, feature_grad_mult=1.0),
-        encoder=TransformerEncoderConfig(
-            dim=768,
-            num_layers=12,
-            num_heads=12,
-            ffn_dim=3072,
-            dropout=0.1,
-            attention_dropout=0.1,
-            activation_dropout=0.0,
-            layer_norm_first=False,
-            layer_drop=0.05,
-            pos_conv_kernel=19,
-            pos_conv_groups=16,
-        ),
+        encoder=base_transformer_encoder(pos_conv_kernel=19, pos_conv_groups=16),
         pos_conv_depth=5,
-        mask=SpanMaskConfig(mask_prob=0.65, mask_length=10, min_masks=2),
+        mask=span_mask(0.65),
         dropout_input=0.0,
         targets=Data2VecTargetConfig(
             top_k=8,
@@ -295,17 +327,8 @@ def data2vec_audio_tiny_config() -> Data2VecAudioConfig:
     base = data2vec_audio_base_config()
     return dataclasses.replace(
         base,
-        extractor=dataclasses.replace(base.extractor, conv_layers=TINY_CONV_LAYERS),
-        encoder=dataclasses.replace(
-            base.encoder,
-            dim=128,
-            num_layers=4,
-            num_heads=4,
-            ffn_dim=256,
-            dropout=0.05,
-            attention_dropout=0.0,
-            layer_drop=0.0,
-        ),
+        extractor=tiny_extractor(base.extractor),
+        encoder=tiny_transformer_encoder(base.encoder, num_layers=4),
         targets=dataclasses.replace(
             base.targets, top_k=3, ema_decay=0.99, ema_end_decay=0.999, ema_anneal_steps=1000
         ),
@@ -325,10 +348,12 @@ __all__ = [
     "Data2VecAudioConfig",
     "Data2VecAudioModel",
     "Data2VecTargetConfig",
+    "EMARegressionMixin",
     "build_data2vec_audio",
     "build_data2vec_encoder",
     "data2vec_audio_base_config",
     "data2vec_audio_tiny_config",
     "make_teacher",
+    "regression_metrics",
     "teacher_targets",
 ]

@@ -27,13 +27,25 @@ from speechssl.core.objectives.masked_prediction import (
     IGNORE_INDEX,
     MaskedPredictionHead,
     MaskedPredictionObjective,
-    masked_accuracy,
 )
 from speechssl.core.transformer import TransformerEncoderConfig, build_transformer_encoder
 from speechssl.data.batch import AudioBatch
 from speechssl.errors import ConfigError, LabelError
 from speechssl.frontends.speech import ConvExtractorConfig, WaveformFrontend
 from speechssl.models.base import PretrainOutput
+from speechssl.models.common import (
+    base_group_norm_extractor,
+    base_transformer_encoder,
+    check_label_streams,
+    coerce_subconfigs,
+    first_out_of_range,
+    large_transformer_encoder,
+    masked_accuracy_metrics,
+    resolve_label_streams,
+    span_mask,
+    tiny_extractor,
+    tiny_transformer_encoder,
+)
 from speechssl.models.registry import register_model
 from speechssl.models.waveform import WaveformEncoderModel
 
@@ -72,22 +84,17 @@ class HubertConfig:
     utterance before a LabelError."""
 
     def __post_init__(self) -> None:
-        self.num_classes = tuple(int(k) for k in self.num_classes)
-        self.label_streams = tuple(str(s) for s in self.label_streams)
-        if self.label_streams and len(self.label_streams) != len(self.num_classes):
-            raise ConfigError(
-                f"hubert: {len(self.label_streams)} label_streams {self.label_streams} but "
-                f"{len(self.num_classes)} num_classes {self.num_classes}"
-            )
-        for name in ("extractor", "encoder", "mask"):
-            value = getattr(self, name)
-            if isinstance(value, dict):
-                cls = {
-                    "extractor": ConvExtractorConfig,
-                    "encoder": TransformerEncoderConfig,
-                    "mask": SpanMaskConfig,
-                }[name]
-                setattr(self, name, cls(**value))
+        self.label_streams, self.num_classes = check_label_streams(
+            "hubert", self.label_streams, self.num_classes
+        )
+        coerce_subconfigs(
+            self,
+            {
+                "extractor": ConvExtractorConfig,
+                "encoder": TransformerEncoderConfig,
+                "mask": SpanMaskConfig,
+            },
+        )
 
 
 def align_labels(labels: Tensor, label_rate: float, frame_rate: float, num_frames: int) -> Tensor:
@@ -135,15 +142,9 @@ class HubertModel(WaveformEncoderModel):
         self.objective = objective
 
     def stream_names(self, batch: AudioBatch) -> list[str]:
-        names = list(self.config.label_streams) or sorted(batch.labels)
-        missing = [n for n in names if n not in batch.labels]
-        if missing or len(names) != len(self.config.num_classes):
-            raise ConfigError(
-                f"hubert expects {len(self.config.num_classes)} label stream(s) "
-                f"{list(self.config.label_streams) or ''} (num_classes {self.config.num_classes}), "
-                f"batch has {sorted(batch.labels)}"
-            )
-        return names
+        return resolve_label_streams(
+            "hubert", self.config.label_streams, self.config.num_classes, batch.labels
+        )
 
     def frame_targets(
         self, batch: AudioBatch, num_frames: int, frame_lengths: Tensor
@@ -156,9 +157,8 @@ class HubertModel(WaveformEncoderModel):
             rate = batch.label_rates.get(name)
             if rate is None:
                 raise ConfigError(f"label stream {name!r} has no label rate in the batch")
-            bad = ((labels != IGNORE_INDEX) & ((labels < 0) | (labels >= classes))).any(dim=1)
-            if bool(bad.any()):
-                i = int(bad.nonzero()[0])
+            i = first_out_of_range(labels, classes)
+            if i is not None:
                 raise LabelError(
                     self._utt(batch, i), f"label stream {name!r} has a label outside [0, {classes})"
                 )
@@ -205,14 +205,7 @@ class HubertModel(WaveformEncoderModel):
         record.weights["feature_penalty"] = pen_w
         if pen_w:
             record.total = record.total + pen_w * res.front.feature_penalty
-        metrics: dict[str, Tensor] = {}
-        for i, name in enumerate(names):
-            acc = masked_accuracy(logits[name], targets[name], res.mask)
-            for key, value in acc.items():
-                if i == 0:
-                    metrics[key] = value
-                if len(names) > 1:
-                    metrics[f"{key}/{name}"] = value
+        metrics = masked_accuracy_metrics(logits, targets, res.mask)
         real = frame_lengths.sum().clamp(min=1)
         metrics["mask_fraction"] = (res.mask.sum() / real).detach().float()
         return PretrainOutput(loss=record, metrics=metrics, num_frames=int(frame_lengths.sum()))
@@ -247,21 +240,9 @@ def hubert_base_config() -> HubertConfig:
     final dim 256, logit temp 0.1, dropout 0.1, attention dropout 0.1, activation dropout 0,
     input dropout 0.1, layer drop 0.05, feature grad mult 0.1, feature penalty 10."""
     return HubertConfig(
-        extractor=ConvExtractorConfig(mode="group_norm", conv_bias=False, feature_grad_mult=0.1),
-        encoder=TransformerEncoderConfig(
-            dim=768,
-            num_layers=12,
-            num_heads=12,
-            ffn_dim=3072,
-            dropout=0.1,
-            attention_dropout=0.1,
-            activation_dropout=0.0,
-            layer_norm_first=False,
-            layer_drop=0.05,
-            pos_conv_kernel=128,
-            pos_conv_groups=16,
-        ),
-        mask=SpanMaskConfig(mask_prob=0.8, mask_length=10, min_masks=2),
+        extractor=base_group_norm_extractor(),
+        encoder=base_transformer_encoder(pos_conv_kernel=128, pos_conv_groups=16),
+        mask=span_mask(0.8),
         dropout_input=0.1,
         final_dim=256,
         logit_temp=0.1,
@@ -279,27 +260,11 @@ def hubert_large_config() -> HubertConfig:
         extractor=dataclasses.replace(
             base.extractor, mode="layer_norm", normalize_waveform=True, feature_grad_mult=1.0
         ),
-        encoder=dataclasses.replace(
-            base.encoder,
-            dim=1024,
-            num_layers=24,
-            num_heads=16,
-            ffn_dim=4096,
-            dropout=0.0,
-            attention_dropout=0.0,
-            layer_norm_first=True,
-            layer_drop=0.0,
-        ),
+        encoder=large_transformer_encoder(base.encoder),
         dropout_input=0.0,
         final_dim=768,
         num_classes=(500,),
     )
-
-
-#: narrow conv stack with the same 320-sample (20 ms) total stride as the base stack
-TINY_CONV_LAYERS: tuple[tuple[int, int, int], ...] = (
-    ((64, 10, 5),) + ((64, 3, 2),) * 4 + ((64, 2, 2),) * 2
-)
 
 
 def hubert_tiny_config() -> HubertConfig:
@@ -309,21 +274,8 @@ def hubert_tiny_config() -> HubertConfig:
     base = hubert_base_config()
     return dataclasses.replace(
         base,
-        extractor=dataclasses.replace(
-            base.extractor, conv_layers=TINY_CONV_LAYERS, feature_grad_mult=1.0
-        ),
-        encoder=dataclasses.replace(
-            base.encoder,
-            dim=128,
-            num_layers=2,
-            num_heads=4,
-            ffn_dim=256,
-            dropout=0.05,
-            attention_dropout=0.0,
-            layer_drop=0.0,
-            pos_conv_kernel=16,
-            pos_conv_groups=4,
-        ),
+        extractor=tiny_extractor(base.extractor),
+        encoder=tiny_transformer_encoder(base.encoder, pos_conv_kernel=16, pos_conv_groups=4),
         dropout_input=0.05,
         final_dim=64,
     )

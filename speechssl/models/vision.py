@@ -22,16 +22,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from speechssl.core.masking import BlockMaskConfig, BlockMasker
 from speechssl.core.objectives.masked_prediction import (
-    IGNORE_INDEX,
     MaskedPredictionHead,
     MaskedPredictionObjective,
-    masked_accuracy,
 )
-from speechssl.core.objectives.regression import RegressionObjective, feature_std
+from speechssl.core.objectives.regression import RegressionObjective
 from speechssl.core.teacher import EMATeacher
 from speechssl.core.transformer import (
     EncoderOutput,
@@ -43,7 +41,15 @@ from speechssl.data.images import ImageBatch
 from speechssl.errors import ConfigError, LabelError
 from speechssl.frontends.vision import PatchEmbeddingConfig, PatchFrontend, PatchFrontendOutput
 from speechssl.models.base import ExtractOutput, PretrainModel, PretrainOutput
-from speechssl.models.data2vec import Data2VecTargetConfig, make_teacher, teacher_targets
+from speechssl.models.common import (
+    check_label_streams,
+    coerce_subconfigs,
+    extract_output,
+    first_out_of_range,
+    masked_accuracy_metrics,
+    resolve_label_streams,
+)
+from speechssl.models.data2vec import Data2VecTargetConfig, EMARegressionMixin, make_teacher
 from speechssl.models.registry import register_model
 
 
@@ -102,26 +108,25 @@ class VisionEncoderModel(PretrainModel):
         res = self.encode(
             waveforms, apply_mask=False, output_hidden_states=True, num_layers=num_layers
         )
-        hidden = res.encoder.hidden_states
-        assert hidden is not None
-        complete = num_layers is None or num_layers == self.encoder.num_layers
-        return ExtractOutput(
-            hidden_states=hidden,
-            padding_mask=None,
-            frame_rate=0.0,
-            last_hidden_state=res.encoder.last_hidden_state if complete else None,
-        )
+        return extract_output(res.encoder, None, 0.0, num_layers, self.encoder.num_layers)
 
     @staticmethod
     def _mask_fraction(mask: Tensor) -> Tensor:
         return mask.float().mean().detach()
 
 
-def _coerce(config: object, groups: dict[str, type]) -> None:
-    for name, cls in groups.items():
-        value = getattr(config, name)
-        if isinstance(value, dict):
-            setattr(config, name, cls(**value))
+def build_vision_parts(
+    family: str, config: Data2VecVisionConfig | PatchHubertConfig
+) -> tuple[PatchFrontend, BlockMasker, TransformerEncoder]:
+    """Factory part shared by the vision families: patch front end, block masker and an
+    encoder without conv positions (the front end adds positions)."""
+    if config.encoder.pos_conv_kernel:
+        raise ConfigError(
+            f"{family}: positions come from the patch front end; set pos_conv_kernel=0"
+        )
+    frontend = PatchFrontend(config.patch, config.encoder.dim, config.dropout_input)
+    masker = BlockMasker(config.encoder.dim, config.mask)
+    return frontend, masker, build_transformer_encoder(config.encoder)
 
 
 def tiny_vision_encoder() -> TransformerEncoderConfig:
@@ -168,7 +173,7 @@ class Data2VecVisionConfig:
     """Teacher, targets and regression loss."""
 
     def __post_init__(self) -> None:
-        _coerce(
+        coerce_subconfigs(
             self,
             {
                 "patch": PatchEmbeddingConfig,
@@ -179,7 +184,7 @@ class Data2VecVisionConfig:
         )
 
 
-class Data2VecVisionModel(VisionEncoderModel):
+class Data2VecVisionModel(EMARegressionMixin, VisionEncoderModel):
     """data2vec for images: ``forward(ImageBatch)`` -> regression loss record."""
 
     def __init__(
@@ -193,12 +198,7 @@ class Data2VecVisionModel(VisionEncoderModel):
     ) -> None:
         super().__init__(frontend, masker, encoder)
         self.config = config
-        self.final_proj = nn.Linear(config.encoder.dim, config.encoder.dim)
-        self.teacher = teacher
-        self.objective = objective
-
-    def after_optimizer_step(self, num_updates: int) -> None:
-        self.teacher.update(self.encoder, num_updates)
+        self.init_regression_parts(config.encoder.dim, teacher, objective)
 
     def forward(  # type: ignore[override]  # image models take ImageBatch, not AudioBatch
         self,
@@ -209,27 +209,20 @@ class Data2VecVisionModel(VisionEncoderModel):
     ) -> PretrainOutput:
         res = self.encode(batch.images, mask=mask, generator=generator)
         assert res.mask is not None
-        target = teacher_targets(self.teacher, self.teacher_input(res), None, self.config.targets)
-        pred = self.final_proj(res.encoder.last_hidden_state)
-        record = self.objective(pred, target, res.mask)
-        metrics = {
-            "target_std": feature_std(target[res.mask]),
-            "pred_std": feature_std(pred[res.mask]),
-            "ema_decay": torch.tensor(self.teacher.decay),
-            "mask_fraction": self._mask_fraction(res.mask),
-        }
+        record, metrics = self.regression_loss(
+            self.teacher_input(res),
+            None,
+            res.encoder.last_hidden_state,
+            res.mask,
+            self.config.targets,
+        )
+        metrics["mask_fraction"] = self._mask_fraction(res.mask)
         return PretrainOutput(loss=record, metrics=metrics, num_frames=res.mask.numel())
 
 
 def build_data2vec_vision(config: Data2VecVisionConfig) -> Data2VecVisionModel:
     """Factory: build each part from its config and hand them to the model."""
-    if config.encoder.pos_conv_kernel:
-        raise ConfigError(
-            "data2vec vision: positions come from the patch front end; set pos_conv_kernel=0"
-        )
-    frontend = PatchFrontend(config.patch, config.encoder.dim, config.dropout_input)
-    masker = BlockMasker(config.encoder.dim, config.mask)
-    encoder = build_transformer_encoder(config.encoder)
+    frontend, masker, encoder = build_vision_parts("data2vec vision", config)
     teacher = make_teacher(encoder, config.targets)
     objective = RegressionObjective(config.targets.loss_beta, config.targets.loss_scale)
     return Data2VecVisionModel(config, frontend, masker, encoder, teacher, objective)
@@ -291,7 +284,7 @@ class PatchHubertConfig:
     """Weight of the loss on unmasked patches (still logged)."""
 
     def __post_init__(self) -> None:
-        _coerce(
+        coerce_subconfigs(
             self,
             {
                 "patch": PatchEmbeddingConfig,
@@ -299,13 +292,9 @@ class PatchHubertConfig:
                 "mask": BlockMaskConfig,
             },
         )
-        self.num_classes = tuple(int(k) for k in self.num_classes)
-        self.label_streams = tuple(str(s) for s in self.label_streams)
-        if self.label_streams and len(self.label_streams) != len(self.num_classes):
-            raise ConfigError(
-                f"hubert_vision: {len(self.label_streams)} label_streams but "
-                f"{len(self.num_classes)} num_classes"
-            )
+        self.label_streams, self.num_classes = check_label_streams(
+            "hubert_vision", self.label_streams, self.num_classes
+        )
 
 
 class PatchHubertModel(VisionEncoderModel):
@@ -327,12 +316,9 @@ class PatchHubertModel(VisionEncoderModel):
 
     def patch_targets(self, batch: ImageBatch, num_patches: int) -> dict[str, Tensor]:
         """Each stream's ``[N, P]`` unit labels, checked (errors name the image)."""
-        names = list(self.config.label_streams) or sorted(batch.labels)
-        if len(names) != len(self.config.num_classes) or any(n not in batch.labels for n in names):
-            raise ConfigError(
-                f"hubert_vision expects {len(self.config.num_classes)} label stream(s) "
-                f"(num_classes {self.config.num_classes}), batch has {sorted(batch.labels)}"
-            )
+        names = resolve_label_streams(
+            "hubert_vision", self.config.label_streams, self.config.num_classes, batch.labels
+        )
         out = {}
         for name, classes in zip(names, self.config.num_classes, strict=True):
             labels = batch.labels[name].long().to(batch.images.device)
@@ -342,9 +328,8 @@ class PatchHubertModel(VisionEncoderModel):
                     f"label stream {name!r} has shape {tuple(labels.shape)}, expected "
                     f"[{batch.batch_size}, {num_patches}] (one unit per patch)",
                 )
-            bad = ((labels != IGNORE_INDEX) & ((labels < 0) | (labels >= classes))).any(dim=1)
-            if bool(bad.any()):
-                i = int(bad.nonzero()[0])
+            i = first_out_of_range(labels, classes)
+            if i is not None:
                 raise LabelError(
                     batch.image_id(i), f"label stream {name!r} has a unit outside [0, {classes})"
                 )
@@ -365,26 +350,14 @@ class PatchHubertModel(VisionEncoderModel):
         names = list(targets)
         logits = dict(zip(names, self.head(x), strict=True))
         record = self.objective(logits, targets, res.mask)
-        metrics: dict[str, Tensor] = {}
-        for i, name in enumerate(names):
-            for key, value in masked_accuracy(logits[name], targets[name], res.mask).items():
-                if i == 0:
-                    metrics[key] = value
-                if len(names) > 1:
-                    metrics[f"{key}/{name}"] = value
+        metrics = masked_accuracy_metrics(logits, targets, res.mask)
         metrics["mask_fraction"] = self._mask_fraction(res.mask)
         return PretrainOutput(loss=record, metrics=metrics, num_frames=res.mask.numel())
 
 
 def build_patch_hubert(config: PatchHubertConfig) -> PatchHubertModel:
     """Factory: build each part from its config and hand them to the model."""
-    if config.encoder.pos_conv_kernel:
-        raise ConfigError(
-            "hubert_vision: positions come from the patch front end; set pos_conv_kernel=0"
-        )
-    frontend = PatchFrontend(config.patch, config.encoder.dim, config.dropout_input)
-    masker = BlockMasker(config.encoder.dim, config.mask)
-    encoder = build_transformer_encoder(config.encoder)
+    frontend, masker, encoder = build_vision_parts("hubert_vision", config)
     head = MaskedPredictionHead(
         config.encoder.dim,
         config.num_classes,

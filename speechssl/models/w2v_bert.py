@@ -29,10 +29,9 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from speechssl.core.conformer import (
     ConformerEncoder,
@@ -41,11 +40,7 @@ from speechssl.core.conformer import (
 )
 from speechssl.core.loss import LossRecord
 from speechssl.core.masking import SpanMaskConfig, SpanMasker
-from speechssl.core.objectives.contrastive import (
-    ContrastiveObjective,
-    contrastive_accuracy,
-    sample_distractors,
-)
+from speechssl.core.objectives.contrastive import ContrastiveObjective, contrastive_accuracy
 from speechssl.core.objectives.masked_prediction import (
     MaskedPredictionHead,
     masked_accuracy,
@@ -55,9 +50,19 @@ from speechssl.core.quantizers import GumbelVectorQuantizer, diversity_loss
 from speechssl.data.batch import AudioBatch
 from speechssl.errors import ConfigError
 from speechssl.frontends.fbank_stack import FbankStackConfig, FbankStackFrontend
-from speechssl.models.base import ExtractOutput, PretrainModel, PretrainOutput
+from speechssl.models.base import PretrainOutput
+from speechssl.models.common import (
+    GumbelContrastMixin,
+    check_gumbel_temp,
+    check_num_negatives,
+    coerce_subconfigs,
+    mask_fraction,
+    quantizer_metrics,
+    real_frame_count,
+    span_mask,
+)
 from speechssl.models.registry import register_model
-from speechssl.models.waveform import EncodeResult
+from speechssl.models.waveform import WaveformEncoderModel
 
 
 @dataclass(kw_only=True)
@@ -103,19 +108,15 @@ class W2VBertConfig:
     """Average the code distribution of the diversity loss over all ranks."""
 
     def __post_init__(self) -> None:
-        for name, cls in (
-            ("frontend", FbankStackConfig),
-            ("encoder", ConformerEncoderConfig),
-            ("mask", SpanMaskConfig),
-        ):
-            value = getattr(self, name)
-            if isinstance(value, dict):
-                setattr(self, name, cls(**value))
-        self.gumbel_temp = tuple(float(t) for t in self.gumbel_temp)  # type: ignore[assignment]
-        if len(self.gumbel_temp) != 3:
-            raise ConfigError(
-                f"w2v_bert: gumbel_temp must be (max, min, decay), got {self.gumbel_temp}"
-            )
+        coerce_subconfigs(
+            self,
+            {
+                "frontend": FbankStackConfig,
+                "encoder": ConformerEncoderConfig,
+                "mask": SpanMaskConfig,
+            },
+        )
+        self.gumbel_temp = check_gumbel_temp("w2v_bert", self.gumbel_temp)
         if not 1 <= self.num_mlm_layers < self.encoder.num_layers:
             raise ConfigError(
                 f"w2v_bert: num_mlm_layers must be in [1, encoder.num_layers="
@@ -126,15 +127,14 @@ class W2VBertConfig:
                 f"w2v_bert: num_target_codebooks must be in [1, codebook_groups="
                 f"{self.codebook_groups}], got {self.num_target_codebooks}"
             )
-        if self.num_negatives < 1:
-            raise ConfigError(f"w2v_bert: num_negatives must be >= 1, got {self.num_negatives}")
+        check_num_negatives("w2v_bert", self.num_negatives)
 
     @property
     def num_contrastive_layers(self) -> int:
         return self.encoder.num_layers - self.num_mlm_layers
 
 
-class W2VBertModel(PretrainModel):
+class W2VBertModel(GumbelContrastMixin, WaveformEncoderModel):
     """w2v-BERT for pretraining: ``forward(AudioBatch)`` -> contrastive + MLM loss record."""
 
     def __init__(
@@ -147,62 +147,18 @@ class W2VBertModel(PretrainModel):
         contrastive: ContrastiveObjective,
         mlm_head: MaskedPredictionHead,
     ) -> None:
-        super().__init__()
+        super().__init__(frontend, masker, encoder)
         self.config = config
-        self.frontend = frontend
-        self.masker = masker
-        self.encoder = encoder
-        self.quantizer = quantizer
-        self.project_q = nn.Linear(config.vq_dim, config.final_dim)
-        self.final_proj = nn.Linear(config.encoder.dim, config.final_dim)
-        self.dropout_features = nn.Dropout(config.dropout_features)
+        self.init_contrast_parts(
+            quantizer,
+            codevector_dim=config.vq_dim,
+            context_dim=config.encoder.dim,
+            final_dim=config.final_dim,
+            dropout_features=config.dropout_features,
+        )
         self.contrastive = contrastive
         self.mlm_head = mlm_head
-        self.frame_rate = frontend.frame_rate
-        self.sample_rate = frontend.sample_rate
-        # the annealed Gumbel temperature is state: saved with the weights
-        self.register_buffer("num_updates", torch.zeros((), dtype=torch.long))
-
-    num_updates: Tensor
-
-    def output_lengths(self, lengths: Tensor) -> Tensor:
-        """Encoder frames for waveforms of ``lengths`` samples."""
-        return self.frontend.output_lengths(lengths)
-
-    def after_optimizer_step(self, num_updates: int) -> None:
-        self.num_updates.fill_(num_updates)
-        self.quantizer.set_num_updates(num_updates)
-
-    def _load_from_state_dict(
-        self, state_dict: Any, prefix: str, *args: Any, **kwargs: Any
-    ) -> None:
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
-        self.quantizer.set_num_updates(int(self.num_updates))
-
-    def encode(
-        self,
-        waveforms: Tensor,
-        lengths: Tensor | None = None,
-        *,
-        apply_mask: bool = True,
-        mask: Tensor | None = None,
-        output_hidden_states: bool = False,
-        num_layers: int | None = None,
-        generator: torch.Generator | None = None,
-    ) -> EncodeResult:
-        """Front end, (optional) masking, conformer stack."""
-        front = self.frontend(waveforms, lengths)
-        x = front.frames.seqs
-        padding_mask = front.frames.padding_mask
-        used_mask: Tensor | None = None
-        if apply_mask or mask is not None:
-            x, used_mask = self.masker(x, padding_mask, mask=mask, generator=generator)
-            if padding_mask is not None:
-                used_mask = used_mask & ~padding_mask
-        enc = self.encoder(
-            x, padding_mask, output_hidden_states=output_hidden_states, num_layers=num_layers
-        )
-        return EncodeResult(front=front, mask=used_mask, encoder=enc, padding_mask=padding_mask)
+        self.init_temperature_state()
 
     def forward(
         self,
@@ -224,17 +180,17 @@ class W2VBertModel(PretrainModel):
         context = res.encoder.hidden_states[c.num_contrastive_layers]
 
         # contrastive module: InfoNCE against quantized unmasked features + diversity
-        q = self.quantizer(
-            self.dropout_features(res.front.features)[time_mask], generator=generator
+        contrast = self.quantized_contrast(
+            res.front.features, context, time_mask, c.num_negatives, generator=generator
         )
-        targets = self.project_q(q.quantized)
-        pred = self.final_proj(context[time_mask])
-        index, valid = sample_distractors(
-            time_mask.sum(dim=1), c.num_negatives, generator=generator
-        )
+        q = contrast.quantized
         diversity = diversity_loss(q.prob_perplexity, q.num_codes)
         contrastive, logits = self.contrastive(
-            pred, targets, targets[index], valid, diversity=diversity
+            contrast.pred,
+            contrast.targets,
+            contrast.distractors,
+            contrast.valid,
+            diversity=diversity,
         )
 
         # masked-prediction module: classify each masked frame's code in each target codebook
@@ -262,37 +218,14 @@ class W2VBertModel(PretrainModel):
             },
             sample_size=top.shape[0],
         )
-        n, s = time_mask.shape
-        real = (
-            (~res.padding_mask).sum()
-            if res.padding_mask is not None
-            else torch.tensor(n * s, device=time_mask.device)
-        )
+        real = real_frame_count(time_mask, res.padding_mask)
         metrics = {
             "acc_masked": masked_accuracy(mlm_logits[0], q.codes[:, 0], all_masked)["acc_masked"],
             "acc_contrastive": contrastive_accuracy(logits),
-            "code_perplexity": q.code_perplexity,
-            "prob_perplexity": q.prob_perplexity.detach(),
-            "temperature": torch.tensor(q.temperature),
-            "mask_fraction": (time_mask.sum() / real.clamp(min=1)).detach().float(),
+            **quantizer_metrics(q),
+            "mask_fraction": mask_fraction(time_mask, real),
         }
         return PretrainOutput(loss=record, metrics=metrics, num_frames=int(real))
-
-    def extract(
-        self, waveforms: Tensor, lengths: Tensor | None = None, num_layers: int | None = None
-    ) -> ExtractOutput:
-        res = self.encode(
-            waveforms, lengths, apply_mask=False, output_hidden_states=True, num_layers=num_layers
-        )
-        hidden = res.encoder.hidden_states
-        assert hidden is not None
-        complete = num_layers is None or num_layers == self.encoder.num_layers
-        return ExtractOutput(
-            hidden_states=hidden,
-            padding_mask=res.padding_mask,
-            frame_rate=self.frame_rate,
-            last_hidden_state=res.encoder.last_hidden_state if complete else None,
-        )
 
 
 def build_w2v_bert(config: W2VBertConfig) -> W2VBertModel:
@@ -346,7 +279,7 @@ def w2v_bert_base_config() -> W2VBertConfig:
             conv_dropout=0.0,
             layer_drop=0.0,
         ),
-        mask=SpanMaskConfig(mask_prob=0.65, mask_length=10, min_masks=2),
+        mask=span_mask(0.65),
         num_mlm_layers=16,
         final_dim=768,
         logit_temp=0.1,

@@ -18,24 +18,32 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from speechssl.core.masking import SpanMaskConfig, SpanMasker
-from speechssl.core.objectives.contrastive import (
-    ContrastiveObjective,
-    contrastive_accuracy,
-    sample_distractors,
-)
+from speechssl.core.objectives.contrastive import ContrastiveObjective, contrastive_accuracy
 from speechssl.core.quantizers import GumbelVectorQuantizer, diversity_loss
 from speechssl.core.transformer import TransformerEncoderConfig, build_transformer_encoder
 from speechssl.data.batch import AudioBatch
-from speechssl.errors import ConfigError
 from speechssl.frontends.speech import ConvExtractorConfig, WaveformFrontend
 from speechssl.models.base import PretrainOutput
-from speechssl.models.hubert import TINY_CONV_LAYERS
+from speechssl.models.common import (
+    GumbelContrastMixin,
+    base_group_norm_extractor,
+    base_transformer_encoder,
+    check_gumbel_temp,
+    check_num_negatives,
+    coerce_subconfigs,
+    large_transformer_encoder,
+    mask_fraction,
+    quantizer_metrics,
+    real_frame_count,
+    span_mask,
+    tiny_extractor,
+    tiny_transformer_encoder,
+)
 from speechssl.models.registry import register_model
 from speechssl.models.waveform import WaveformEncoderModel
 
@@ -76,29 +84,23 @@ class Wav2Vec2Config:
     """Average the code distribution of the diversity loss over all ranks."""
 
     def __post_init__(self) -> None:
-        self.gumbel_temp = tuple(float(t) for t in self.gumbel_temp)  # type: ignore[assignment]
-        if len(self.gumbel_temp) != 3:
-            raise ConfigError(
-                f"wav2vec2: gumbel_temp must be (max, min, decay), got {self.gumbel_temp}"
-            )
-        if self.num_negatives < 1:
-            raise ConfigError(f"wav2vec2: num_negatives must be >= 1, got {self.num_negatives}")
-        for name in ("extractor", "encoder", "mask"):
-            value = getattr(self, name)
-            if isinstance(value, dict):
-                cls = {
-                    "extractor": ConvExtractorConfig,
-                    "encoder": TransformerEncoderConfig,
-                    "mask": SpanMaskConfig,
-                }[name]
-                setattr(self, name, cls(**value))
+        self.gumbel_temp = check_gumbel_temp("wav2vec2", self.gumbel_temp)
+        check_num_negatives("wav2vec2", self.num_negatives)
+        coerce_subconfigs(
+            self,
+            {
+                "extractor": ConvExtractorConfig,
+                "encoder": TransformerEncoderConfig,
+                "mask": SpanMaskConfig,
+            },
+        )
 
     @property
     def codevector_dim(self) -> int:
         return self.vq_dim or self.final_dim
 
 
-class Wav2Vec2Model(WaveformEncoderModel):
+class Wav2Vec2Model(GumbelContrastMixin, WaveformEncoderModel):
     """wav2vec 2.0 for pretraining: ``forward(AudioBatch)`` -> contrastive loss record."""
 
     def __init__(
@@ -112,26 +114,15 @@ class Wav2Vec2Model(WaveformEncoderModel):
     ) -> None:
         super().__init__(frontend, masker, encoder)  # type: ignore[arg-type]
         self.config = config
-        self.quantizer = quantizer
-        self.project_q = nn.Linear(config.codevector_dim, config.final_dim)
-        self.final_proj = nn.Linear(config.encoder.dim, config.final_dim)
-        self.dropout_features = nn.Dropout(config.dropout_features)
+        self.init_contrast_parts(
+            quantizer,
+            codevector_dim=config.codevector_dim,
+            context_dim=config.encoder.dim,
+            final_dim=config.final_dim,
+            dropout_features=config.dropout_features,
+        )
         self.objective = objective
-        # the annealed temperature is state: saved with the weights so a resumed run
-        # continues from it
-        self.register_buffer("num_updates", torch.zeros((), dtype=torch.long))
-
-    num_updates: Tensor
-
-    def after_optimizer_step(self, num_updates: int) -> None:
-        self.num_updates.fill_(num_updates)
-        self.quantizer.set_num_updates(num_updates)
-
-    def _load_from_state_dict(
-        self, state_dict: Any, prefix: str, *args: Any, **kwargs: Any
-    ) -> None:
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
-        self.quantizer.set_num_updates(int(self.num_updates))
+        self.init_temperature_state()
 
     def forward(
         self,
@@ -143,34 +134,27 @@ class Wav2Vec2Model(WaveformEncoderModel):
         res = self.encode(batch.waveforms, batch.lengths, mask=mask, generator=generator)
         assert res.mask is not None
         time_mask = res.mask
-        feats = self.dropout_features(res.front.features)
-        q = self.quantizer(feats[time_mask], generator=generator)
-        targets = self.project_q(q.quantized)
-        pred = self.final_proj(res.encoder.last_hidden_state[time_mask])
-        index, valid = sample_distractors(
-            time_mask.sum(dim=1), self.config.num_negatives, generator=generator
+        contrast = self.quantized_contrast(
+            res.front.features,
+            res.encoder.last_hidden_state,
+            time_mask,
+            self.config.num_negatives,
+            generator=generator,
         )
-        distractors = targets[index]
+        q = contrast.quantized
         record, logits = self.objective(
-            pred,
-            targets,
-            distractors,
-            valid,
+            contrast.pred,
+            contrast.targets,
+            contrast.distractors,
+            contrast.valid,
             diversity=diversity_loss(q.prob_perplexity, q.num_codes),
             feature_penalty=res.front.feature_penalty,
         )
-        n, s = time_mask.shape
-        real = (
-            (~res.padding_mask).sum()
-            if res.padding_mask is not None
-            else torch.tensor(n * s, device=time_mask.device)
-        )
+        real = real_frame_count(time_mask, res.padding_mask)
         metrics = {
             "acc_masked": contrastive_accuracy(logits),
-            "code_perplexity": q.code_perplexity,
-            "prob_perplexity": q.prob_perplexity.detach(),
-            "temperature": torch.tensor(q.temperature),
-            "mask_fraction": (time_mask.sum() / real.clamp(min=1)).detach().float(),
+            **quantizer_metrics(q),
+            "mask_fraction": mask_fraction(time_mask, real),
         }
         return PretrainOutput(loss=record, metrics=metrics, num_frames=int(real))
 
@@ -202,21 +186,9 @@ def wav2vec2_base_config() -> Wav2Vec2Config:
     10 (feature penalty), dropout 0.1, attention dropout 0.1, activation dropout 0, input
     and feature dropout 0.1, layer drop 0.05, feature grad mult 0.1."""
     return Wav2Vec2Config(
-        extractor=ConvExtractorConfig(mode="group_norm", conv_bias=False, feature_grad_mult=0.1),
-        encoder=TransformerEncoderConfig(
-            dim=768,
-            num_layers=12,
-            num_heads=12,
-            ffn_dim=3072,
-            dropout=0.1,
-            attention_dropout=0.1,
-            activation_dropout=0.0,
-            layer_norm_first=False,
-            layer_drop=0.05,
-            pos_conv_kernel=128,
-            pos_conv_groups=16,
-        ),
-        mask=SpanMaskConfig(mask_prob=0.65, mask_length=10, min_masks=2),
+        extractor=base_group_norm_extractor(),
+        encoder=base_transformer_encoder(pos_conv_kernel=128, pos_conv_groups=16),
+        mask=span_mask(0.65),
         dropout_input=0.1,
         dropout_features=0.1,
         final_dim=256,
@@ -245,17 +217,7 @@ def wav2vec2_large_config() -> Wav2Vec2Config:
             normalize_waveform=True,
             feature_grad_mult=1.0,
         ),
-        encoder=dataclasses.replace(
-            base.encoder,
-            dim=1024,
-            num_layers=24,
-            num_heads=16,
-            ffn_dim=4096,
-            dropout=0.0,
-            attention_dropout=0.0,
-            layer_norm_first=True,
-            layer_drop=0.0,
-        ),
+        encoder=large_transformer_encoder(base.encoder),
         dropout_input=0.0,
         dropout_features=0.0,
         final_dim=768,
@@ -271,21 +233,8 @@ def wav2vec2_tiny_config() -> Wav2Vec2Config:
     base = wav2vec2_base_config()
     return dataclasses.replace(
         base,
-        extractor=dataclasses.replace(
-            base.extractor, conv_layers=TINY_CONV_LAYERS, feature_grad_mult=1.0
-        ),
-        encoder=dataclasses.replace(
-            base.encoder,
-            dim=128,
-            num_layers=2,
-            num_heads=4,
-            ffn_dim=256,
-            dropout=0.05,
-            attention_dropout=0.0,
-            layer_drop=0.0,
-            pos_conv_kernel=16,
-            pos_conv_groups=4,
-        ),
+        extractor=tiny_extractor(base.extractor),
+        encoder=tiny_transformer_encoder(base.encoder, pos_conv_kernel=16, pos_conv_groups=4),
         dropout_input=0.05,
         dropout_features=0.05,
         final_dim=64,

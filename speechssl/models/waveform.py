@@ -1,5 +1,6 @@
-"""Shared skeleton of waveform models (HuBERT, wav2vec 2.0, data2vec audio):
-waveform front end -> span masker -> transformer encoder, plus ``extract``.
+"""Shared skeleton of the speech models (HuBERT, wav2vec 2.0, data2vec audio, w2v-BERT):
+front end on waveforms (conv stack or stacked fbank) -> span masker -> encoder
+(transformer or conformer), plus ``extract``.
 
 A family adds its targets and objective on top of :meth:`WaveformEncoderModel.encode`.
 """
@@ -11,10 +12,13 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from speechssl.core.conformer import ConformerEncoder
 from speechssl.core.masking import SpanMasker
 from speechssl.core.transformer import EncoderOutput, TransformerEncoder
+from speechssl.frontends.fbank_stack import FbankStackFrontend
 from speechssl.frontends.speech import FrontendOutput, WaveformFrontend
 from speechssl.models.base import ExtractOutput, PretrainModel
+from speechssl.models.common import extract_output
 
 
 @dataclass
@@ -38,7 +42,10 @@ class WaveformEncoderModel(PretrainModel):
     """Front end + masker + encoder (parts built by a factory and handed in)."""
 
     def __init__(
-        self, frontend: WaveformFrontend, masker: SpanMasker, encoder: TransformerEncoder
+        self,
+        frontend: WaveformFrontend | FbankStackFrontend,
+        masker: SpanMasker,
+        encoder: TransformerEncoder | ConformerEncoder,
     ) -> None:
         super().__init__()
         self.frontend = frontend
@@ -49,7 +56,7 @@ class WaveformEncoderModel(PretrainModel):
 
     def output_lengths(self, lengths: Tensor) -> Tensor:
         """Encoder frames for waveforms of ``lengths`` samples."""
-        return self.frontend.extractor.output_lengths(lengths)
+        return self.frontend.output_lengths(lengths)
 
     def encode(
         self,
@@ -86,12 +93,6 @@ class WaveformEncoderModel(PretrainModel):
         res = self.encode(
             waveforms, lengths, apply_mask=False, output_hidden_states=True, num_layers=num_layers
         )
-        hidden = res.encoder.hidden_states
-        assert hidden is not None
-        complete = num_layers is None or num_layers == self.encoder.num_layers
-        return ExtractOutput(
-            hidden_states=hidden,
-            padding_mask=res.padding_mask,
-            frame_rate=self.frame_rate,
-            last_hidden_state=res.encoder.last_hidden_state if complete else None,
+        return extract_output(
+            res.encoder, res.padding_mask, self.frame_rate, num_layers, self.encoder.num_layers
         )
