@@ -14,6 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from speechssl.errors import ConfigError
+from speechssl.interop.hf_export import fuse_qkv
 from speechssl.models.io import load_weights
 from speechssl.models.waveform import WaveformEncoderModel
 
@@ -74,10 +75,7 @@ def convert_torchaudio_state(state: dict[str, Tensor]) -> dict[str, Tensor]:
                 break
         else:
             raise ConfigError(f"torchaudio weight {name!r} has no counterpart in speechssl")
-    for (layer, kind), parts in qkv.items():
-        out[f"encoder.layers.{layer}.self_attn.qkv.{kind}"] = torch.cat(
-            [parts["q"], parts["k"], parts["v"]], dim=0
-        )
+    out.update(fuse_qkv(qkv, "torchaudio weights"))
     return out
 
 

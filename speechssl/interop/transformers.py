@@ -34,15 +34,26 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 from pathlib import Path
 from typing import Any
 
-import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import Tensor
 
 from speechssl.errors import CheckpointError, ConfigError
+from speechssl.interop.hf_export import (
+    DESCRIPTION_NAME,
+    HEADS_NAME,
+    SIDECAR,
+    TRANSFORMER_LAYER_RULES,
+    WAVEFORM_FRONTEND_RULES,
+    fuse_qkv,
+    hf_conv_fields,
+    hf_encoder_fields,
+    split_qkv,
+    waveform_feature_extractor,
+    write_export_dir,
+)
 from speechssl.models.base import PretrainModel
 from speechssl.models.io import (
     build_from_description,
@@ -51,48 +62,14 @@ from speechssl.models.io import (
     state_dict_for_saving,
 )
 from speechssl.models.registry import apply_overrides, get_spec
-from speechssl.utils.atomic import atomic_dir
 
-SIDECAR = "speechssl"
-HEADS_NAME = "heads.safetensors"
-DESCRIPTION_NAME = "model.json"
 FAMILIES = ("hubert", "wav2vec2")
 
 # our name (regex) -> transformers name, for the encoder part shared by both families
 _ENCODER_RULES: list[tuple[str, str]] = [
-    (
-        r"frontend\.extractor\.conv_layers\.(\d+)\.conv\.(weight|bias)",
-        r"feature_extractor.conv_layers.\1.conv.\2",
-    ),
-    (
-        r"frontend\.extractor\.conv_layers\.(\d+)\.norm\.(weight|bias)",
-        r"feature_extractor.conv_layers.\1.layer_norm.\2",
-    ),
-    (r"frontend\.layer_norm\.(weight|bias)", r"feature_projection.layer_norm.\1"),
-    (r"frontend\.projection\.(weight|bias)", r"feature_projection.projection.\1"),
-    (r"masker\.mask_embedding", r"masked_spec_embed"),
+    *WAVEFORM_FRONTEND_RULES,
     (r"encoder\.pos_conv\.conv\.(.+)", r"encoder.pos_conv_embed.conv.\1"),
-    (r"encoder\.layer_norm\.(weight|bias)", r"encoder.layer_norm.\1"),
-    (
-        r"encoder\.layers\.(\d+)\.self_attn\.out_proj\.(weight|bias)",
-        r"encoder.layers.\1.attention.out_proj.\2",
-    ),
-    (
-        r"encoder\.layers\.(\d+)\.self_attn_layer_norm\.(weight|bias)",
-        r"encoder.layers.\1.layer_norm.\2",
-    ),
-    (
-        r"encoder\.layers\.(\d+)\.ffn\.fc1\.(weight|bias)",
-        r"encoder.layers.\1.feed_forward.intermediate_dense.\2",
-    ),
-    (
-        r"encoder\.layers\.(\d+)\.ffn\.fc2\.(weight|bias)",
-        r"encoder.layers.\1.feed_forward.output_dense.\2",
-    ),
-    (
-        r"encoder\.layers\.(\d+)\.final_layer_norm\.(weight|bias)",
-        r"encoder.layers.\1.final_layer_norm.\2",
-    ),
+    *TRANSFORMER_LAYER_RULES,
 ]
 # wav2vec 2.0 pretraining heads (names relative to Wav2Vec2ForPreTraining, no prefix)
 _W2V_PRETRAIN_RULES: list[tuple[str, str]] = [
@@ -134,32 +111,13 @@ def hf_config(model: PretrainModel, pretraining: bool = True) -> Any:
             "transformers uses one LayerNorm epsilon; keep encoder.layer_norm_eps=1e-5"
         )
     common: dict[str, Any] = dict(
-        hidden_size=enc.dim,
-        num_hidden_layers=enc.num_layers,
-        num_attention_heads=enc.num_heads,
-        intermediate_size=enc.ffn_dim,
+        **hf_encoder_fields(cfg, _hf_kind(family, pretraining)[0]),
+        **hf_conv_fields(ext),
         hidden_act="gelu",
-        hidden_dropout=enc.dropout,
-        activation_dropout=enc.activation_dropout,
-        attention_dropout=enc.attention_dropout,
-        feat_proj_dropout=cfg.dropout_input,
-        final_dropout=0.0,
-        layerdrop=enc.layer_drop,
-        layer_norm_eps=enc.layer_norm_eps,
         feat_extract_norm="group" if ext.mode == "group_norm" else "layer",
-        feat_extract_activation="gelu",
-        conv_dim=[c for c, _, _ in ext.conv_layers],
-        conv_kernel=[k for _, k, _ in ext.conv_layers],
-        conv_stride=[s for _, _, s in ext.conv_layers],
-        conv_bias=ext.conv_bias,
         num_conv_pos_embeddings=enc.pos_conv_kernel,
         num_conv_pos_embedding_groups=enc.pos_conv_groups,
         do_stable_layer_norm=enc.layer_norm_first,
-        apply_spec_augment=True,
-        mask_time_prob=0.05,
-        mask_time_length=cfg.mask.mask_length,
-        mask_time_min_masks=cfg.mask.min_masks,
-        architectures=[_hf_kind(family, pretraining)[0]],
     )
     if family == "hubert":
         return HubertConfig(feat_proj_layer_norm=True, **common)
@@ -188,9 +146,9 @@ def to_transformers_state(
     for name, value in state_dict_for_saving(model).items():
         m = _OUR_QKV.fullmatch(name)
         if m:
-            for part, chunk in zip("qkv", value.chunk(3, dim=0), strict=True):
+            for part, chunk in split_qkv(value):
                 hf[f"{prefix}encoder.layers.{m.group(1)}.attention.{part}_proj.{m.group(2)}"] = (
-                    chunk.clone()
+                    chunk
                 )
             continue
         for pattern, repl in _ENCODER_RULES:
@@ -234,10 +192,7 @@ def from_transformers_state(state: dict[str, Tensor], family: str) -> dict[str, 
                 f"transformers weight {name!r} has no counterpart in speechssl {family}"
             )
         out[ours] = value
-    for (layer, kind), parts in qkv.items():
-        out[f"encoder.layers.{layer}.self_attn.qkv.{kind}"] = torch.cat(
-            [parts["q"], parts["k"], parts["v"]]
-        )
+    out.update(fuse_qkv(qkv, f"transformers {family} weights"))
     return out
 
 
@@ -313,8 +268,6 @@ def export_to_transformers(
     w2v-BERT and data2vec audio models are handed to
     :func:`speechssl.interop.transformers_families.export_family_to_transformers`.
     """
-    from transformers import Wav2Vec2FeatureExtractor
-
     from speechssl.interop import transformers_families
 
     if model.family in transformers_families.FAMILIES:
@@ -334,29 +287,16 @@ def export_to_transformers(
         if not km.is_dir():
             raise ConfigError(f"k-means model directory {km} does not exist")
         desc["export"]["kmeans"] = {"source": str(km.resolve()), "copy": f"{SIDECAR}/kmeans"}
-    target = Path(out_dir)
-    try:
-        with atomic_dir(target, overwrite=overwrite) as tmp:
-            config.save_pretrained(tmp)
-            save_file(hf_state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
-            Wav2Vec2FeatureExtractor(
-                feature_size=1,
-                sampling_rate=model.sample_rate,
-                padding_value=0.0,
-                do_normalize=bool(model.config.extractor.normalize_waveform),
-                return_attention_mask=model.config.extractor.mode == "layer_norm",
-            ).save_pretrained(tmp)
-            side_dir = tmp / SIDECAR
-            side_dir.mkdir()
-            save_file(side, str(side_dir / HEADS_NAME), metadata={"format": "pt"})
-            (side_dir / DESCRIPTION_NAME).write_text(
-                json.dumps(desc, indent=2, sort_keys=True) + "\n"
-            )
-            if kmeans_dir is not None:
-                shutil.copytree(kmeans_dir, side_dir / "kmeans")
-    except FileExistsError:
-        raise CheckpointError(f"{target}: exists (pass overwrite=True to replace it)") from None
-    return target
+    return write_export_dir(
+        Path(out_dir),
+        config=config,
+        hf_state=hf_state,
+        preprocessor=waveform_feature_extractor(model),
+        side=side,
+        description=desc,
+        overwrite=overwrite,
+        kmeans_dir=None if kmeans_dir is None else Path(kmeans_dir),
+    )
 
 
 def _read_hf_weights(path: Path) -> dict[str, Tensor]:

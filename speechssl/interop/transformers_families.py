@@ -37,11 +37,24 @@ import re
 from pathlib import Path
 from typing import Any
 
-import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import Tensor
 
 from speechssl.errors import CheckpointError, ConfigError
+from speechssl.interop.hf_export import (
+    DESCRIPTION_NAME,
+    HEADS_NAME,
+    SIDECAR,
+    TRANSFORMER_LAYER_RULES,
+    WAVEFORM_FRONTEND_RULES,
+    Rules,
+    fuse_qkv,
+    hf_conv_fields,
+    hf_encoder_fields,
+    split_qkv,
+    waveform_feature_extractor,
+    write_export_dir,
+)
 from speechssl.models.base import PretrainModel
 from speechssl.models.io import (
     build_from_description,
@@ -49,14 +62,8 @@ from speechssl.models.io import (
     model_description,
     state_dict_for_saving,
 )
-from speechssl.utils.atomic import atomic_dir
 
-SIDECAR = "speechssl"
-HEADS_NAME = "heads.safetensors"
-DESCRIPTION_NAME = "model.json"
 FAMILIES = ("w2v_bert", "data2vec_audio")
-
-Rules = list[tuple[str, str]]
 
 _W2V_BERT_RULES: Rules = [
     (r"frontend\.layer_norm\.(weight|bias)", r"feature_projection.layer_norm.\1"),
@@ -75,18 +82,9 @@ _W2V_BERT_QKV = (
 )
 
 _DATA2VEC_RULES: Rules = [
-    (r"frontend\.extractor\.conv_layers\.(\d+)\.conv\.(weight|bias)", r"feature_extractor.conv_layers.\1.conv.\2"),
-    (r"frontend\.extractor\.conv_layers\.(\d+)\.norm\.(weight|bias)", r"feature_extractor.conv_layers.\1.layer_norm.\2"),
-    (r"frontend\.layer_norm\.(weight|bias)", r"feature_projection.layer_norm.\1"),
-    (r"frontend\.projection\.(weight|bias)", r"feature_projection.projection.\1"),
-    (r"masker\.mask_embedding", r"masked_spec_embed"),
+    *WAVEFORM_FRONTEND_RULES,
     (r"encoder\.pos_conv\.layers\.(\d+)\.conv\.(weight|bias)", r"encoder.pos_conv_embed.layers.\1.conv.\2"),
-    (r"encoder\.layer_norm\.(weight|bias)", r"encoder.layer_norm.\1"),
-    (r"encoder\.layers\.(\d+)\.self_attn\.out_proj\.(weight|bias)", r"encoder.layers.\1.attention.out_proj.\2"),
-    (r"encoder\.layers\.(\d+)\.self_attn_layer_norm\.(weight|bias)", r"encoder.layers.\1.layer_norm.\2"),
-    (r"encoder\.layers\.(\d+)\.ffn\.fc1\.(weight|bias)", r"encoder.layers.\1.feed_forward.intermediate_dense.\2"),
-    (r"encoder\.layers\.(\d+)\.ffn\.fc2\.(weight|bias)", r"encoder.layers.\1.feed_forward.output_dense.\2"),
-    (r"encoder\.layers\.(\d+)\.final_layer_norm\.(weight|bias)", r"encoder.layers.\1.final_layer_norm.\2"),
+    *TRANSFORMER_LAYER_RULES,
 ]  # fmt: skip
 _DATA2VEC_QKV = (
     re.compile(r"encoder\.layers\.(\d+)\.self_attn\.qkv\.(weight|bias)"),
@@ -120,24 +118,7 @@ def hf_config_for(family: str, cfg: Any) -> Any:
     if family not in FAMILIES:
         raise ConfigError(f"this exporter handles {FAMILIES}, not {family!r}")
     enc = cfg.encoder
-    common: dict[str, Any] = dict(
-        hidden_size=enc.dim,
-        num_hidden_layers=enc.num_layers,
-        num_attention_heads=enc.num_heads,
-        intermediate_size=enc.ffn_dim,
-        hidden_dropout=enc.dropout,
-        activation_dropout=enc.activation_dropout,
-        attention_dropout=enc.attention_dropout,
-        feat_proj_dropout=cfg.dropout_input,
-        final_dropout=0.0,
-        layerdrop=enc.layer_drop,
-        layer_norm_eps=enc.layer_norm_eps,
-        apply_spec_augment=True,
-        mask_time_prob=0.05,
-        mask_time_length=cfg.mask.mask_length,
-        mask_time_min_masks=cfg.mask.min_masks,
-        architectures=[_HF_CLASS[family]],
-    )
+    common = hf_encoder_fields(cfg, _HF_CLASS[family])
     if family == "w2v_bert":
         from transformers import Wav2Vec2BertConfig
 
@@ -171,11 +152,7 @@ def hf_config_for(family: str, cfg: Any) -> Any:
         raise ConfigError("transformers' Data2VecAudio encoder is post-LN (layer_norm_first=False)")
     return Data2VecAudioConfig(
         hidden_act="gelu",
-        feat_extract_activation="gelu",
-        conv_dim=[c for c, _, _ in ext.conv_layers],
-        conv_kernel=[k for _, k, _ in ext.conv_layers],
-        conv_stride=[s for _, _, s in ext.conv_layers],
-        conv_bias=ext.conv_bias,
+        **hf_conv_fields(ext),
         num_conv_pos_embeddings=cfg.pos_conv_depth,
         conv_pos_kernel_size=enc.pos_conv_kernel,
         num_conv_pos_embedding_groups=enc.pos_conv_groups,
@@ -191,9 +168,8 @@ def to_transformers_state(model: PretrainModel) -> tuple[dict[str, Tensor], dict
     for name, value in state_dict_for_saving(model).items():
         m = qkv_pattern.fullmatch(name)
         if m:
-            for part, chunk in zip("qkv", value.chunk(3, dim=0), strict=True):
-                key = qkv_template.format(layer=m.group(1), part=part, kind=m.group(2))
-                hf[key] = chunk.clone()
+            for part, chunk in split_qkv(value):
+                hf[qkv_template.format(layer=m.group(1), part=part, kind=m.group(2))] = chunk
             continue
         for pattern, repl in rules:
             if re.fullmatch(pattern, name):
@@ -216,15 +192,8 @@ def _preprocessor(model: PretrainModel) -> Any:
             padding_value=0.0,
             stride=fc.stride,
         )
-    from transformers import Wav2Vec2FeatureExtractor
-
-    return Wav2Vec2FeatureExtractor(
-        feature_size=1,
-        sampling_rate=model.sample_rate,
-        padding_value=0.0,
-        do_normalize=bool(model.config.extractor.normalize_waveform),
-        return_attention_mask=True,
-    )
+    # data2vec audio: its extractor is always LayerNorm'd, so attention masks are returned
+    return waveform_feature_extractor(model)
 
 
 def export_family_to_transformers(
@@ -237,21 +206,15 @@ def export_family_to_transformers(
     hf_state, side = to_transformers_state(model)
     desc = model_description(model)
     desc["export"] = {"transformers_class": _HF_CLASS[family]}
-    target = Path(out_dir)
-    try:
-        with atomic_dir(target, overwrite=overwrite) as tmp:
-            config.save_pretrained(tmp)
-            save_file(hf_state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
-            _preprocessor(model).save_pretrained(tmp)
-            side_dir = tmp / SIDECAR
-            side_dir.mkdir()
-            save_file(side, str(side_dir / HEADS_NAME), metadata={"format": "pt"})
-            (side_dir / DESCRIPTION_NAME).write_text(
-                json.dumps(desc, indent=2, sort_keys=True) + "\n"
-            )
-    except FileExistsError:
-        raise CheckpointError(f"{target}: exists (pass overwrite=True to replace it)") from None
-    return target
+    return write_export_dir(
+        Path(out_dir),
+        config=config,
+        hf_state=hf_state,
+        preprocessor=_preprocessor(model),
+        side=side,
+        description=desc,
+        overwrite=overwrite,
+    )
 
 
 def export_w2v_bert(
@@ -324,12 +287,7 @@ def import_family_from_transformers(path: str | os.PathLike[str]) -> PretrainMod
             raise CheckpointError(
                 f"{weights_path}: weight {name!r} has no counterpart in {model.model_name}"
             )
-    for (layer, kind), parts in qkv.items():
-        if set(parts) != {"q", "k", "v"}:
-            raise CheckpointError(f"{weights_path}: layer {layer} lacks some of q/k/v {kind}")
-        weights[f"encoder.layers.{layer}.self_attn.qkv.{kind}"] = torch.cat(
-            [parts["q"], parts["k"], parts["v"]], dim=0
-        )
+    weights.update(fuse_qkv(qkv, str(weights_path)))
     heads = root / SIDECAR / HEADS_NAME
     if heads.is_file():
         weights.update(load_file(str(heads)))
