@@ -34,7 +34,10 @@ from speechssl.core.transformer import (
     FeedForward,
     SelfAttention,
     activation_function,
+    check_encoder_shape,
     init_bert_params,
+    layers_to_run,
+    run_layer_stack,
 )
 from speechssl.errors import ConfigError
 
@@ -80,10 +83,7 @@ class ConformerEncoderConfig:
     """Epsilon of every LayerNorm."""
 
     def __post_init__(self) -> None:
-        if self.dim % self.num_heads != 0:
-            raise ConfigError(
-                f"conformer dim {self.dim} is not divisible by num_heads {self.num_heads}"
-            )
+        check_encoder_shape("conformer", self.dim, self.num_heads, self.layer_drop)
         if self.depthwise_kernel < 1 or self.depthwise_kernel % 2 == 0:
             raise ConfigError(
                 f"conformer depthwise_kernel must be odd and >= 1, got {self.depthwise_kernel}"
@@ -95,8 +95,6 @@ class ConformerEncoderConfig:
             )
         if self.max_left_distance < 0 or self.max_right_distance < 0:
             raise ConfigError("conformer relative distances must be >= 0")
-        if not 0.0 <= self.layer_drop < 1.0:
-            raise ConfigError(f"layer_drop must be in [0, 1), got {self.layer_drop}")
         activation_function(self.activation)
 
 
@@ -278,8 +276,7 @@ class ConformerEncoder(nn.Module):
     ) -> EncoderOutput:
         """Encode ``x [N, S, D]``; ``padding_mask [N, S]`` True at padding; ``num_layers``
         stops after that many layers."""
-        if num_layers is not None and not 0 <= num_layers <= len(self.layers):
-            raise ValueError(f"num_layers must be in [0, {len(self.layers)}], got {num_layers}")
+        stop = layers_to_run(num_layers, len(self.layers))
         if padding_mask is not None and not bool(padding_mask.any()):
             padding_mask = None
         attn_mask = None
@@ -287,20 +284,15 @@ class ConformerEncoder(nn.Module):
             x = x.masked_fill(padding_mask.unsqueeze(-1), 0.0)
             attn_mask = (~padding_mask)[:, None, None, :]
         x = self.dropout(x)
-        hidden: list[Tensor] | None = [x] if output_hidden_states else None
-        stop = len(self.layers) if num_layers is None else num_layers
-        for index, layer in enumerate(self.layers):
-            if index >= stop:
-                break
-            skip = (
-                self.training
-                and self.layer_drop > 0
-                and float(torch.rand((), device="cpu")) < self.layer_drop
-            )
-            if not skip:
-                x = layer(x, attn_mask, padding_mask)
-            if hidden is not None:
-                hidden.append(x)
+        x, hidden = run_layer_stack(
+            self.layers,
+            x,
+            stop,
+            lambda layer, h: layer(h, attn_mask, padding_mask),
+            layer_drop=self.layer_drop,
+            training=self.training,
+            output_hidden_states=output_hidden_states,
+        )
         return EncoderOutput(last_hidden_state=x, hidden_states=hidden)
 
 

@@ -15,7 +15,7 @@ is applied only to ``last_hidden_state``.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import torch
@@ -55,16 +55,52 @@ class TransformerEncoderConfig:
     """Epsilon of every LayerNorm."""
 
     def __post_init__(self) -> None:
-        if self.dim % self.num_heads != 0:
-            raise ConfigError(
-                f"encoder dim {self.dim} is not divisible by num_heads {self.num_heads}"
-            )
+        check_encoder_shape("encoder", self.dim, self.num_heads, self.layer_drop)
         if self.pos_conv_kernel > 0 and self.dim % self.pos_conv_groups != 0:
             raise ConfigError(
                 f"encoder dim {self.dim} is not divisible by pos_conv_groups {self.pos_conv_groups}"
             )
-        if not 0.0 <= self.layer_drop < 1.0:
-            raise ConfigError(f"layer_drop must be in [0, 1), got {self.layer_drop}")
+
+
+def check_encoder_shape(what: str, dim: int, num_heads: int, layer_drop: float) -> None:
+    """Config checks every encoder shares: heads divide the dim, layer drop in [0, 1)."""
+    if dim % num_heads != 0:
+        raise ConfigError(f"{what} dim {dim} is not divisible by num_heads {num_heads}")
+    if not 0.0 <= layer_drop < 1.0:
+        raise ConfigError(f"layer_drop must be in [0, 1), got {layer_drop}")
+
+
+def layers_to_run(num_layers: int | None, total: int) -> int:
+    """How many of ``total`` layers an encoder call runs (``num_layers``, default all)."""
+    if num_layers is not None and not 0 <= num_layers <= total:
+        raise ValueError(f"num_layers must be in [0, {total}], got {num_layers}")
+    return total if num_layers is None else num_layers
+
+
+def run_layer_stack(
+    layers: Iterable[nn.Module],
+    x: Tensor,
+    stop: int,
+    apply: Callable[[nn.Module, Tensor], Tensor],
+    *,
+    layer_drop: float,
+    training: bool,
+    output_hidden_states: bool,
+) -> tuple[Tensor, list[Tensor] | None]:
+    """Run the first ``stop`` layers on ``x`` via ``apply(layer, x)``, skipping each with
+    probability ``layer_drop`` while training (one CPU draw per layer, so the draws do not
+    depend on the device); with ``output_hidden_states`` also the input and every layer's
+    output."""
+    hidden: list[Tensor] | None = [x] if output_hidden_states else None
+    for index, layer in enumerate(layers):
+        if index >= stop:
+            break
+        skip = training and layer_drop > 0 and float(torch.rand((), device="cpu")) < layer_drop
+        if not skip:
+            x = apply(layer, x)
+        if hidden is not None:
+            hidden.append(x)
+    return x, hidden
 
 
 class ConvPositionalEmbedding(nn.Module):
@@ -255,8 +291,7 @@ class TransformerEncoder(nn.Module):
 
         ``num_layers`` stops after that many layers (no final LayerNorm then).
         """
-        if num_layers is not None and not 0 <= num_layers <= len(self.layers):
-            raise ValueError(f"num_layers must be in [0, {len(self.layers)}], got {num_layers}")
+        stop = layers_to_run(num_layers, len(self.layers))
         if padding_mask is not None:
             # padded frames must not leak into real ones through the position convolution
             x = x.masked_fill(padding_mask.unsqueeze(-1), 0.0)
@@ -271,20 +306,15 @@ class TransformerEncoder(nn.Module):
         x = self.dropout(x)
         attn_mask = attention_mask_from_padding(padding_mask)
 
-        hidden: list[Tensor] | None = [x] if output_hidden_states else None
-        stop = len(self.layers) if num_layers is None else num_layers
-        for index, layer in enumerate(self.layers):
-            if index >= stop:
-                break
-            skip = (
-                self.training
-                and self.layer_drop > 0
-                and float(torch.rand((), device="cpu")) < self.layer_drop
-            )
-            if not skip:
-                x = layer(x, attn_mask)
-            if hidden is not None:
-                hidden.append(x)
+        x, hidden = run_layer_stack(
+            self.layers,
+            x,
+            stop,
+            lambda layer, h: layer(h, attn_mask),
+            layer_drop=self.layer_drop,
+            training=self.training,
+            output_hidden_states=output_hidden_states,
+        )
         if self.layer_norm_first and stop == len(self.layers):
             x = self.layer_norm(x)
         return EncoderOutput(last_hidden_state=x, hidden_states=hidden)
