@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
+from typing import Any
 
 
 def add_verbs(verbs: argparse._SubParsersAction) -> None:
@@ -49,54 +51,44 @@ def add_verbs(verbs: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_librilight)
 
 
-def _finish(result: object) -> int:
-    from speechssl.data.prep.common import PrepResult
+def _run_prepare(prepare: Callable[..., object], *args: Any, **kwargs: Any) -> int:
+    """Run a corpus preparation and print its summary lines; on a CorpusProblems error
+    print every problem (each names its file) before it propagates."""
+    from speechssl.data.prep.common import CorpusProblems, PrepResult
 
+    try:
+        result = prepare(*args, **kwargs)
+    except CorpusProblems as exc:
+        for problem in exc.problems:
+            print(f"error: {problem}", file=sys.stderr)
+        raise
     assert isinstance(result, PrepResult)
     for line in result.lines():
         print(line)
     return 0
 
 
-def _print_problems(exc: Exception) -> None:
-    from speechssl.data.prep.common import CorpusProblems
-
-    if isinstance(exc, CorpusProblems):
-        for problem in exc.problems:
-            print(f"error: {problem}", file=sys.stderr)
-
-
 def _librispeech(args: argparse.Namespace) -> int:
-    from speechssl.data.prep.common import CorpusProblems
     from speechssl.data.prep.librispeech import prepare_librispeech
 
-    try:
-        result = prepare_librispeech(
-            args.corpus_dir,
-            args.split,
-            args.out,
-            tolerant=args.tolerant,
-            per_chapter_speakers=args.per_chapter_speakers,
-        )
-    except CorpusProblems as exc:
-        _print_problems(exc)
-        raise
-    return _finish(result)
+    return _run_prepare(
+        prepare_librispeech,
+        args.corpus_dir,
+        args.split,
+        args.out,
+        tolerant=args.tolerant,
+        per_chapter_speakers=args.per_chapter_speakers,
+    )
 
 
 def _librilight(args: argparse.Namespace) -> int:
-    from speechssl.data.prep.common import CorpusProblems
     from speechssl.data.prep.librilight import prepare_librilight
 
-    try:
-        result = prepare_librilight(
-            args.corpus_dir,
-            args.subset,
-            args.out,
-            max_segment=args.max_segment,
-            tolerant=args.tolerant,
-        )
-    except CorpusProblems as exc:
-        _print_problems(exc)
-        raise
-    return _finish(result)
+    return _run_prepare(
+        prepare_librilight,
+        args.corpus_dir,
+        args.subset,
+        args.out,
+        max_segment=args.max_segment,
+        tolerant=args.tolerant,
+    )

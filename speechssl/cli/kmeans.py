@@ -205,29 +205,18 @@ def cmd_apply(args: argparse.Namespace) -> int:
     from speechssl.units.labels import apply_to_audio, apply_to_store
 
     _set_threads(args.threads)
+    # sharding, device and rerun options are the same for both label sources
+    shared: dict[str, Any] = dict(
+        nshard=args.nshard,
+        rank=args.rank,
+        device=args.device,
+        overwrite=args.overwrite,
+        frame_window_s=args.frame_window,
+    )
     if args.features is not None:
-        summary = apply_to_store(
-            args.kmeans,
-            args.features,
-            args.out,
-            nshard=args.nshard,
-            rank=args.rank,
-            device=args.device,
-            overwrite=args.overwrite,
-            frame_window_s=args.frame_window,
-        )
+        summary = apply_to_store(args.kmeans, args.features, args.out, **shared)
     else:
-        summary = apply_to_audio(
-            args.kmeans,
-            args.data,
-            args.out,
-            nshard=args.nshard,
-            rank=args.rank,
-            device=args.device,
-            overwrite=args.overwrite,
-            tolerant=args.tolerant,
-            frame_window_s=args.frame_window,
-        )
+        summary = apply_to_audio(args.kmeans, args.data, args.out, tolerant=args.tolerant, **shared)
     fps = summary["frames"] / summary["seconds"] if summary["seconds"] > 0 else None
     print(json.dumps({**summary, "frames_per_second": fps}))
     return 0
