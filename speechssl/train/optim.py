@@ -32,9 +32,7 @@ def _warmup(cfg: OptimConfig, step: int) -> float | None:
     return None
 
 
-@SCHEDULES.register("polynomial_decay")
-def polynomial_decay(cfg: OptimConfig, total_steps: int, step: int) -> float:
-    """Warmup, then ``end_lr + (lr - end_lr) * (1 - progress) ** power``; ``end_lr`` after."""
+def _warmup_then_power_decay(cfg: OptimConfig, total_steps: int, step: int, power: float) -> float:
     warm = _warmup(cfg, step)
     if warm is not None:
         return warm
@@ -42,19 +40,20 @@ def polynomial_decay(cfg: OptimConfig, total_steps: int, step: int) -> float:
         return cfg.end_lr
     span = max(1, total_steps - cfg.warmup_steps)
     remaining = 1.0 - (step - cfg.warmup_steps) / span
-    return cfg.end_lr + (cfg.lr - cfg.end_lr) * remaining**cfg.power
+    return cfg.end_lr + (cfg.lr - cfg.end_lr) * remaining**power
+
+
+@SCHEDULES.register("polynomial_decay")
+def polynomial_decay(cfg: OptimConfig, total_steps: int, step: int) -> float:
+    """Warmup, then ``end_lr + (lr - end_lr) * (1 - progress) ** power``; ``end_lr`` after."""
+    return _warmup_then_power_decay(cfg, total_steps, step, cfg.power)
 
 
 @SCHEDULES.register("linear")
 def linear_decay(cfg: OptimConfig, total_steps: int, step: int) -> float:
     """Warmup, then linear decay to ``end_lr`` (polynomial decay with power 1)."""
-    warm = _warmup(cfg, step)
-    if warm is not None:
-        return warm
-    if step >= total_steps:
-        return cfg.end_lr
-    span = max(1, total_steps - cfg.warmup_steps)
-    return cfg.end_lr + (cfg.lr - cfg.end_lr) * (1.0 - (step - cfg.warmup_steps) / span)
+    # x ** 1.0 == x exactly in IEEE arithmetic, so this is the plain linear formula
+    return _warmup_then_power_decay(cfg, total_steps, step, 1.0)
 
 
 @SCHEDULES.register("cosine")
