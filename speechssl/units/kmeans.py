@@ -198,6 +198,18 @@ class KMeansModel:
             x = (x - self.mean) / self.std
         return x
 
+    def _checked_input(self, x: Tensor | np.ndarray) -> Tensor:
+        """Raw features ``[N, dim]`` (tensor or array) -> normalised float32 on the model's
+        device; a ConfigError when the shape does not fit."""
+        if isinstance(x, np.ndarray):
+            arr = np.ascontiguousarray(x)
+            xt = torch.from_numpy(arr if arr.flags.writeable else arr.copy())
+        else:
+            xt = x
+        if xt.ndim != 2 or xt.shape[1] != self.dim:
+            raise ConfigError(f"features of shape {tuple(xt.shape)}, model expects [N, {self.dim}]")
+        return self.normalize(xt)
+
     def assign(
         self, x: Tensor | np.ndarray, chunk_elems: int | None = None
     ) -> tuple[Tensor, Tensor]:
@@ -206,14 +218,7 @@ class KMeansModel:
 
         Returns ``(labels [N] int64, squared distance [N] float32)``.
         """
-        if isinstance(x, np.ndarray):
-            arr = np.ascontiguousarray(x)
-            xt = torch.from_numpy(arr if arr.flags.writeable else arr.copy())
-        else:
-            xt = x
-        if xt.ndim != 2 or xt.shape[1] != self.dim:
-            raise ConfigError(f"features of shape {tuple(xt.shape)}, model expects [N, {self.dim}]")
-        xn = self.normalize(xt)
+        xn = self._checked_input(x)
         cnorm = (self.centroids * self.centroids).sum(1)
         rows = _chunk_rows(chunk_elems or default_chunk_elems(self.centroids.device), self.k)
         labels, dists = [], []
@@ -228,14 +233,7 @@ class KMeansModel:
     def labels(self, x: Tensor | np.ndarray, chunk_elems: int | None = None) -> Tensor:
         """Nearest centroid of each row of ``x`` ``[N, dim]`` (raw features), ``[N]`` int64;
         like :meth:`assign` without computing the distances."""
-        if isinstance(x, np.ndarray):
-            arr = np.ascontiguousarray(x)
-            xt = torch.from_numpy(arr if arr.flags.writeable else arr.copy())
-        else:
-            xt = x
-        if xt.ndim != 2 or xt.shape[1] != self.dim:
-            raise ConfigError(f"features of shape {tuple(xt.shape)}, model expects [N, {self.dim}]")
-        xn = self.normalize(xt)
+        xn = self._checked_input(x)
         cnorm = (self.centroids * self.centroids).sum(1).unsqueeze(0)
         ct = self.centroids.t()
         rows = _chunk_rows(chunk_elems or default_chunk_elems(self.centroids.device), self.k)
