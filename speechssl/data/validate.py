@@ -1065,18 +1065,22 @@ class _Validator:
             rate, _, frames = infos[key]
             return frames / rate
 
-        if self.has("reco2dur"):
-            for lineno, key, rest in iter_rows(self.dir / "reco2dur", only_values=wanted):
+        def check_duration_table(table: str) -> None:
+            # reco2dur / utt2dur: a duration per key whose audio we read
+            for lineno, key, rest in iter_rows(self.dir / table, only_values=wanted):
                 if key in infos and len(rest) == 1:
                     d = _positive(rest[0], integer=False)
                     if d is not None and abs(d - seconds(key)) > tol:
                         self.err(
                             "duration-mismatch",
-                            "reco2dur",
+                            table,
                             lineno,
                             key,
                             f"{d} s but the audio is {seconds(key):.4f} s",
                         )
+
+        if self.has("reco2dur"):
+            check_duration_table("reco2dur")
         if has_segments:
             for lineno, utt, rest in iter_rows(self.dir / "segments", only_values=wanted, field=1):
                 if len(rest) != 3 or rest[0] not in infos:
@@ -1095,17 +1099,7 @@ class _Validator:
                     )
             return
         if self.has("utt2dur"):
-            for lineno, key, rest in iter_rows(self.dir / "utt2dur", only_values=wanted):
-                if key in infos and len(rest) == 1:
-                    d = _positive(rest[0], integer=False)
-                    if d is not None and abs(d - seconds(key)) > tol:
-                        self.err(
-                            "duration-mismatch",
-                            "utt2dur",
-                            lineno,
-                            key,
-                            f"{d} s but the audio is {seconds(key):.4f} s",
-                        )
+            check_duration_table("utt2dur")
         if self.has("utt2num_samples"):
             for lineno, key, rest in iter_rows(self.dir / "utt2num_samples", only_values=wanted):
                 if key in infos and len(rest) == 1:
