@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from torch import Tensor, nn
@@ -303,6 +303,30 @@ class GumbelContrastMixin(nn.Module):
         return QuantizedContrast(
             quantized=q, pred=pred, targets=targets, distractors=targets[index], valid=valid
         )
+
+
+class GumbelQuantizerSettings(Protocol):
+    """The config fields a Gumbel quantizer is built from (wav2vec 2.0, w2v-BERT)."""
+
+    codebook_groups: int
+    codebook_vars: int
+    gumbel_temp: tuple[float, float, float]
+    distributed_perplexity: bool
+
+
+def build_gumbel_quantizer(
+    config: GumbelQuantizerSettings, input_dim: int, codevector_dim: int
+) -> GumbelVectorQuantizer:
+    """The Gumbel quantizer of ``config``'s codebooks and temperature schedule, quantizing
+    ``input_dim`` features into ``codevector_dim`` code vectors."""
+    return GumbelVectorQuantizer(
+        input_dim,
+        config.codebook_groups,
+        config.codebook_vars,
+        codevector_dim,
+        config.gumbel_temp,
+        distributed=config.distributed_perplexity,
+    )
 
 
 def quantizer_metrics(q: QuantizerOutput) -> dict[str, Tensor]:

@@ -53,6 +53,7 @@ from speechssl.frontends.fbank_stack import FbankStackConfig, FbankStackFrontend
 from speechssl.models.base import PretrainOutput
 from speechssl.models.common import (
     GumbelContrastMixin,
+    build_gumbel_quantizer,
     check_gumbel_temp,
     check_num_negatives,
     coerce_subconfigs,
@@ -233,14 +234,7 @@ def build_w2v_bert(config: W2VBertConfig) -> W2VBertModel:
     frontend = FbankStackFrontend(config.frontend, config.encoder.dim, config.dropout_input)
     masker = SpanMasker(config.encoder.dim, config.mask)
     encoder = build_conformer_encoder(config.encoder)
-    quantizer = GumbelVectorQuantizer(
-        config.frontend.feature_dim,
-        config.codebook_groups,
-        config.codebook_vars,
-        config.vq_dim,
-        config.gumbel_temp,
-        distributed=config.distributed_perplexity,
-    )
+    quantizer = build_gumbel_quantizer(config, config.frontend.feature_dim, config.vq_dim)
     contrastive = ContrastiveObjective(
         config.logit_temp, config.diversity_weight, feature_penalty_weight=0.0
     )

@@ -33,6 +33,7 @@ from speechssl.models.common import (
     GumbelContrastMixin,
     base_group_norm_extractor,
     base_transformer_encoder,
+    build_gumbel_quantizer,
     check_gumbel_temp,
     check_num_negatives,
     coerce_subconfigs,
@@ -164,14 +165,7 @@ def build_wav2vec2(config: Wav2Vec2Config) -> Wav2Vec2Model:
     frontend = WaveformFrontend(config.extractor, config.encoder.dim, config.dropout_input)
     masker = SpanMasker(config.encoder.dim, config.mask)
     encoder = build_transformer_encoder(config.encoder)
-    quantizer = GumbelVectorQuantizer(
-        config.extractor.out_dim,
-        config.codebook_groups,
-        config.codebook_vars,
-        config.codevector_dim,
-        config.gumbel_temp,
-        distributed=config.distributed_perplexity,
-    )
+    quantizer = build_gumbel_quantizer(config, config.extractor.out_dim, config.codevector_dim)
     objective = ContrastiveObjective(
         config.logit_temp, config.diversity_weight, config.feature_penalty_weight
     )
