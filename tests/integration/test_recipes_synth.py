@@ -76,9 +76,9 @@ def test_synth_hubert_two_iterations(synth_corpus: Path, tmp_path: Path) -> None
     res = run(hubert_args(synth_corpus, exp))
     assert res.returncode == 0, res.stderr[-3000:]
     results = check_summary(exp, 2)
-    assert results["units"][1]["features"] == "model layer 2"
-    meta = json.loads((exp / "dump" / "iter1_layer2" / "train" / "meta.json").read_text())
-    assert meta["kind"] == "model" and meta["extractor"]["layer"] == 2
+    assert results["units"][1]["features"] == "model layer 1"
+    meta = json.loads((exp / "dump" / "iter1_layer1" / "train" / "meta.json").read_text())
+    assert meta["kind"] == "model" and meta["extractor"]["layer"] == 1
 
 
 @pytest.mark.slow
