@@ -106,8 +106,11 @@ def test_synth_hubert_plan(tmp_path: Path) -> None:
     assert opts(fit)["--features"] == f"{exp}/dump/mfcc/train"
     report = inner(plan[5][-1])
     assert opts(report)["--alignments"] == "../data/dev/ali.phones"
-    train1 = opts(inner(plan[6][0]))
-    assert train1["model"] == "hubert_tiny"
+    train1_cmd = inner(plan[6][0])
+    # the corpus's tuned model preset lives in egs/synth/hubert/conf/train/model/
+    assert train1_cmd[train1_cmd.index("--config-dir") + 1] == "conf/train"
+    train1 = opts(train1_cmd)
+    assert train1["model"] == "hubert_tiny_synth"
     assert train1["data.labels"] == f"[{exp}/iter1/labels/train]"
     assert train1["data.dev_labels"] == f"[{exp}/iter1/labels/dev]"
     assert train1["trainer.exp_dir"] == f"{exp}/iter1/train"
