@@ -159,9 +159,15 @@ def test_killed_mid_stage_then_rerun_matches_uninterrupted(
         assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
         assert time.monotonic() - t0 < 600, "no checkpoint in 10 minutes"
         time.sleep(0.05)
-    for pid in _session_pids(proc.pid):
+    killed = _session_pids(proc.pid)
+    for pid in killed:
         os.kill(pid, signal.SIGKILL)
     proc.wait()
+    # SIGKILL is asynchronous: the recipe's lock is free once the last killed process is gone
+    t0 = time.monotonic()
+    while set(killed) & set(_session_pids(proc.pid)):
+        assert time.monotonic() - t0 < 60, "killed processes did not exit"
+        time.sleep(0.05)
     assert not (exp / ".stages" / "stage-06.train_iter1.done").exists()
     assert (exp / ".stages" / "stage-05.labels_iter1.done").exists()
 
