@@ -31,17 +31,30 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     sample.add_argument("--max-frames", type=int, help="use utterances up to this many frames")
     fit.add_argument("--seed", type=int, default=0)
     fit.add_argument("--mode", choices=["lloyd", "minibatch"], default="lloyd")
-    fit.add_argument("--max-iter", type=int, default=100, help="iterations (epochs in minibatch)")
+    fit.add_argument(
+        "--max-iter",
+        type=int,
+        default=100,
+        help="full-batch iterations (epochs in minibatch mode); 0 with --minibatch-epochs: "
+        "the mini-batch epochs alone",
+    )
     fit.add_argument("--tol", type=float, default=1e-4, help="relative inertia change to stop at")
     fit.add_argument("--n-init", type=int, default=3, help="k-means++ restarts")
     fit.add_argument("--init-sample-frames", type=int, help="frames in the init sample")
+    fit.add_argument(
+        "--init-lloyd-iters",
+        type=int,
+        default=10,
+        help="Lloyd iterations on the init sample refining each restart",
+    )
     fit.add_argument("--batch-size", type=int, default=10000, help="mini-batch size (frames)")
     fit.add_argument(
         "--minibatch-epochs",
         type=float,
         default=0.0,
-        help="lloyd mode: mini-batch epochs before the full-batch iterations (a fast start; "
-        "e.g. 0.5 with --max-iter 2 for a quick, coarser fit)",
+        help="lloyd mode: mini-batch epochs before the full-batch iterations (a fast start). "
+        "Fastest: --minibatch-epochs 0.3 --max-iter 0 --n-init 1 --init-lloyd-iters 3 (on "
+        "1M MFCC frames still a lower inertia than fairseq's scikit-learn settings)",
     )
     fit.add_argument("--normalize", choices=["none", "global_mv"], default="none")
     fit.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
@@ -120,6 +133,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
         tol=args.tol,
         n_init=args.n_init,
         init_sample_frames=args.init_sample_frames,
+        init_lloyd_iters=args.init_lloyd_iters,
         batch_size=args.batch_size,
         minibatch_epochs=args.minibatch_epochs,
         normalize=args.normalize,

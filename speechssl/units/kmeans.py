@@ -94,7 +94,9 @@ class KMeansConfig:
     mode: str = "lloyd"
     """``lloyd`` (full batch, streaming) or ``minibatch``."""
     max_iter: int = 100
-    """Lloyd: maximum iterations. Mini-batch: maximum epochs over the data."""
+    """Lloyd: maximum iterations; 0 with ``minibatch_epochs > 0`` runs the mini-batch epochs
+    alone (the fastest setting; the final pass still measures the inertia on all frames).
+    Mini-batch: maximum epochs over the data."""
     tol: float = 1e-4
     """Stop when the relative inertia decrease between iterations falls below this."""
     n_init: int = 3
@@ -142,8 +144,16 @@ class KMeansConfig:
             raise ConfigError(f"mode must be one of {MODES}, got {self.mode!r}")
         if self.normalize not in NORMALIZATIONS:
             raise ConfigError(f"normalize must be one of {NORMALIZATIONS}, got {self.normalize!r}")
-        if self.max_iter < 1 or self.n_init < 1 or self.batch_size < 1:
-            raise ConfigError("max_iter, n_init and batch_size must be >= 1")
+        if self.n_init < 1 or self.batch_size < 1 or self.init_lloyd_iters < 0:
+            raise ConfigError("n_init and batch_size must be >= 1, init_lloyd_iters >= 0")
+        if self.max_iter < 0 or (
+            self.max_iter == 0 and not (self.mode == "lloyd" and self.minibatch_epochs > 0)
+        ):
+            raise ConfigError(
+                f"max_iter must be >= 1, or 0 in lloyd mode with minibatch_epochs > 0 "
+                f"(mini-batch epochs only); got max_iter={self.max_iter}, mode={self.mode!r}, "
+                f"minibatch_epochs={self.minibatch_epochs}"
+            )
         if self.minibatch_epochs < 0:
             raise ConfigError(f"minibatch_epochs must be >= 0, got {self.minibatch_epochs}")
         if self.tol < 0:

@@ -131,6 +131,23 @@ def test_minibatch_close_to_lloyd(gmm):
     assert mb.meta["inertia_per_frame"] < lloyd.meta["inertia_per_frame"] * 1.03
 
 
+def test_minibatch_epochs_alone_then_final_pass(gmm):
+    root, truth = gmm
+    lloyd = fit_kmeans(root, _small_cfg()).model
+    result = fit_kmeans(root, _small_cfg(minibatch_epochs=0.5, max_iter=0, batch_size=500))
+    fast = result.model
+    stages = [h["stage"] for h in result.history]
+    assert "lloyd" not in stages and stages[-1] == "final"
+    assert fast.meta["inertia_per_frame"] < lloyd.meta["inertia_per_frame"] * 1.05
+    store = FeatureStore(root)
+    labels = np.concatenate([fast.assign(store[u])[0].numpy() for u in truth])
+    assert _purity(labels, np.concatenate(list(truth.values()))) > 0.95
+    # no full-batch iterations and no mini-batch epochs: nothing would be fitted
+    for bad in (dict(max_iter=0), dict(max_iter=0, mode="minibatch"), dict(max_iter=-1)):
+        with pytest.raises(ConfigError, match="max_iter must be >= 1"):
+            _small_cfg(**bad).validate()
+
+
 def test_global_mv_normalisation_is_stored(gmm):
     root, _ = gmm
     store = FeatureStore(root)
