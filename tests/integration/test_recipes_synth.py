@@ -81,7 +81,7 @@ def test_synth_hubert_two_iterations(synth_corpus: Path, tmp_path: Path) -> None
     assert meta["kind"] == "model" and meta["extractor"]["layer"] == 1
 
 
-@pytest.mark.slow
+# default suite: CI runs a shortened recipe of every method (HuBERT's one-iteration test above)
 @pytest.mark.parametrize("method", ["wav2vec2", "w2v_bert"])
 def test_synth_label_free_recipes(method: str, synth_corpus: Path, tmp_path: Path) -> None:
     from speechssl.models.registry import list_models
