@@ -62,6 +62,25 @@ def test_kmeans_plusplus_is_deterministic_and_spreads_centers():
         kmeans_plusplus(x[:5], 6, g)
 
 
+def test_kmeans_plusplus_restarts_in_lockstep_are_independent_seedings():
+    centers = torch.randn(8, 6) * 20
+    x = (centers.repeat_interleave(40, 0) + torch.randn(320, 6)).contiguous()
+    seeds = kmeans_plusplus(x, 8, torch.Generator().manual_seed(3), restarts=4)
+    again = kmeans_plusplus(x, 8, torch.Generator().manual_seed(3), restarts=4)
+    assert seeds.shape == (4, 8, 6) and torch.equal(seeds, again)
+    for r in range(4):
+        # every seed is a row of x, and each restart takes one seed per blob
+        assert (seeds[r][:, None, :] == x[None]).all(-1).any(1).all()
+        assert sorted(torch.cdist(seeds[r], centers).argmin(1).tolist()) == list(range(8))
+    # the restarts draw their own candidates: not four copies of one seeding
+    assert len({tuple(seeds[r, 0].tolist()) for r in range(4)}) > 1
+    # one restart in lockstep is exactly the plain call
+    plain = kmeans_plusplus(x, 8, torch.Generator().manual_seed(5))
+    assert torch.equal(
+        kmeans_plusplus(x, 8, torch.Generator().manual_seed(5), restarts=1)[0], plain
+    )
+
+
 def test_fit_recovers_mixture(gmm):
     root, truth = gmm
     result = fit_kmeans(root, _small_cfg())
