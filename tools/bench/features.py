@@ -1,6 +1,8 @@
 """Benchmark speechssl's batched Kaldi features against their peers, same inputs, same process.
 
-Cases (one JSON line per case and peer, medians of ``--repeats`` timed runs after a warm-up):
+Cases (one JSON line per case and peer, medians of ``--repeats`` timed runs after a warm-up;
+on CPU ours and the peers run interleaved, one of each per round, so drift in the machine's
+speed hits every side alike):
 
 * ``one-long``: one utterance of ``--long-seconds`` (15 s) at 16 kHz.
 * ``batch``: ``--num-utts`` (64) utterances of uniformly random length in
@@ -20,6 +22,7 @@ from the device name), from CUDA-event timings and the bytes each pass must move
     OMP_NUM_THREADS=2 python tools/bench/features.py                      # full CPU + CUDA
     python tools/bench/features.py --long-seconds 3 --num-utts 8 --repeats 3   # quick
     OMP_NUM_THREADS=1 python tools/bench/features.py --threads 1 --clock cpu  # busy machine
+    OMP_NUM_THREADS=2 python tools/bench/features.py --profile    # + where our CPU time goes
 """
 
 from __future__ import annotations
@@ -61,6 +64,21 @@ def median_time(fn: Callable[[], Any], repeats: int, sync: bool = False) -> floa
             torch.cuda.synchronize()
         times.append(clock() - start)
     return statistics.median(times)
+
+
+def interleaved_medians(fns: dict[str, Callable[[], Any]], repeats: int) -> dict[str, float]:
+    """Median time of each function, the runs interleaved (one of each per round), so a
+    machine whose speed drifts during the run (a shared VM) slows every side alike."""
+    clock = CLOCK["fn"]
+    for fn in fns.values():
+        fn()  # warm-up
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            start = clock()
+            fn()
+            times[name].append(clock() - start)
+    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def make_inputs(args: argparse.Namespace) -> dict[str, list[np.ndarray]]:
@@ -136,8 +154,6 @@ def cpu_case(
     batch, lengths = padded(waves, "cpu")
     audio_s = sum(len(w) for w in waves) / RATE
     with torch.inference_mode():
-        ours_fb = median_time(lambda: compute_features(batch, lengths, fbank_opts), args.repeats)
-        ours_mf = median_time(lambda: compute_features(batch, lengths, mfcc_opts), args.repeats)
         peers: dict[str, dict[str, Callable[[], Any]]] = {
             "fbank": {
                 "torchaudio.compliance.kaldi.fbank": lambda: [
@@ -153,9 +169,15 @@ def cpu_case(
                 ],
             },
         }
-        for feat, ours in (("fbank", ours_fb), ("mfcc", ours_mf)):
-            for peer, fn in peers[feat].items():
-                t_peer = median_time(fn, args.repeats)
+        ours_fn = {
+            "fbank": lambda: compute_features(batch, lengths, fbank_opts),
+            "mfcc": lambda: compute_features(batch, lengths, mfcc_opts),
+        }
+        for feat in ("fbank", "mfcc"):
+            t = interleaved_medians({"ours": ours_fn[feat], **peers[feat]}, args.repeats)
+            ours = t["ours"]
+            for peer in peers[feat]:
+                t_peer = t[peer]
                 emit(
                     {
                         "what": f"{feat} {case}",
@@ -170,6 +192,80 @@ def cpu_case(
                         "audio_s": round(audio_s, 2),
                     }
                 )
+
+
+#: aten operators of our CPU fbank path, grouped by pipeline stage (for --profile)
+STAGES = {
+    "gather frames": ("aten::index_select", "aten::index", "aten::nonzero"),
+    "dc/preemph/window": ("aten::mean", "aten::sub", "aten::sub_", "aten::mul", "aten::mul_"),
+    "rfft": ("aten::_fft_r2c",),
+    "power": ("aten::pow", "aten::square", "aten::addcmul"),
+    "mel": ("aten::mm", "aten::cat"),
+    "log": ("aten::clamp_min_", "aten::log_"),
+    "write output": ("aten::index_copy_", "aten::zeros", "aten::fill_", "aten::zero_"),
+}
+
+
+def cpu_profile(args: argparse.Namespace, waves: list[np.ndarray]) -> None:
+    """Where our CPU fbank time goes on the batch case: self CPU time per pipeline stage
+    (torch profiler, summed over ``--repeats`` calls, reported per call), next to
+    torchaudio's per-utterance total, and what the 5x target leaves for everything but the
+    FFT."""
+    import torchaudio.compliance.kaldi as K
+    from torch.profiler import ProfilerActivity, profile
+
+    opts = FbankOptions(frame=FrameOptions(sample_frequency=RATE), mel=MelOptions(num_mel_bins=80))
+    batch, lengths = padded(waves, "cpu")
+    tw = [torch.from_numpy(w) for w in waves]
+    frames = int(sum(max(0, 1 + (len(w) - 400) // 160) for w in waves))
+    chunk = torch.randn(2048, 512)
+    tail = torch.randn(frames % 2048, 512)
+
+    def fft_only() -> None:
+        # the FFT alone, on as many zero-padded frames, in our chunk size: a floor for any
+        # implementation built on torch.fft (which torchaudio calls too)
+        for _ in range(frames // 2048):
+            torch.fft.rfft(chunk)
+        torch.fft.rfft(tail)
+
+    with torch.inference_mode():
+        t = interleaved_medians(
+            {
+                "ours": lambda: compute_features(batch, lengths, opts),
+                "peer": lambda: [
+                    K.fbank(w.unsqueeze(0), num_mel_bins=80, dither=0.0, energy_floor=0.0)
+                    for w in tw
+                ],
+                "fft": fft_only,
+            },
+            args.repeats,
+        )
+        ours, peer, fft_alone = t["ours"], t["peer"], t["fft"]
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            for _ in range(args.repeats):
+                compute_features(batch, lengths, opts)
+    per_op = {e.key: e.self_cpu_time_total / 1e3 / args.repeats for e in prof.key_averages()}
+    stages = {name: sum(per_op.get(op, 0.0) for op in ops) for name, ops in STAGES.items()}
+    listed = {op for ops in STAGES.values() for op in ops}
+    stages["other"] = sum(v for k, v in per_op.items() if k not in listed)
+    budget_ms = peer / 5 * 1e3
+    emit(
+        {
+            "what": "fbank batch profile",
+            "device": "cpu",
+            "threads": torch.get_num_threads(),
+            "ours_ms": round(ours * 1e3, 2),
+            "peer": "torchaudio.compliance.kaldi.fbank",
+            "peer_ms": round(peer * 1e3, 2),
+            "ratio": round(peer / ours, 2),
+            "stage_ms_profiled": {k: round(v, 2) for k, v in stages.items()},
+            "rfft_alone_ms": round(fft_alone * 1e3, 2),
+            "target_5x_ms": round(budget_ms, 2),
+            "rfft_alone_share_of_target": round(fft_alone * 1e3 / budget_ms, 2),
+            "utterances": len(waves),
+            "frames": frames,
+        }
+    )
 
 
 def hbm_peak(name: str, override: float | None) -> float | None:
@@ -309,6 +405,9 @@ def main() -> None:
     )
     parser.add_argument("--no-cpu", action="store_true")
     parser.add_argument(
+        "--profile", action="store_true", help="CPU: also a per-stage profile of the batch case"
+    )
+    parser.add_argument(
         "--clock", choices=["wall", "cpu"], default="wall", help="cpu: process CPU time"
     )
     args = parser.parse_args()
@@ -318,6 +417,8 @@ def main() -> None:
     inputs = make_inputs(args)
     if not args.no_cpu:
         cpu_cases(args, inputs)
+        if args.profile:
+            cpu_profile(args, inputs["batch"])
     if torch.cuda.is_available():
         cuda_cases(args, inputs)
 
