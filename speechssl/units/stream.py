@@ -20,7 +20,7 @@ import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -174,11 +174,29 @@ class Block:
 
 
 @dataclass
-class _Run:
+class _Runs:
+    """The utterances a stream reads from one shard, as arrays (no Python object per
+    utterance: a Libri-Light-sized store has millions of them)."""
+
+    index: np.ndarray  # int64 [U]: position in the shard index
+    offset: np.ndarray  # int64 [U]: first row in the shard file
+    count: np.ndarray  # int64 [U]: frames
+
+
+class _Piece(NamedTuple):
+    """Frames ``[frame0, frame0 + take)`` of utterance ``utt`` (file row ``offset``), queued
+    for the block being filled."""
+
     utt: str
-    offset: int  # row in the shard file
-    count: int
-    index: int  # position in the shard index
+    offset: int
+    frame0: int
+    take: int
+
+
+_NO_RUNS = _Runs(*(np.empty(0, dtype=np.int64) for _ in range(3)))
+
+#: utterances turned into Python ints at a time while reading a shard
+_RUN_SLICE = 65536
 
 
 class StoreStream:
@@ -212,7 +230,7 @@ class StoreStream:
         self.np_dtype = store.dtype
         self.block_frames = block_frames
         self.ranks = list(store.ranks if ranks is None else ranks)
-        self._runs: dict[int, list[_Run]] = {}
+        self._runs: dict[int, _Runs] = {}
         self.num_frames = 0
         self.num_utts = 0
         global_pos = 0
@@ -222,28 +240,38 @@ class StoreStream:
             n_utts = len(sh.utts)
             if r in self.ranks:
                 idx = np.arange(n_utts) if selection is None else selection.get(r, np.empty(0))
+                idx = np.asarray(idx, dtype=np.int64)
                 if utt_ranges is not None:
                     lo, hi = utt_ranges
                     idx = idx[(idx + global_pos >= lo) & (idx + global_pos < hi)]
-                runs = [
-                    _Run(sh.utts[int(i)], int(sh.offsets[int(i)]), int(sh.counts[int(i)]), int(i))
-                    for i in idx
-                ]
+                runs = _Runs(idx, sh.offsets[idx], sh.counts[idx])
                 self._runs[r] = runs
-                self.num_frames += sum(run.count for run in runs)
-                self.num_utts += len(runs)
+                self.num_frames += int(runs.count.sum())
+                self.num_utts += int(idx.size)
             global_pos += n_utts
 
     def utterances(self) -> Iterator[tuple[str, int]]:
         """``(utt, num_frames)`` in stream order."""
         for r in self.ranks:
-            for run in self._runs.get(r, []):
-                yield run.utt, run.count
+            utts = self.store.shard(r).utts
+            for i, count, _ in self._run_slices(r):
+                yield utts[i], count
 
     def utterance_indices(self, rank: int) -> Iterator[tuple[int, str]]:
         """``(index in the shard, utt)`` of the utterances this stream reads from ``rank``."""
-        for run in self._runs.get(rank, []):
-            yield run.index, run.utt
+        utts = self.store.shard(rank).utts
+        for i, _, _ in self._run_slices(rank):
+            yield i, utts[i]
+
+    def _run_slices(self, rank: int) -> Iterator[tuple[int, int, int]]:
+        """``(index, count, offset)`` of each utterance read from ``rank`` as Python ints,
+        converted a slice at a time."""
+        runs = self._runs.get(rank, _NO_RUNS)
+        for s in range(0, runs.index.size, _RUN_SLICE):
+            e = s + _RUN_SLICE
+            yield from zip(
+                runs.index[s:e].tolist(), runs.count[s:e].tolist(), runs.offset[s:e].tolist()
+            )
 
     def _path(self, rank: int) -> Path:
         return self.store.root / f"{shard_stem(rank, self.store.meta.nshard)}.bin"
@@ -252,18 +280,18 @@ class StoreStream:
         row_bytes = self.dim * self.np_dtype.itemsize
         row0 = 0
         for r in self.ranks:
-            runs = self._runs.get(r, [])
-            if not runs:
+            if self._runs.get(r, _NO_RUNS).index.size == 0:
                 continue
+            utts = self.store.shard(r).utts
             with open(self._path(r), "rb", buffering=0) as fh:
                 fd = fh.fileno()
-                pending: list[tuple[_Run, int, int]] = []  # (run, frame0, count)
+                pending: list[_Piece] = []
                 filled = 0
-                for run in runs:
+                for i, count, offset in self._run_slices(r):
                     frame0 = 0
-                    while frame0 < run.count:
-                        take = min(run.count - frame0, self.block_frames - filled)
-                        pending.append((run, frame0, take))
+                    while frame0 < count:
+                        take = min(count - frame0, self.block_frames - filled)
+                        pending.append(_Piece(utts[i], offset, frame0, take))
                         filled += take
                         frame0 += take
                         if filled == self.block_frames:
@@ -277,7 +305,7 @@ class StoreStream:
     def _read(
         self,
         fd: int,
-        pending: list[tuple[_Run, int, int]],
+        pending: list[_Piece],
         rows: int,
         row_bytes: int,
         row0: int,
@@ -288,18 +316,18 @@ class StoreStream:
         pos = 0
         i = 0
         while i < len(pending):
-            run, frame0, take = pending[i]
+            piece = pending[i]
             # merge reads of utterances that are adjacent in the file into one syscall
-            start_row = run.offset + frame0
-            end_row = start_row + take
+            start_row = piece.offset + piece.frame0
+            end_row = start_row + piece.take
             j = i + 1
-            segments.append(Segment(run.utt, pos, take, frame0))
-            seg_pos = pos + take
-            while j < len(pending) and pending[j][0].offset + pending[j][1] == end_row:
-                nrun, nframe0, ntake = pending[j]
-                segments.append(Segment(nrun.utt, seg_pos, ntake, nframe0))
-                seg_pos += ntake
-                end_row += ntake
+            segments.append(Segment(piece.utt, pos, piece.take, piece.frame0))
+            seg_pos = pos + piece.take
+            while j < len(pending) and pending[j].offset + pending[j].frame0 == end_row:
+                nxt = pending[j]
+                segments.append(Segment(nxt.utt, seg_pos, nxt.take, nxt.frame0))
+                seg_pos += nxt.take
+                end_row += nxt.take
                 j += 1
             nbytes = (end_row - start_row) * row_bytes
             dest = view[pos * row_bytes : pos * row_bytes + nbytes]

@@ -222,6 +222,33 @@ def test_stream_reads_exact_rows(gmm):
         np.testing.assert_array_equal(np.concatenate(parts), store[u])
 
 
+def test_stream_keeps_no_python_object_per_utterance(tmp_path):
+    """A stream over many utterances holds arrays, not an object per utterance (a
+    Libri-Light-sized store has millions): its own memory stays a few dozen bytes per
+    utterance beyond the store's index, and it still reads every frame in order."""
+    import tracemalloc
+
+    from speechssl.features.store import ShardWriter, StoreMeta, write_meta
+
+    n = 30_000
+    write_meta(tmp_path, StoreMeta(kind="mfcc", dim=2, dtype="float32", frame_rate=100.0, nshard=1))
+    with ShardWriter(tmp_path, 0, 1, dim=2, dtype="float32") as w:
+        for i in range(n):
+            w.add(f"utt{i:06d}", np.full((1 + i % 3, 2), i, dtype=np.float32))
+    store = FeatureStore(tmp_path)
+    store.shard(0)  # the index itself (ids, offsets, counts) is the store's, loaded first
+    tracemalloc.start()
+    stream = StoreStream(store, block_frames=4096)
+    held, _ = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert held < 40 * n, f"{held / n:.0f} bytes per utterance"
+    assert stream.num_utts == n and stream.num_frames == sum(1 + i % 3 for i in range(n))
+    firsts = []
+    for block in stream.blocks():
+        firsts.extend(block.rows[seg.start, 0] for seg in block.segments if seg.frame0 == 0)
+    np.testing.assert_array_equal(np.asarray(firsts), np.arange(n, dtype=np.float32))
+
+
 def test_empty_cluster_is_split_from_the_largest():
     x = torch.cat([torch.zeros(80, 2), torch.full((20, 2), 10.0)]) + torch.randn(100, 2) * 0.1
     # third centroid far away: it gets no points
