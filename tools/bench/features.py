@@ -1,8 +1,8 @@
 """Benchmark speechssl's batched Kaldi features against their peers, same inputs, same process.
 
 Cases (one JSON line per case and peer, medians of ``--repeats`` timed runs after a warm-up;
-on CPU ours and the peers run interleaved, one of each per round, so drift in the machine's
-speed hits every side alike):
+on CPU ours and one peer at a time run interleaved, one of each per round, so drift in the
+machine's speed hits both sides alike):
 
 * ``one-long``: one utterance of ``--long-seconds`` (15 s) at 16 kHz.
 * ``batch``: ``--num-utts`` (64) utterances of uniformly random length in
@@ -174,10 +174,11 @@ def cpu_case(
             "mfcc": lambda: compute_features(batch, lengths, mfcc_opts),
         }
         for feat in ("fbank", "mfcc"):
-            t = interleaved_medians({"ours": ours_fn[feat], **peers[feat]}, args.repeats)
-            ours = t["ours"]
-            for peer in peers[feat]:
-                t_peer = t[peer]
+            for peer, fn in peers[feat].items():
+                # ours against one peer at a time: a peer's own thread pool (numpy's BLAS
+                # under librosa) spins after its calls and would slow whatever runs next
+                t = interleaved_medians({"ours": ours_fn[feat], peer: fn}, args.repeats)
+                ours, t_peer = t["ours"], t[peer]
                 emit(
                     {
                         "what": f"{feat} {case}",
