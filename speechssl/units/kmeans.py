@@ -390,7 +390,7 @@ def kmeans_plusplus(
         cum = torch.cumsum(closest, 1, dtype=torch.float64)
         u = torch.rand((r_count, trials), generator=generator, dtype=torch.float64)
         cand = torch.searchsorted(cum, (u * pot.unsqueeze(1)).to(x.device)).clamp_(max=n - 1)
-        # every point coincides with a centroid: take distinct rows uniformly
+        # a restart whose points all coincide with its centroids: draw rows uniformly
         flat = pot <= 0.0
         if bool(flat.any()):
             uniform = torch.randint(n, (r_count, trials), generator=generator).to(x.device)

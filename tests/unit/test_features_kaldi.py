@@ -448,9 +448,10 @@ def test_dither_noise_is_standard_normal() -> None:
     ids=lambda x: x if isinstance(x, str) else "",
 )
 def test_reused_chunk_buffers_match_the_autograd_path(monkeypatch, name: str, opts) -> None:
-    """The CPU path without autograd reuses one set of buffers chunk after chunk; with a
-    7-row chunk (many chunks, a partial last one) it gives what the out-of-place autograd
-    path gives, for every kind and option layout (energy column, htk order)."""
+    """The CPU path without autograd works in place, chunk after chunk, in one reused
+    FFT-input buffer; with a 7-row chunk (many chunks, a partial last one) it gives what the
+    out-of-place autograd path gives, for every kind and option layout (energy column, htk
+    order)."""
     from speechssl.features import kaldi
 
     monkeypatch.setattr(kaldi, "CHUNK_ELEMENTS", 7 * opts.frame.padded_window_size)

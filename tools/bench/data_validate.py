@@ -37,7 +37,7 @@ def generate(root: Path, n: int) -> Path:
     audio = root / "audio"
     audio.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(0)
-    pool = []
+    pool: list[tuple[str, float]] = []
     for i in range(POOL):
         frames = 8000 + 160 * i
         path = audio / f"pool{i:03d}.wav"
@@ -60,8 +60,8 @@ def generate(root: Path, n: int) -> Path:
             utts = []
             for u in range(min(UTTS_PER_SPEAKER, n - i)):
                 utt = f"{spk}-{u:04d}"
-                path, dur = pool[i % POOL]
-                wav.write(f"{utt} {path}\n")
+                wav_path, dur = pool[i % POOL]
+                wav.write(f"{utt} {wav_path}\n")
                 text.write(f"{utt} {' '.join(words[(i + k) % 8] for k in range(6))}\n")
                 u2s.write(f"{utt} {spk}\n")
                 u2d.write(f"{utt} {dur:.4f}\n")
@@ -73,7 +73,7 @@ def generate(root: Path, n: int) -> Path:
 
 def run_case(
     ddir: Path, level: str, nj: int, audio_sample: int | None
-) -> tuple[float, float, bool]:
+) -> tuple[float, float, float, bool]:
     cmd = [sys.executable, "-m", "speechssl", "data", "validate", str(ddir), "--nj", str(nj)]
     if level != "default":
         cmd.append(f"--{level}")
