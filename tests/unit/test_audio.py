@@ -27,11 +27,10 @@ from speechssl.data.audio import (
     LoadOptions,
     SkipReport,
     declared_wav_frames,
-    iter_audio,
     load_audio,
     probe,
 )
-from speechssl.data.kaldi_dir import KaldiDataDir, Segment, write_data_dir
+from speechssl.data.kaldi_dir import KaldiDataDir, Segment, iter_audio, write_data_dir
 from speechssl.errors import ConfigError, ItemError
 
 
