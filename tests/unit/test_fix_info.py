@@ -70,7 +70,7 @@ def test_fix_makes_broken_dir_valid(tmp_path):
 
     # a later fix never overwrites the first backup
     (d / "utt2dur").write_text((d / "utt2dur").read_text().splitlines(keepends=True)[0])
-    third = fix_data_dir(d)
+    third = fix_data_dir(d, force=True)  # drops 3 of 4 utterances: needs force
     assert third.backup_dir == str(d / ".backup.1")
     assert (d / ".backup" / "text").read_bytes() == broken["text"]
     assert KaldiDataDir(d).utt_ids() == ["spk0-u000"]
