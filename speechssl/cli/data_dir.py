@@ -13,7 +13,9 @@ def add_verbs(verbs: argparse._SubParsersAction) -> None:
         help="check a data dir (Kaldi's validate_data_dir.sh checks, plus the audio)",
         description=(
             "Check a Kaldi data dir. Every problem is printed as 'severity: file:line: key: "
-            "reason [kind]'; the exit status is 1 if there is any error (warnings alone: 0)."
+            "reason [kind]'; the exit status is 1 if there is any error (warnings alone: 0). "
+            "A UTF-8 byte order mark at the start of a line is reported as [bom] ('speechssl "
+            "data fix' strips it)."
         ),
     )
     p.add_argument("dir", help="data directory")

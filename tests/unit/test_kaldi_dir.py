@@ -164,3 +164,21 @@ def test_bom_is_refused_by_the_reader(tmp_path):
     (d / "text").write_bytes(b"\xef\xbb\xbf" + (d / "text").read_bytes())
     with pytest.raises(DataDirError, match=r"text:1.*byte order mark"):
         _ = KaldiDataDir(d).text
+
+
+def test_tolerant_iter_audio_skips_only_the_bad_segment(tmp_path):
+    from speechssl.data.audio import SkipReport
+
+    rec = write_audio(tmp_path / "rec.wav", 3.0)
+    d = tmp_path / "d"
+    d.mkdir()
+    (d / "wav.scp").write_text(f"rec {rec}\n")
+    (d / "utt2spk").write_text("rec-1 s\nrec-2 s\n")
+    (d / "segments").write_text("rec-1 rec 0 1\nrec-2 rec 2 inf\n")
+    kd = KaldiDataDir(d)
+    with pytest.raises(DataDirError, match="segments:2"):
+        list(kd.iter_audio())
+    report = SkipReport()
+    assert [u.utt_id for u in kd.iter_audio(tolerant=True, report=report)] == ["rec-1"]
+    report.check()
+    assert report.by_kind() == {"data-dir": 1} and report.skipped[0][0] == "rec-2"

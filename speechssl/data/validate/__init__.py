@@ -1,9 +1,10 @@
 """``speechssl data validate``: every check of Kaldi's ``validate_data_dir.sh``, and audio.
 
 Text checks (every level), as in Kaldi: each table ends lines with ``\\n`` (no blank lines,
-no CR, no UTF-8 byte order mark), keys are ``LC_ALL=C`` sorted and unique, lines have the right number of fields;
-``utt2spk`` and ``spk2utt`` exist, agree, and ``utt2spk`` is sorted by speaker too; every
-per-utterance file holds the same utterances as ``utt2spk``; ``segments`` lines are
+no CR; beyond Kaldi, no UTF-8 byte order mark), keys are ``LC_ALL=C`` sorted and unique,
+lines have the right number of fields; ``utt2spk`` and ``spk2utt`` exist, agree, and
+``utt2spk`` is sorted by speaker too; every per-utterance file holds the same utterances as
+``utt2spk``; ``segments`` lines are
 ``utt reco start end`` with ``0 <= start < end``, their recordings are exactly those of
 ``wav.scp`` (and of ``reco2dur`` / ``reco2file_and_channel``); ``text`` is UTF-8 without CR,
 unusual whitespace, control characters or the reserved symbols ``<s> </s> <eps> #0 #1 ...``;
