@@ -48,6 +48,11 @@ class TableScan:
     equal key sets)."""
     prev: str | None = None
     """Last key seen (while scanning)."""
+    min_fields: int = 1
+    max_fields: int | None = None
+    """Fields a line of this table may have (key included; None: unbounded)."""
+    hasher: Any = field(default_factory=lambda: hashlib.blake2b(digest_size=16), repr=False)
+    """Running digest of the keys (``digest`` is its hex value once the scan is done)."""
 
     @property
     def orderly(self) -> bool:
@@ -114,16 +119,15 @@ class DirCheck:
         if not path.is_file():
             return None
         spec = TABLES.get(name)
-        min_f = spec.min_fields if spec else 1
-        max_f = spec.max_fields if spec else None
         scan = TableScan(name)
-        digest = hashlib.blake2b(digest_size=16)
+        if spec is not None:
+            scan.min_fields, scan.max_fields = spec.min_fields, spec.max_fields
         last_raw = b""
         base = 0
         for block in _iter_blocks(path):
             last_raw = block[-1]
-            if not self._scan_block_fast(scan, digest, block, base, min_f, max_f, hook, block_hook):
-                self._scan_block_lines(scan, digest, block, base, min_f, max_f, hook)
+            if not self._scan_block_fast(scan, block, base, hook, block_hook):
+                self._scan_block_lines(scan, block, base, hook)
             base += len(block)
         scan.lines = base
         if scan.lines == 0:
@@ -132,21 +136,19 @@ class DirCheck:
             self.err("missing-newline", name, scan.lines, None, "last line has no newline")
         if not scan.sorted_ok:
             self._report_unsorted_duplicates(name, scan)
-        scan.digest = digest.hexdigest()
+        scan.digest = scan.hasher.hexdigest()
         self.scans[name] = scan
         return scan
 
     def _scan_block_fast(
         self,
         scan: TableScan,
-        digest: Any,
         block: list[bytes],
         base: int,
-        min_f: int,
-        max_f: int | None,
         hook: RowHook | None,
         block_hook: BlockHook | None,
     ) -> bool:
+        min_f, max_f = scan.min_fields, scan.max_fields
         data = b"".join(block)
         if b"\r" in data or BOM in data:
             return False
@@ -175,21 +177,14 @@ class DirCheck:
         if not handled and hook is not None:
             for i, (row, line) in enumerate(zip(rows, lines)):
                 hook(base + i + 1, row[0], row[1:], line)
-        digest.update(("\n".join(keys) + "\n").encode("utf-8"))
+        scan.hasher.update(("\n".join(keys) + "\n").encode("utf-8"))
         scan.prev = keys[-1]
         return True
 
     def _scan_block_lines(
-        self,
-        scan: TableScan,
-        digest: Any,
-        block: list[bytes],
-        base: int,
-        min_f: int,
-        max_f: int | None,
-        hook: RowHook | None,
+        self, scan: TableScan, block: list[bytes], base: int, hook: RowHook | None
     ) -> None:
-        name = scan.name
+        name, min_f, max_f = scan.name, scan.min_fields, scan.max_fields
         odd_space = _ODD_SPACE.search
         for offset, raw in enumerate(block):
             lineno = base + offset + 1
@@ -244,7 +239,7 @@ class DirCheck:
                         )
                     scan.sorted_ok = False
             scan.prev = key
-            digest.update((key + "\n").encode("utf-8"))
+            scan.hasher.update((key + "\n").encode("utf-8"))
             if hook is not None:
                 hook(lineno, key, fields[1:], line)
 
