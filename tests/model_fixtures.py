@@ -11,9 +11,9 @@ import torch
 import torchaudio
 
 from speechssl.core.quantizers import RandomProjectionQuantizer
-from speechssl.data.audio import LoadOptions, load_utterance
+from speechssl.data.audio import LoadOptions
 from speechssl.data.batch import LABEL_PAD, AudioBatch
-from speechssl.data.kaldi_dir import KaldiDataDir
+from speechssl.data.kaldi_dir import KaldiDataDir, load_utterance
 
 SR = 16000
 

@@ -13,7 +13,9 @@ def add_verbs(verbs: argparse._SubParsersAction) -> None:
         help="check a data dir (Kaldi's validate_data_dir.sh checks, plus the audio)",
         description=(
             "Check a Kaldi data dir. Every problem is printed as 'severity: file:line: key: "
-            "reason [kind]'; the exit status is 1 if there is any error (warnings alone: 0)."
+            "reason [kind]'; the exit status is 1 if there is any error (warnings alone: 0). "
+            "A UTF-8 byte order mark at the start of a line is reported as [bom] ('speechssl "
+            "data fix' strips it)."
         ),
     )
     p.add_argument("dir", help="data directory")
@@ -66,9 +68,11 @@ def add_verbs(verbs: argparse._SubParsersAction) -> None:
         description=(
             "Make a data dir consistent, like Kaldi's fix_data_dir.sh: sort every table, drop "
             "malformed and repeated lines, keep only utterances present in every "
-            "per-utterance file and the recordings/speakers they use, regenerate spk2utt. "
-            "Originals are copied to DIR/.backup/ (then .backup.1/, ...); audio is never "
-            "touched."
+            "per-utterance file and the recordings/speakers they use, regenerate spk2utt; a "
+            "UTF-8 byte order mark at the start of a line is stripped. Originals are copied "
+            "to DIR/.backup/ (then .backup.1/, ...); audio is never touched. A fix that would "
+            "drop more than half of the utterances (e.g. a wav.scp that is not text) is "
+            "refused with exit 1 and changes nothing, unless --force."
         ),
     )
     p.add_argument("dir", help="data directory")
@@ -79,6 +83,11 @@ def add_verbs(verbs: argparse._SubParsersAction) -> None:
         help="more per-utterance tables to filter (space-separated file names)",
     )
     p.add_argument("--no-backup", dest="backup", action="store_false", help="keep no backup")
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="apply the fix even if it drops more than half (50%%) of the utterances",
+    )
     p.set_defaults(func=_fix)
 
     p = verbs.add_parser(
@@ -131,7 +140,7 @@ def _fix(args: argparse.Namespace) -> int:
     from speechssl.data.fix import fix_data_dir
 
     report = fix_data_dir(
-        args.dir, utt_extra_files=args.utt_extra_files.split(), backup=args.backup
+        args.dir, utt_extra_files=args.utt_extra_files.split(), backup=args.backup, force=args.force
     )
     for line in report.lines():
         print(line)

@@ -1,24 +1,22 @@
-"""Loading utterance audio: soundfile decoding, segment reads, resampling, channel policy.
+"""Loading audio from a source: soundfile decoding, segment reads, resampling, channel policy.
 
-How to load audio (the whole API)::
+An :class:`AudioSource` says where samples live (a file or a ``cmd |`` command, and the
+segment of it) and loads itself; this module knows nothing of data dirs (a
+:class:`~speechssl.data.kaldi_dir.KaldiDataDir` hands out sources, one per utterance)::
 
-    from speechssl.data.audio import LoadOptions, iter_audio, load_utterance
-    from speechssl.data.kaldi_dir import KaldiDataDir
+    from speechssl.data.audio import AudioSource, LoadOptions
 
-    ddir = KaldiDataDir("data/train")
+    src = AudioSource(path="rec.flac", start=1.25, end=2.0)
     opts = LoadOptions(sample_rate=16000, channels="error", min_duration=0.5)
-    wav, rate = load_utterance(ddir, "spk1-utt1", opts)      # float32 [T], 16000
-
-    report = SkipReport()
-    for utt in iter_audio(ddir, opts, tolerant=True, report=report):
-        ...                                                   # utt.utt_id, utt.waveform
-    print(report.summary())           # "audio: 998 loaded, 2 skipped (1 missing, 1 non-finite) of 1000"
+    wav, rate = src.load(opts, utt="rec-1")      # float32 [T], 16000
+    info = src.probe(utt="rec-1")                # header only: rate, channels, frames
 
 Files are read with ``soundfile`` (wav, flac, ogg and whatever the bundled libsndfile
 decodes). A ``segments`` entry is read by seeking, so a long recording is never loaded whole.
 Every problem with an item raises a subclass of :class:`AudioError` naming the utterance,
-the file and the reason; ``iter_audio(..., tolerant=True)`` skips such items and counts
-them in a :class:`SkipReport` (``loaded + skipped == seen``), anything else propagates.
+the file and the reason; a tolerant pass (``KaldiDataDir.iter_audio(..., tolerant=True)``)
+skips such items and counts them in a :class:`SkipReport` (``loaded + skipped == seen``),
+anything else propagates.
 """
 
 from __future__ import annotations
@@ -28,10 +26,9 @@ import os
 import struct
 import subprocess
 from collections import Counter
-from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import soundfile as sf
@@ -40,8 +37,6 @@ from speechssl.errors import ConfigError, ItemError
 
 if TYPE_CHECKING:
     import torch
-
-    from speechssl.data.kaldi_dir import KaldiDataDir
 
 # --------------------------------------------------------------------------------------
 # errors
@@ -144,6 +139,14 @@ class AudioSource:
     def is_segment(self) -> bool:
         return self.start > 0.0 or self.end is not None
 
+    def load(self, opts: LoadOptions | None = None, *, utt: str = "") -> tuple[torch.Tensor, int]:
+        """Decode to a float32 mono ``[T]`` tensor: ``(waveform, rate)`` (see :func:`load_audio`)."""
+        return load_audio(self, opts, utt=utt)
+
+    def probe(self, *, utt: str = "", segment_overshoot: float = 0.05) -> AudioInfo:
+        """Read only the header (see :func:`probe`)."""
+        return probe(self, utt=utt, segment_overshoot=segment_overshoot)
+
 
 @dataclass(kw_only=True)
 class LoadOptions:
@@ -207,13 +210,6 @@ class AudioInfo:
     @property
     def duration(self) -> float:
         return self.frames / self.sample_rate
-
-
-class LoadedUtterance(NamedTuple):
-    utt_id: str
-    waveform: torch.Tensor
-    """float32 ``[T]`` at ``sample_rate``."""
-    sample_rate: int
 
 
 # --------------------------------------------------------------------------------------
@@ -461,15 +457,8 @@ def load_audio(
     return wave, target
 
 
-def load_utterance(
-    data_dir: KaldiDataDir, utt_id: str, opts: LoadOptions | None = None
-) -> tuple[torch.Tensor, int]:
-    """Load one utterance of a data dir (its ``segments`` slice, if any)."""
-    return load_audio(data_dir.audio_source(utt_id), opts, utt=utt_id)
-
-
 # --------------------------------------------------------------------------------------
-# tolerant iteration
+# tolerant passes
 
 
 @dataclass
@@ -521,33 +510,3 @@ class SkipReport:
             "skipped_by_kind": self.by_kind(),
             "skipped_items": [{"item": i, "kind": k, "message": m} for i, k, m in self.skipped],
         }
-
-
-def iter_audio(
-    data_dir: KaldiDataDir,
-    opts: LoadOptions | None = None,
-    *,
-    utt_ids: Iterable[str] | None = None,
-    tolerant: bool = False,
-    report: SkipReport | None = None,
-) -> Iterator[LoadedUtterance]:
-    """Yield the utterances of ``data_dir`` (sorted ids, or ``utt_ids``) as waveforms.
-
-    Strict (default): the first bad utterance raises its :class:`AudioError`. Tolerant: bad
-    utterances are skipped and recorded in ``report``; the caller can print
-    ``report.summary()`` and rely on ``report.loaded + report.num_skipped == report.seen``.
-    """
-    opts = opts or LoadOptions()
-    if report is None:
-        report = SkipReport()
-    ids = data_dir.utt_ids() if utt_ids is None else utt_ids
-    for utt in ids:
-        try:
-            wave, rate = load_utterance(data_dir, utt, opts)
-        except AudioError as err:
-            if not tolerant:
-                raise
-            report.add_skipped(err)
-            continue
-        report.add_loaded()
-        yield LoadedUtterance(utt, wave, rate)

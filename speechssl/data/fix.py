@@ -1,7 +1,7 @@
 """``speechssl data fix``: make a data dir consistent (what Kaldi's ``fix_data_dir.sh`` does).
 
-Sorts every table (``LC_ALL=C``), drops blank, undecodable and malformed lines and repeated
-keys (first one kept), keeps only utterances present in every per-utterance file,
+Sorts every table (``LC_ALL=C``), strips a UTF-8 byte order mark from the start of a line,
+drops blank, undecodable and malformed lines and repeated keys (first one kept), keeps only utterances present in every per-utterance file,
 regenerates ``spk2utt`` from ``utt2spk``, keeps only the recordings the remaining
 utterances use and the speakers they belong to. Extra keyed tables (``utt2*``, ``spk2*``,
 ``reco2*``, ``text.*``, ``ali.*`` and ``--utt-extra-files``) may cover a subset of the keys:
@@ -10,6 +10,10 @@ they are filtered to the kept keys but never cause others to be dropped (as in K
 ``filtered X: N -> M``. The original tables are copied to ``.backup/`` first (later fixes
 use ``.backup.1/``, ``.backup.2/``, ... so originals are never overwritten); every write is
 atomic; audio files are never touched. Fixing an already consistent dir changes nothing.
+
+A fix that would drop more than :data:`MAX_DROP_FRACTION` of the utterances (e.g. a
+``wav.scp`` that is not text at all) is refused, changing nothing, unless ``force=True``
+(``--force``): that much loss means the dir needs a look, not a filter.
 """
 
 from __future__ import annotations
@@ -34,6 +38,10 @@ from speechssl.utils.atomic import atomic_dir, atomic_open
 
 _SKIP_FILES = {"spk2utt"}  # regenerated, never filtered
 
+#: a fix dropping more than this fraction of utt2spk's utterances needs ``force``
+MAX_DROP_FRACTION = 0.5
+_BOM_STRIPPED = "byte order mark stripped"
+
 
 @dataclass
 class FileChange:
@@ -42,7 +50,8 @@ class FileChange:
     """Lines in the original file."""
     after: int
     dropped: dict[str, int] = field(default_factory=dict)
-    """Why lines went: ``malformed``, ``duplicate key``, ``not in every per-utterance file``..."""
+    """Why lines went: ``malformed``, ``duplicate key``, ``not in every per-utterance file``...
+    (and what was mended in kept lines: ``byte order mark stripped``)."""
     rewritten: bool = False
     """The file's bytes change (lines dropped, sorted, or line endings normalised)."""
 
@@ -90,6 +99,7 @@ class _Table:
     rows: dict[str, str] = field(default_factory=dict)
     """key -> full line (without newline), first occurrence kept."""
     dropped: dict[str, int] = field(default_factory=dict)
+    """Why lines went, and (``byte order mark stripped``) what was mended in kept lines."""
 
     def drop(self, reason: str, n: int = 1) -> None:
         self.dropped[reason] = self.dropped.get(reason, 0) + n
@@ -131,6 +141,9 @@ def _read(path: Path, name: str, key_kind: str) -> _Table:
             except UnicodeDecodeError:
                 table.drop("not UTF-8")
                 continue
+            if line.startswith("\ufeff"):  # invisible, but Kaldi would make it part of the key
+                line = line[1:]
+                table.drop(_BOM_STRIPPED)
             fields = line.split()
             if not fields:
                 table.drop("blank")
@@ -157,9 +170,17 @@ def _keep(table: _Table, keep: set[str], reason: str) -> None:
 
 
 def fix_data_dir(
-    path: str | Path, *, utt_extra_files: Sequence[str] = (), backup: bool = True
+    path: str | Path,
+    *,
+    utt_extra_files: Sequence[str] = (),
+    backup: bool = True,
+    force: bool = False,
 ) -> FixReport:
-    """Fix ``path`` in place; see the module docstring. Returns what changed."""
+    """Fix ``path`` in place; see the module docstring. Returns what changed.
+
+    Raises DataDirError, changing nothing, when the fix would drop more than
+    :data:`MAX_DROP_FRACTION` of the utterances and ``force`` is false.
+    """
     ddir = Path(path)
     if not ddir.is_dir():
         raise DataDirError(str(ddir), "data directory does not exist")
@@ -208,6 +229,15 @@ def fix_data_dir(
         if t.key == SPK:
             _keep(t, speakers, "speaker without utterances")
 
+    total = tables["utt2spk"].lines - tables["utt2spk"].dropped.get("blank", 0)
+    lost = total - len(utts)
+    if not force and total > 0 and lost / total > MAX_DROP_FRACTION:
+        raise DataDirError(
+            str(ddir),
+            f"fix would drop {lost} of {total} utterances ({100 * lost / total:.0f}%, more "
+            f"than {MAX_DROP_FRACTION:.0%}); nothing was changed. See what is wrong with "
+            "`speechssl data validate`; rerun with --force (force=True) to apply",
+        )
     report = FixReport(str(ddir))
     rewrite: list[_Table] = []
     for name, t in tables.items():

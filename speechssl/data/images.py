@@ -65,10 +65,22 @@ class ImageBatch:
         return self.image_ids[i] if i < len(self.image_ids) else f"batch image {i}"
 
 
-def image_patches(images: Tensor, patch_size: int) -> Tensor:
-    """Raw patch vectors ``[N, P, C * p * p]`` (the front end's :func:`patchify`)."""
-    from speechssl.frontends.vision import patchify
+def patchify(images: Tensor, patch_size: int) -> Tensor:
+    """``[N, C, H, W]`` -> ``[N, (H/p) * (W/p), C * p * p]`` row-major non-overlapping patches
+    (channel-major inside a patch). The one definition of the patch layout: the patch front
+    end (:mod:`speechssl.frontends.vision`) embeds these vectors, k-means clusters them."""
+    if images.dim() != 4:
+        raise ValueError(f"images must be [N, C, H, W], got {tuple(images.shape)}")
+    n, c, h, w = images.shape
+    p = patch_size
+    if h % p or w % p:
+        raise ValueError(f"patch size {p} does not divide image size {h}x{w}")
+    x = images.reshape(n, c, h // p, p, w // p, p).permute(0, 2, 4, 1, 3, 5)
+    return x.reshape(n, (h // p) * (w // p), c * p * p)
 
+
+def image_patches(images: Tensor, patch_size: int) -> Tensor:
+    """Raw patch vectors ``[N, P, C * p * p]`` (:func:`patchify`)."""
     return patchify(images, patch_size)
 
 
@@ -138,5 +150,6 @@ __all__ = [
     "digits_images",
     "image_patches",
     "patch_unit_labels",
+    "patchify",
     "write_patch_store",
 ]

@@ -19,7 +19,7 @@ import numpy as np
 
 from speechssl.data.audio import AudioError, AudioSource, probe
 from speechssl.data.kaldi_dir import parse_wav_entry
-from speechssl.data.validate import iter_rows
+from speechssl.data.tables import iter_rows
 from speechssl.errors import DataDirError
 
 #: histogram bucket edges in seconds (the last bucket is open)

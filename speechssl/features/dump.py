@@ -27,8 +27,8 @@ from typing import Any
 
 import torch
 
-from speechssl.data.audio import AudioError, LoadOptions, load_utterance
-from speechssl.data.kaldi_dir import KaldiDataDir
+from speechssl.data.audio import AudioError, LoadOptions
+from speechssl.data.kaldi_dir import KaldiDataDir, load_utterance
 from speechssl.errors import ConfigError, ItemError
 from speechssl.features.extractors import FeatureExtractor, create_extractor
 from speechssl.features.store import (

@@ -19,6 +19,7 @@ from torch import Tensor, nn
 
 from speechssl.core.frames import Frames
 from speechssl.core.positions import sincos_2d
+from speechssl.data.images import patchify  # the patch layout is defined with the image data
 from speechssl.errors import ConfigError
 
 POSITIONS = ("sincos", "learned", "none")
@@ -63,18 +64,6 @@ class PatchEmbeddingConfig:
     @property
     def patch_dim(self) -> int:
         return self.channels * self.patch_size * self.patch_size
-
-
-def patchify(images: Tensor, patch_size: int) -> Tensor:
-    """``[N, C, H, W]`` -> ``[N, (H/p) * (W/p), C * p * p]`` row-major non-overlapping patches."""
-    if images.dim() != 4:
-        raise ValueError(f"images must be [N, C, H, W], got {tuple(images.shape)}")
-    n, c, h, w = images.shape
-    p = patch_size
-    if h % p or w % p:
-        raise ValueError(f"patch size {p} does not divide image size {h}x{w}")
-    x = images.reshape(n, c, h // p, p, w // p, p).permute(0, 2, 4, 1, 3, 5)
-    return x.reshape(n, (h // p) * (w // p), c * p * p)
 
 
 def unpatchify(patches: Tensor, patch_size: int, channels: int, grid: tuple[int, int]) -> Tensor:

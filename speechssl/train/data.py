@@ -111,8 +111,8 @@ class KaldiAudioReader(AudioReader):
         return {**self.__dict__, "_dir": None}  # each worker re-reads the tables lazily
 
     def __call__(self, utt_id: str) -> np.ndarray:
-        from speechssl.data.audio import LoadOptions, load_utterance
-        from speechssl.data.kaldi_dir import KaldiDataDir
+        from speechssl.data.audio import LoadOptions
+        from speechssl.data.kaldi_dir import KaldiDataDir, load_utterance
 
         if self._dir is None:
             self._dir = KaldiDataDir(self.data_dir, allow_pipes=self.allow_pipes)

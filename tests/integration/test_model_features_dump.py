@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from speechssl.cli.main import main
-from speechssl.data.audio import LoadOptions, load_utterance
-from speechssl.data.kaldi_dir import KaldiDataDir
+from speechssl.data.audio import LoadOptions
+from speechssl.data.kaldi_dir import KaldiDataDir, load_utterance
 from speechssl.features.store import FeatureStore
 from speechssl.interop.transformers import export_to_transformers
 from speechssl.models import create_model

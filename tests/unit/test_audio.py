@@ -27,11 +27,10 @@ from speechssl.data.audio import (
     LoadOptions,
     SkipReport,
     declared_wav_frames,
-    iter_audio,
     load_audio,
     probe,
 )
-from speechssl.data.kaldi_dir import KaldiDataDir, Segment, write_data_dir
+from speechssl.data.kaldi_dir import KaldiDataDir, Segment, iter_audio, write_data_dir
 from speechssl.errors import ConfigError, ItemError
 
 
@@ -56,6 +55,10 @@ def test_segment_read_matches_slice_of_whole(tmp_path):
     seg, _ = load_audio(AudioSource(path=str(p), start=1.25, end=2.0), LoadOptions(), utt="s")
     assert seg.shape[0] == 12000
     assert torch.equal(seg, whole[20000:32000])
+    # the source loads and probes itself (the same as the module functions)
+    src = AudioSource(path=str(p), start=1.25, end=2.0)
+    assert torch.equal(src.load(utt="s")[0], seg)
+    assert src.probe(utt="s") == probe(src, utt="s") and src.probe().frames == 12000
 
 
 def test_segment_past_end_within_overshoot_is_clamped_beyond_is_truncated(tmp_path):

@@ -70,7 +70,7 @@ def test_fix_makes_broken_dir_valid(tmp_path):
 
     # a later fix never overwrites the first backup
     (d / "utt2dur").write_text((d / "utt2dur").read_text().splitlines(keepends=True)[0])
-    third = fix_data_dir(d)
+    third = fix_data_dir(d, force=True)  # drops 3 of 4 utterances: needs force
     assert third.backup_dir == str(d / ".backup.1")
     assert (d / ".backup" / "text").read_bytes() == broken["text"]
     assert KaldiDataDir(d).utt_ids() == ["spk0-u000"]
@@ -167,3 +167,50 @@ def test_info_durations_from_headers_and_segments(tmp_path):
     assert info.duration_source == "segments" and info.has_segments
     assert (info.utterances, info.recordings) == (2, 1)
     assert info.total_hours == pytest.approx(4.0 / 3600)
+
+
+# -- regression tests (issue 15, data dirs) ------------------------------------------------
+
+BOM = b"\xef\xbb\xbf"
+
+
+@pytest.mark.parametrize("name", ["text", "utt2spk", "wav.scp"])
+def test_fix_strips_a_bom_and_keeps_the_utterance(tmp_path, name):
+    d = make_data_dir(tmp_path, speakers=2, utts_per_speaker=2)
+    (d / name).write_bytes(BOM + (d / name).read_bytes())
+    assert "bom" in validate_data_dir(d, ValidateOptions(level="fast")).codes()
+    report = fix_data_dir(d)
+    assert f"filtered {name}: 4 -> 4 [1 byte order mark stripped]" in report.lines()
+    assert not (d / name).read_bytes().startswith(BOM)
+    assert KaldiDataDir(d).utt_ids() == ["spk0-u000", "spk0-u001", "spk1-u000", "spk1-u001"]
+    r = validate_data_dir(d)
+    assert r.ok and r.num_warnings == 0, r.lines()
+
+
+def test_fix_refuses_to_drop_most_utterances_unless_forced(tmp_path):
+    d = make_data_dir(tmp_path, speakers=2, utts_per_speaker=2)
+    import numpy as np
+
+    garbage = np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8).tobytes()
+    (d / "wav.scp").write_bytes(garbage)
+    before = {p.name: p.read_bytes() for p in d.iterdir() if p.is_file()}
+    with pytest.raises(DataDirError, match=r"would drop 4 of 4 utterances .*--force"):
+        fix_data_dir(d)
+    assert {p.name: p.read_bytes() for p in d.iterdir() if p.is_file()} == before
+    assert not (d / ".backup").exists()
+    report = fix_data_dir(d, force=True)
+    assert "filtered utt2spk: 4 -> 0 [4 not in every per-utterance file]" in report.lines()
+    assert (d / ".backup" / "wav.scp").read_bytes() == garbage
+
+
+def test_fix_cli_force(tmp_path, capsys):
+    from speechssl.cli.main import main
+
+    d = make_data_dir(tmp_path, speakers=2, utts_per_speaker=2)
+    (d / "utt2dur").write_text("spk0-u000 0.5\n")  # 3 of 4 utterances would go
+    assert main(["data", "fix", str(d)]) == 1
+    err = capsys.readouterr().err
+    assert "would drop 3 of 4 utterances (75%" in err and "--force" in err
+    assert main(["data", "fix", "--force", str(d)]) == 0
+    assert "filtered utt2spk: 4 -> 1" in capsys.readouterr().out
+    assert KaldiDataDir(d).utt_ids() == ["spk0-u000"]

@@ -113,3 +113,72 @@ def test_rewrite_removes_stale_optional_files(tmp_path):
     kd = KaldiDataDir(ddir)
     write_data_dir(ddir, wav_scp=kd.wav_scp, utt2spk=kd.utt2spk or {})
     assert not (ddir / "text").exists() and not (ddir / "utt2dur").exists()
+
+
+# -- regression tests (issue 15, data dirs) ------------------------------------------------
+
+
+def test_one_bad_segments_line_spoils_only_its_utterance(tmp_path):
+    rec = write_audio(tmp_path / "rec.wav", 3.0)
+    d = tmp_path / "d"
+    d.mkdir()
+    (d / "wav.scp").write_text(f"rec {rec}\n")
+    (d / "utt2spk").write_text("rec-1 s\nrec-2 s\nrec-3 s\n")
+    (d / "segments").write_text("rec-1 rec 0 1\nrec-2 rec 2 1\nrec-3 rec nan 2\n")
+    kd = KaldiDataDir(d)
+    assert kd.utt_ids() == ["rec-1", "rec-2", "rec-3"]
+    assert kd.duration("rec-1") == 1.0
+    assert kd.audio_source("rec-1").end == 1.0
+    wave, _ = kd.load("rec-1")
+    assert wave.shape[0] == 16000
+    with pytest.raises(DataDirError, match=r"rec-2 \(.*segments:2\): segment needs 0 <= start"):
+        kd.duration("rec-2")
+    with pytest.raises(DataDirError, match=r"segments:3"):
+        kd.audio_source("rec-3")
+    table = kd.segment_table
+    assert table is not None and list(table.good) == ["rec-1"]
+    assert [(e.item, e.where) for e in table.errors()] == [
+        ("rec-2", f"{d / 'segments'}:2"),
+        ("rec-3", f"{d / 'segments'}:3"),
+    ]
+    with pytest.raises(DataDirError, match="segments:2"):
+        _ = kd.segments  # the whole-table view is strict
+
+
+def test_wav_scp_line_without_path_names_the_line(tmp_path):
+    wav = write_audio(tmp_path / "a.wav")
+    d = tmp_path / "d"
+    d.mkdir()
+    (d / "wav.scp").write_text(f"a {wav}\nb\n")
+    (d / "utt2spk").write_text("a a\nb b\n")
+    kd = KaldiDataDir(d)
+    assert kd.load("a")[0].shape[0] == 8000
+    with pytest.raises(DataDirError, match=r"b \(.*wav.scp:2\): no path/command after the key"):
+        kd.audio_source("b")
+    with pytest.raises(DataDirError, match="no path/command after the key"):
+        kd.load("b")
+
+
+def test_bom_is_refused_by_the_reader(tmp_path):
+    d = make_data_dir(tmp_path, speakers=1, utts_per_speaker=2)
+    (d / "text").write_bytes(b"\xef\xbb\xbf" + (d / "text").read_bytes())
+    with pytest.raises(DataDirError, match=r"text:1.*byte order mark"):
+        _ = KaldiDataDir(d).text
+
+
+def test_tolerant_iter_audio_skips_only_the_bad_segment(tmp_path):
+    from speechssl.data.audio import SkipReport
+
+    rec = write_audio(tmp_path / "rec.wav", 3.0)
+    d = tmp_path / "d"
+    d.mkdir()
+    (d / "wav.scp").write_text(f"rec {rec}\n")
+    (d / "utt2spk").write_text("rec-1 s\nrec-2 s\n")
+    (d / "segments").write_text("rec-1 rec 0 1\nrec-2 rec 2 inf\n")
+    kd = KaldiDataDir(d)
+    with pytest.raises(DataDirError, match="segments:2"):
+        list(kd.iter_audio())
+    report = SkipReport()
+    assert [u.utt_id for u in kd.iter_audio(tolerant=True, report=report)] == ["rec-1"]
+    report.check()
+    assert report.by_kind() == {"data-dir": 1} and report.skipped[0][0] == "rec-2"

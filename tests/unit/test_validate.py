@@ -413,3 +413,31 @@ def test_extra_tables_may_be_subsets_but_name_no_unknown_key(clean):
         ("key-mismatch", "ali.phones", "spk9-u000"),
         ("not-sorted", "spk2voice", "spk0"),
     }
+
+
+# -- regression tests (issue 15, data dirs) ------------------------------------------------
+
+
+def test_utf8_bom_is_named_as_its_own_problem(clean):
+    for name in ("text", "wav.scp"):
+        (clean / name).write_bytes(b"\xef\xbb\xbf" + (clean / name).read_bytes())
+    r = _validate(clean, level="fast")
+    boms = _find(r, "bom")
+    assert {(p.file, p.line, p.key) for p in boms} == {
+        ("text", 1, "spk0-u000"),
+        ("wav.scp", 1, "spk0-u000"),
+    }
+    assert boms[0].format().startswith("error: ")
+    assert "byte order mark" in boms[0].reason and "speechssl data fix" in boms[0].reason
+    # the invisible character is named once, not as sort-order or key-set errors
+    assert r.codes() == {"bom"}, r.lines()
+
+
+def test_strict_reports_nan_and_inf_segment_times_per_line(tmp_path):
+    d = _segmented(tmp_path)
+    _write(d, "segments", ["r1-a r1 0 nan\n", "r1-b r1 inf 3.0\n", "r2-a r2 0.2 1.9\n"])
+    r = _validate(d, level="strict")
+    bad = {(p.line, p.key) for p in _find(r, "bad-segment")}
+    assert bad == {(1, "r1-a"), (2, "r1-b")}
+    assert all("not finite" in p.reason for p in _find(r, "bad-segment"))
+    assert "segment-outside" not in r.codes()
