@@ -8,7 +8,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from speechssl.core.distributed import all_reduce_mean
+from speechssl.distributed import all_reduce_mean
 from speechssl.core.quantizers import GumbelVectorQuantizer, diversity_loss
 
 

@@ -65,7 +65,7 @@ def test_rng_state_restores_every_generator(tmp_path: Path) -> None:
     assert torch.equal(got[4], expected[4])
 
 
-def test_partial_dirs_are_ignored_and_removed(tmp_path: Path) -> None:
+def test_partial_dirs_are_ignored_debris_removed_and_no_meta_set_aside(tmp_path: Path) -> None:
     model, state = _states()
     ckpt.save_checkpoint(tmp_path, 5, model, state)
     (tmp_path / "step-00000010").mkdir()  # a dir without metadata
@@ -73,9 +73,13 @@ def test_partial_dirs_are_ignored_and_removed(tmp_path: Path) -> None:
     (tmp_path / ".step-00000015.tmp-abc").mkdir()  # debris of an interrupted save
     latest = ckpt.latest_checkpoint(tmp_path)
     assert latest is not None and latest.step == 5
-    removed = ckpt.remove_partial(tmp_path)
-    assert sorted(p.name for p in removed) == [".step-00000015.tmp-abc", "step-00000010"]
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["step-00000005"]
+    removed, aside = ckpt.remove_partial(tmp_path)
+    assert [p.name for p in removed] == [".step-00000015.tmp-abc"]
+    # a step dir without meta.json is set aside with its weights, never deleted
+    assert len(aside) == 1 and aside[0].name.startswith("step-00000010.no-meta-")
+    assert (aside[0] / ckpt.MODEL_FILE).read_bytes() == b"x"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["step-00000005", aside[0].name]
+    assert ckpt.latest_checkpoint(tmp_path).step == 5  # type: ignore[union-attr]
 
 
 @pytest.mark.parametrize("damage", ["flip", "truncate", "delete", "meta"])

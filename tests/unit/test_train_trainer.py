@@ -10,7 +10,7 @@ import pytest
 from speechssl.errors import ConfigError, ItemError
 from speechssl.train.config import DataConfig, ModelConfig, OptimConfig, TrainConfig, TrainerConfig
 from speechssl.train.data import AudioReader, TrainCorpus
-from speechssl.train.distributed import init_distributed
+from speechssl.distributed import init_distributed
 from speechssl.train.monitor import iter_kind, read_log
 from speechssl.train.trainer import Trainer
 
