@@ -56,6 +56,8 @@ from speechssl.utils.lock import exclusive_lock
 
 log = logging.getLogger(__name__)
 
+#: weights this many times larger than at the start mean the optimizer broke them
+WEIGHT_BLOWUP = 1e3
 #: what a training exp dir may hold (anything else means the path is something else)
 EXP_ENTRIES = ("checkpoints", "log.jsonl", "config.yaml", "final", "tb", "hydra", ".lock")
 
@@ -205,6 +207,7 @@ class TrainLoop:
             if self.env.is_main:
                 log.info("resumed from %s (step %d, epoch %d, batch %d)", self.resume_from,
                          self.state.step, self.state.epoch, self.state.index)  # fmt: skip
+        self._start_peak = self._max_abs_weight()
         self.logger = RunLogger(
             self.exp_dir,
             enabled=self.env.is_main,
@@ -283,9 +286,24 @@ class TrainLoop:
             model=self.task.model_name,
             parameters=sum(p.numel() for p in self.task.model.parameters()),
         )
+        logged = self._logged_events() if self.resume_from is not None else []
         for event in self.task.start_events(self.state.epoch):
-            self.logger.event(event["event"], step=self.state.step, **{
-                k: v for k, v in event.items() if k != "event"})  # fmt: skip
+            if event["event"] == "data" and event in logged:
+                continue  # the log reads as one history: the same data report once
+            details = {k: v for k, v in event.items() if k != "event"}
+            self.logger.event(event["event"], step=self.state.step, **details)
+
+    def _logged_events(self) -> list[dict[str, Any]]:
+        """Events already in the (resumed) log, without their kind, time and step."""
+        from speechssl.train.monitor import iter_kind, read_log
+
+        if not self.env.is_main or not self.logger.path.exists():
+            return []
+        drop = ("kind", "time", "step")
+        return [
+            {k: v for k, v in r.items() if k not in drop}
+            for r in iter_kind(read_log(self.logger.path), "event")
+        ]
 
     # ----------------------------------------------------------------------------------
     # the loop
@@ -495,9 +513,7 @@ class TrainLoop:
             terms=bad_terms, grad_norm=grad_norm, loss_scale=scale,
             consecutive=st.consecutive_nonfinite, utts=utts[:20],
         )  # fmt: skip
-        broken = ckpt.nonfinite_parameters(self.task.model)
-        if broken:  # the weights themselves: skipping steps cannot help
-            self._stop_nonfinite_weights(broken)
+        self._check_weights()  # broken weights: skipping steps cannot help
         reason = None
         if (
             tc.max_consecutive_nonfinite
@@ -521,17 +537,38 @@ class TrainLoop:
             "trainer.precision=bf16/fp32."
         )  # fmt: skip
 
-    def _stop_nonfinite_weights(self, names: list[str]) -> NoReturn:
-        """The parameters became NaN/inf through an optimizer update of finite gradients:
+    def _max_abs_weight(self) -> float:
+        """The largest ``|parameter|`` over all ranks (NaN if any is NaN)."""
+        local = [getattr(p, "to_local", lambda p=p: p)().detach() for p in self.params]
+        peaks = [t.abs().max().float() for t in local if t.numel()]
+        peak = torch.stack(peaks).max() if peaks else torch.zeros(())
+        return float(dist.all_reduce(peak.reshape(1).to(self.device), "max").item())
+
+    def _check_weights(self) -> None:
+        """Stop, blaming the optimizer settings, if the weights are non-finite or blew up
+        (largest |weight| over ``WEIGHT_BLOWUP`` times its value at the start)."""
+        broken = ckpt.nonfinite_parameters(self.task.model)
+        if broken:
+            shown = ", ".join(broken[:3]) + (
+                f" and {len(broken) - 3} more" if len(broken) > 3 else ""
+            )
+            self._stop_bad_weights(f"are non-finite ({shown})", broken)
+        peak = self._max_abs_weight()
+        if peak > WEIGHT_BLOWUP * max(self._start_peak, 1.0):
+            self._stop_bad_weights(
+                f"blew up (largest |weight| {peak:.3g}, {self._start_peak:.3g} at the start)", []
+            )
+
+    def _stop_bad_weights(self, what: str, names: list[str]) -> NoReturn:
+        """The optimizer updates (of finite gradients: others are skipped) broke the weights:
         blame the optimizer settings, save nothing, name the last good checkpoint."""
         o = self.optim_cfg
         good = self.checkpoints.latest_good()
-        shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
-        self.logger.event("stop", step=self.step, reason="non-finite parameters", params=names[:20])
+        self.logger.event("stop", step=self.step, reason=f"weights {what}", params=names[:20])
         raise TrainingError(
-            f"stopping at step {self.step}: the model's parameters are non-finite ({shown}) "
-            f"after an optimizer update with finite gradients, so the optimizer settings are "
-            f"the likely cause (optim.name={o.name}, optim.lr={o.lr:g}, optim.eps={o.eps:g}, "
+            f"stopping at step {self.step}: the model's weights {what} after optimizer "
+            f"updates of finite gradients, so the optimizer settings are the likely cause "
+            f"(optim.name={o.name}, optim.lr={o.lr:g}, optim.eps={o.eps:g}, "
             f"optim.betas={list(o.betas)}, optim.weight_decay={o.weight_decay:g}); lower "
             f"optim.lr or raise optim.eps. Nothing was saved; the last good checkpoint is "
             f"{good if good is not None else 'none (no checkpoint was written yet)'}"
@@ -567,10 +604,11 @@ class TrainLoop:
             metric, source = (total / count if count else None), "train"
         self._best_window = [0.0, 0.0]
         meta = {"batch_index": self.state.index, "model": self.task.model_name}
+        self._check_weights()  # a checkpoint is a state training can go on from
         try:
             path = self.checkpoints.save(metric, source, meta)
-        except NonFiniteStateError as exc:
-            self._stop_nonfinite_weights(exc.names)
+        except NonFiniteStateError as exc:  # a buffer (the weights were checked above)
+            self._stop_bad_weights(f"are non-finite ({', '.join(exc.names[:3])})", exc.names)
         for event in self.checkpoints.events:
             self.logger.event(event.pop("event"), **event)
         self.checkpoints.events.clear()
