@@ -47,7 +47,11 @@ def start_train(
 
 
 def wait_for(
-    cond: Callable[[], bool], proc: subprocess.Popen[bytes], timeout: float, what: str
+    cond: Callable[[], bool],
+    proc: subprocess.Popen[bytes],
+    timeout: float,
+    what: str,
+    poll: float = 0.02,
 ) -> None:
     deadline = time.monotonic() + timeout
     while not cond():
@@ -56,7 +60,7 @@ def wait_for(
         if time.monotonic() > deadline:
             proc.kill()
             raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.02)
+        time.sleep(poll)
 
 
 def records(exp: Path, kind: str) -> list[dict[str, Any]]:
