@@ -103,6 +103,19 @@ CHANNELS_HINT = "for speechssl-train set data.channels=select:N (0-based) or dat
 PIPES_HINT = "for speechssl-train set data.allow_pipes=true"
 
 
+def with_training_hint(exc: ItemError) -> ItemError:
+    """``exc`` with the ``speechssl-train`` option that resolves it appended (channel and
+    pipe errors; the data layer names its own, Python-level options)."""
+    hint = (
+        CHANNELS_HINT
+        if isinstance(exc, AudioChannelError)
+        else PIPES_HINT
+        if isinstance(exc, AudioPipeError)
+        else None
+    )
+    return exc if hint is None else type(exc)(exc.item, f"{exc.reason}; {hint}", exc.where)
+
+
 class KaldiAudioReader(AudioReader):
     """Reads utterances of a Kaldi data dir through ``speechssl.data.audio`` (typed errors
     naming the utterance), resampled to ``sample_rate``; ``channels`` is the multi-channel
@@ -129,10 +142,8 @@ class KaldiAudioReader(AudioReader):
         opts = LoadOptions(sample_rate=self.sample_rate, channels=self.channels)
         try:
             wave, _ = load_utterance(self._dir, utt_id, opts)
-        except AudioChannelError as exc:
-            raise type(exc)(exc.item, f"{exc.reason}; {CHANNELS_HINT}", exc.where) from None
-        except AudioPipeError as exc:
-            raise type(exc)(exc.item, f"{exc.reason}; {PIPES_HINT}", exc.where) from None
+        except ItemError as exc:
+            raise with_training_hint(exc) from None
         return wave.numpy()
 
 
@@ -198,7 +209,7 @@ def load_corpus(
             durations[utt] = ddir.duration(utt)
         except ItemError as exc:
             if not tolerant:
-                raise
+                raise with_training_hint(exc) from None
             skipped.append((utt, str(exc)))
     if skipped:
         log.warning(

@@ -59,7 +59,11 @@ log = logging.getLogger(__name__)
 #: weights this many times larger than at the start mean the optimizer broke them
 WEIGHT_BLOWUP = 1e3
 #: what a training exp dir may hold (anything else means the path is something else)
-EXP_ENTRIES = ("checkpoints", "log.jsonl", "config.yaml", "final", "tb", "hydra", ".lock")
+#: (besides hidden names: the lock, temporary files of interrupted atomic writes)
+EXP_ENTRIES = (
+    "checkpoints", "log.jsonl", "config.yaml", "final", "tb", "hydra", "hydra-multirun",
+    "curves.png",
+)  # fmt: skip
 
 
 @dataclass
@@ -100,7 +104,9 @@ def check_exp_dir(exp_dir: Path) -> None:
     foreign = sorted(
         n
         for n in names
-        if n not in EXP_ENTRIES and not (n.startswith("config.step-") and n.endswith(".yaml"))
+        if n not in EXP_ENTRIES
+        and not n.startswith(".")
+        and not (n.startswith("config.step-") and n.endswith(".yaml"))
     )
     if not foreign:
         return

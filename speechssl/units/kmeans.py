@@ -55,9 +55,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from speechssl import distributed as udist
 from speechssl.errors import ConfigError, ItemError
 from speechssl.features.store import FeatureStore
-from speechssl import distributed as udist
 from speechssl.units.stream import (
     Block,
     StoreStream,

@@ -40,6 +40,7 @@ for path in (REPO, Path(__file__).resolve().parent):  # the package; model_step.
     if str(path) not in sys.path:
         sys.path.insert(0, str(path))
 
+from speechssl.distributed import init_distributed  # noqa: E402
 from speechssl.models.registry import model_config  # noqa: E402
 from speechssl.train.config import (  # noqa: E402
     DataConfig,
@@ -54,7 +55,6 @@ from speechssl.train.data import (  # noqa: E402
     LabelStream,
     TrainCorpus,
 )
-from speechssl.distributed import init_distributed  # noqa: E402
 from speechssl.train.trainer import Trainer  # noqa: E402
 
 RATE = 16000
