@@ -47,7 +47,11 @@ def start_train(
 
 
 def wait_for(
-    cond: Callable[[], bool], proc: subprocess.Popen[bytes], timeout: float, what: str
+    cond: Callable[[], bool],
+    proc: subprocess.Popen[bytes],
+    timeout: float,
+    what: str,
+    poll: float = 0.02,
 ) -> None:
     deadline = time.monotonic() + timeout
     while not cond():
@@ -56,7 +60,7 @@ def wait_for(
         if time.monotonic() > deadline:
             proc.kill()
             raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.02)
+        time.sleep(poll)
 
 
 def records(exp: Path, kind: str) -> list[dict[str, Any]]:
@@ -93,3 +97,48 @@ def base_overrides() -> list[str]:
         "trainer.tensorboard=false",
         "trainer.export_final=false",
     ]
+
+
+def copy_data_dir(
+    src: Path,
+    dst: Path,
+    *,
+    gain: dict[str, float] | None = None,
+    peak: dict[str, float] | None = None,
+    wav_scp: dict[str, str] | None = None,
+    drop_files: tuple[str, ...] = (),
+) -> Path:
+    """A copy of Kaldi data dir ``src`` with faults put into real files: ``gain`` rewrites
+    those utterances' audio as float32 WAV scaled by the factor (finite samples far outside
+    [-1, 1], which overflow fp16/fp32 activations: a real non-finite loss); ``wav_scp``
+    replaces those utterances' ``wav.scp`` values (stereo files, pipes, missing paths);
+    ``peak`` does the same, scaling the file's largest magnitude to the value (3e38: at
+    float32's limit, finite in the file, overflowing in the first layer's sums);
+    ``drop_files`` leaves tables out (e.g. ``utt2dur``, so durations come from the audio)."""
+    import shutil
+
+    import soundfile as sf
+
+    dst.mkdir(parents=True)
+    for table in src.iterdir():
+        if table.is_file() and table.name not in drop_files:
+            shutil.copy(table, dst / table.name)
+    entries = dict(line.split(maxsplit=1) for line in (src / "wav.scp").read_text().splitlines())
+    import numpy as np
+
+    for utt in {**(gain or {}), **(peak or {})}:
+        data, rate = sf.read(entries[utt].strip(), dtype="float64")
+        if peak and utt in peak:
+            data = data / np.abs(data).max() * peak[utt]
+        else:
+            data = data * (gain or {})[utt]
+        out = dst / f"{utt}.gain.wav"
+        sf.write(out, data.astype(np.float32), rate, subtype="FLOAT")
+        entries[utt] = str(out)
+    entries.update(wav_scp or {})
+    (dst / "wav.scp").write_text("".join(f"{u} {v.strip()}\n" for u, v in sorted(entries.items())))
+    return dst
+
+
+def utt_ids(data_dir: Path) -> list[str]:
+    return [line.split()[0] for line in (data_dir / "wav.scp").read_text().splitlines()]

@@ -119,12 +119,11 @@ def _set_threads(n: int | None) -> None:
 
 
 def cmd_fit(args: argparse.Namespace) -> int:
-    import torch
 
+    from speechssl import distributed as udist
     from speechssl.errors import ConfigError
     from speechssl.features.store import FeatureStore
-    from speechssl.units import distributed as udist
-    from speechssl.units.kmeans import MODEL_META, KMeansConfig, fit_kmeans, resolve_device
+    from speechssl.units.kmeans import MODEL_META, KMeansConfig, fit_kmeans
     from speechssl.units.stream import store_fingerprint
 
     _set_threads(args.threads)
@@ -147,12 +146,9 @@ def cmd_fit(args: argparse.Namespace) -> int:
         cache_gb=args.cache_gb,
     )
     cfg.validate()
-    device = resolve_device(cfg.device)
-    if device.type == "cuda" and device.index is None:
-        device = torch.device("cuda", torch.cuda.current_device())
-    created = udist.init_from_env(device)
+    env = udist.init_distributed(cfg.device)  # CUDA: this rank's LOCAL_RANK device
     try:
-        rank, world = udist.rank_and_world()
+        rank, world = env.rank, env.world_size
         store = FeatureStore(args.features)
         out = Path(args.out)
         existing = out / MODEL_META
@@ -192,8 +188,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
             )
         udist.barrier()
     finally:
-        if created:
-            udist.shutdown()
+        udist.shutdown_distributed(env)
     return 0
 
 

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from speechssl.core.distributed import all_reduce_mean
+from speechssl.distributed import all_reduce_mean
 from speechssl.errors import ConfigError
 
 

@@ -31,8 +31,8 @@ def find_config_dir() -> Path | None:
 
 def run(cfg: Any) -> int:
     """Validate ``cfg`` and train; returns the exit code (errors are reported, not raised)."""
+    from speechssl.distributed import init_distributed, shutdown_distributed
     from speechssl.train.config import to_train_config
-    from speechssl.train.distributed import init_distributed, shutdown_distributed
     from speechssl.train.trainer import Trainer
 
     rank = int(os.environ.get("RANK", "0"))
@@ -44,7 +44,7 @@ def run(cfg: Any) -> int:
         try:
             summary = Trainer(train_cfg, env).fit()
         finally:
-            shutdown_distributed()
+            shutdown_distributed(env)
     except SpeechSSLError as exc:
         print(f"speechssl-train: error: {exc}", file=sys.stderr)
         return 1

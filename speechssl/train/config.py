@@ -8,6 +8,7 @@ config is refused, so no config can instantiate an arbitrary class.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -70,13 +71,25 @@ class DataConfig:
     """Audio sample rate; 0 takes the model's."""
     normalize: bool = False
     """Normalise each waveform to zero mean, unit variance (HuBERT large)."""
-    fault_nan_utts: list[str] = field(default_factory=list)
-    """Fault injection: these utterances' waveforms are replaced by NaN after loading (to
-    exercise the non-finite-loss handling); leave empty."""
+    channels: str = "error"
+    """Multi-channel audio: ``error`` (refuse it, naming the utterance), ``select:N`` (use
+    channel N, 0-based) or ``mean`` (average the channels)."""
+    allow_pipes: bool = False
+    """Run ``wav.scp`` entries that are shell commands (``cmd |``); off by default because
+    they execute whatever the data dir says."""
     tolerant: bool = False
-    """Skip (and count) utterances that fail to load instead of stopping."""
+    """Skip (and count) utterances that fail to load instead of stopping (at start-up and
+    during training; each is logged as a ``skipped_utterance`` event)."""
 
     def __post_init__(self) -> None:
+        from speechssl.data.audio import parse_channel_policy
+
+        try:
+            parse_channel_policy(self.channels)
+        except ConfigError:
+            raise ConfigError(
+                f"data.channels must be error, mean or select:N (N >= 0), got {self.channels!r}"
+            ) from None
         if self.crop_mode not in CROP_MODES:
             raise ConfigError(f"data.crop_mode must be one of {CROP_MODES}, got {self.crop_mode!r}")
         if self.crop_seconds <= 0:
@@ -126,10 +139,24 @@ class OptimConfig:
     """Steps over which the schedule decays; 0 takes ``trainer.max_steps``."""
 
     def __post_init__(self) -> None:
+        for name in ("lr", "eps", "weight_decay", "warmup_init_lr", "end_lr", "power"):
+            if not math.isfinite(getattr(self, name)):
+                raise ConfigError(f"optim.{name} must be finite, got {getattr(self, name)}")
         if self.lr <= 0:
             raise ConfigError(f"optim.lr must be > 0, got {self.lr}")
-        if len(self.betas) != 2:
-            raise ConfigError(f"optim.betas must have two values, got {self.betas}")
+        if self.eps <= 0:
+            raise ConfigError(
+                f"optim.eps must be > 0 (it keeps Adam's update finite), got {self.eps}"
+            )
+        if self.weight_decay < 0:
+            raise ConfigError(f"optim.weight_decay must be >= 0, got {self.weight_decay}")
+        if self.warmup_init_lr < 0 or self.end_lr < 0 or self.power <= 0:
+            raise ConfigError(
+                "optim.warmup_init_lr and optim.end_lr must be >= 0 and optim.power > 0, got "
+                f"{self.warmup_init_lr}, {self.end_lr}, {self.power}"
+            )
+        if len(self.betas) != 2 or not all(math.isfinite(b) and 0.0 <= b < 1.0 for b in self.betas):
+            raise ConfigError(f"optim.betas must be two values in [0, 1), got {self.betas}")
         if self.warmup_steps < 0 or self.total_steps < 0:
             raise ConfigError("optim.warmup_steps and optim.total_steps must be >= 0")
 
@@ -151,7 +178,8 @@ class TrainerConfig:
     precision: str = "fp32"
     """``fp32``, ``bf16`` (autocast) or ``fp16`` (autocast + dynamic loss scaling)."""
     clip_norm: float = 10.0
-    """Clip the global gradient norm to this; 0 disables clipping (the norm is still logged)."""
+    """Clip the global gradient norm to this (finite, > 0); exactly 0 disables clipping
+    (the norm is still logged). Negative values are refused."""
     device: str = "auto"
     """``auto`` (CUDA when available), ``cpu`` or ``cuda``."""
     strategy: str = "ddp"
@@ -209,6 +237,15 @@ class TrainerConfig:
             raise ConfigError(f"trainer.best_mode must be min or max, got {self.best_mode!r}")
         if self.seed < 0:
             raise ConfigError(f"trainer.seed must be >= 0, got {self.seed}")
+        if not math.isfinite(self.clip_norm) or self.clip_norm < 0:
+            raise ConfigError(
+                f"trainer.clip_norm must be a finite value > 0, or 0 for no clipping; got "
+                f"{self.clip_norm}"
+            )
+        for name in ("init_loss_scale", "min_loss_scale", "peak_flops"):
+            value = getattr(self, name)
+            if not math.isfinite(value) or value < 0:
+                raise ConfigError(f"trainer.{name} must be finite and >= 0, got {value}")
         for name in ("max_steps", "grad_accum", "log_every", "save_every", "keep_last"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"trainer.{name} must be >= 1, got {getattr(self, name)}")

@@ -19,15 +19,16 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
+from speechssl.data.audio import AudioChannelError, AudioPipeError
 from speechssl.data.batch import LABEL_PAD, AudioBatch
 from speechssl.errors import ConfigError, ItemError
 
@@ -97,14 +98,36 @@ class AudioReader:
         raise NotImplementedError
 
 
+#: the training options that resolve these audio errors (appended to their messages)
+CHANNELS_HINT = "for speechssl-train set data.channels=select:N (0-based) or data.channels=mean"
+PIPES_HINT = "for speechssl-train set data.allow_pipes=true"
+
+
+def with_training_hint(exc: ItemError) -> ItemError:
+    """``exc`` with the ``speechssl-train`` option that resolves it appended (channel and
+    pipe errors; the data layer names its own, Python-level options)."""
+    hint = (
+        CHANNELS_HINT
+        if isinstance(exc, AudioChannelError)
+        else PIPES_HINT
+        if isinstance(exc, AudioPipeError)
+        else None
+    )
+    return exc if hint is None else type(exc)(exc.item, f"{exc.reason}; {hint}", exc.where)
+
+
 class KaldiAudioReader(AudioReader):
     """Reads utterances of a Kaldi data dir through ``speechssl.data.audio`` (typed errors
-    naming the utterance), resampled to ``sample_rate``."""
+    naming the utterance), resampled to ``sample_rate``; ``channels`` is the multi-channel
+    policy (``error``, ``mean``, ``select:N``), ``allow_pipes`` runs ``cmd |`` entries."""
 
-    def __init__(self, data_dir: str, sample_rate: int, allow_pipes: bool = False) -> None:
+    def __init__(
+        self, data_dir: str, sample_rate: int, allow_pipes: bool = False, channels: str = "error"
+    ) -> None:
         self.data_dir = str(data_dir)
         self.sample_rate = sample_rate
         self.allow_pipes = allow_pipes
+        self.channels = channels
         self._dir: Any = None
 
     def __getstate__(self) -> dict[str, Any]:
@@ -116,15 +139,39 @@ class KaldiAudioReader(AudioReader):
 
         if self._dir is None:
             self._dir = KaldiDataDir(self.data_dir, allow_pipes=self.allow_pipes)
-        wave, _ = load_utterance(self._dir, utt_id, LoadOptions(sample_rate=self.sample_rate))
+        opts = LoadOptions(sample_rate=self.sample_rate, channels=self.channels)
+        try:
+            wave, _ = load_utterance(self._dir, utt_id, opts)
+        except ItemError as exc:
+            raise with_training_hint(exc) from None
         return wave.numpy()
 
 
+def stream_name(meta: Any) -> str:
+    """A label stream's name from its labels' ``meta.json`` (:class:`LabelsMeta`): the
+    k-means size and the features it clustered, e.g. ``km100_mfcc`` (HuBERT's first
+    iteration), ``km500_model_L6`` (a model's layer 6: the second iteration)."""
+    name = f"km{meta.k}"
+    kind = str(meta.source.get("kind") or "")
+    if kind:
+        name += f"_{kind}"
+    layer = meta.source.get("layer")
+    if layer is not None:
+        name += f"_L{layer}"
+    return re.sub(r"[^A-Za-z0-9_]+", "_", name)
+
+
 def stream_names_for(label_dirs: Sequence[str]) -> list[str]:
-    """Label-stream names: each label dir's base name, made unique with a suffix."""
+    """Label-stream names (the keys of ``loss/<stream>/...`` in the log): from each label
+    dir's ``meta.json`` (:func:`stream_name`), made unique with a suffix (``_2``, ...).
+
+    The dir's own name is not used: recipes call their label dirs after the split
+    (``labels/train``), which would log ``loss/train``."""
+    from speechssl.units.labels import LabelsMeta
+
     names: list[str] = []
     for d in label_dirs:
-        base = Path(str(d).rstrip("/")).name or "labels"
+        base = stream_name(LabelsMeta.read(d))
         name, i = base, 1
         while name in names:
             i += 1
@@ -141,17 +188,33 @@ def load_corpus(
     label_tolerance: float = 2.0,
     stream_names: Sequence[str] | None = None,
     tolerant: bool = False,
+    channels: str = "error",
+    allow_pipes: bool = False,
 ) -> TrainCorpus:
     """A :class:`TrainCorpus` over a Kaldi data dir and its unit-label dirs.
 
     Every label set is checked against the utterances' durations at load time
     (``UnitLabels.load``); a missing or misaligned utterance is a LabelError naming it
-    (in tolerant mode it is left out, logged and counted).
+    (in tolerant mode it is left out, logged and counted). An utterance whose duration
+    cannot be read (no ``utt2dur`` and a missing or unreadable file) is an ItemError, or in
+    tolerant mode left out and listed in ``TrainCorpus.skipped``.
     """
     from speechssl.data.kaldi_dir import KaldiDataDir
 
-    ddir = KaldiDataDir(data_dir)
-    durations = ddir.durations()
+    ddir = KaldiDataDir(data_dir, allow_pipes=allow_pipes)
+    durations: dict[str, float] = {}
+    skipped: list[tuple[str, str]] = []
+    for utt in ddir.utt_ids():
+        try:
+            durations[utt] = ddir.duration(utt)
+        except ItemError as exc:
+            if not tolerant:
+                raise with_training_hint(exc) from None
+            skipped.append((utt, str(exc)))
+    if skipped:
+        log.warning(
+            "%s: left out %d utterance(s) whose audio cannot be read", data_dir, len(skipped)
+        )
     utts = list(durations)
     names = list(stream_names) if stream_names is not None else stream_names_for(label_dirs)
     loaded = []
@@ -186,8 +249,9 @@ def load_corpus(
         utt_ids=utts,
         num_samples=np.array([round(durations[u] * sample_rate) for u in utts], dtype=np.int64),
         sample_rate=sample_rate,
-        reader=KaldiAudioReader(data_dir, sample_rate, allow_pipes=ddir.allow_pipes),
+        reader=KaldiAudioReader(data_dir, sample_rate, allow_pipes=allow_pipes, channels=channels),
         streams=streams,
+        skipped=skipped,
     )
 
 
@@ -201,6 +265,7 @@ class TrainCorpus:
         sample_rate: Hz.
         reader: loads a waveform by utterance id.
         streams: label streams aligned with ``utt_ids``.
+        skipped: ``(utt_id, reason)`` of utterances left out at load (tolerant mode).
     """
 
     utt_ids: list[str]
@@ -208,6 +273,7 @@ class TrainCorpus:
     sample_rate: int
     reader: AudioReader
     streams: list[LabelStream] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.num_samples = np.asarray(self.num_samples, dtype=np.int64)
@@ -231,6 +297,7 @@ class TrainCorpus:
             sample_rate=self.sample_rate,
             reader=self.reader,
             streams=[s.subset(keep) for s in self.streams],
+            skipped=list(self.skipped),
         )
 
 
@@ -459,12 +526,15 @@ class TrainBatch(AudioBatch):
         loaded_samples: samples of the utterances before cropping (crop waste = 1 -
             lengths.sum() / loaded_samples).
         skipped: ``(utt_id, reason)`` of utterances left out in tolerant mode.
+        error: the item error that made the batch fail (strict mode); carried as a value
+            so it reaches the training process as itself, not as a DataLoader traceback.
     """
 
     epoch: int = 0
     index: int = 0
     loaded_samples: int = 0
     skipped: list[tuple[str, str]] = field(default_factory=list)
+    error: ItemError | None = None
 
     def pin_memory(self) -> TrainBatch:
         pinned = super().pin_memory()
@@ -474,6 +544,7 @@ class TrainBatch(AudioBatch):
             index=self.index,
             loaded_samples=self.loaded_samples,
             skipped=list(self.skipped),
+            error=self.error,
         )
 
     def audio_batch(self) -> AudioBatch:
@@ -495,8 +566,8 @@ class CroppedBatchDataset(Dataset[TrainBatch]):
         opts: batching options (crop length and mode).
         seed: the run's seed (crop offsets depend on seed, epoch and batch index only).
         normalize: zero-mean unit-variance each waveform (after cropping).
-        tolerant: skip utterances whose audio fails to load (recorded in ``skipped``).
-        fault_nan_utts: utterances whose waveform is replaced by NaN (fault injection).
+        tolerant: skip utterances whose audio fails to load (recorded in ``skipped``);
+            otherwise the batch carries the first error (``TrainBatch.error``).
     """
 
     def __init__(
@@ -507,14 +578,12 @@ class CroppedBatchDataset(Dataset[TrainBatch]):
         seed: int,
         normalize: bool = False,
         tolerant: bool = False,
-        fault_nan_utts: Sequence[str] = (),
     ) -> None:
         self.corpus = corpus
         self.opts = opts
         self.seed = seed
         self.normalize = normalize
         self.tolerant = tolerant
-        self.fault_nan_utts = frozenset(fault_nan_utts)
         self.align = frame_alignment(corpus.sample_rate, [s.rate for s in corpus.streams])
 
     def __len__(self) -> int:  # batches are addressed by spec, not by position
@@ -531,11 +600,15 @@ class CroppedBatchDataset(Dataset[TrainBatch]):
                 wave = corpus.reader(utt)
             except ItemError as exc:
                 if not self.tolerant:
-                    raise
+                    return TrainBatch(
+                        waveforms=torch.zeros(0, 0),
+                        lengths=torch.zeros(0, dtype=torch.long),
+                        epoch=spec.epoch,
+                        index=spec.index,
+                        error=exc,
+                    )
                 skipped.append((utt, str(exc)))
                 continue
-            if utt in self.fault_nan_utts:
-                wave = np.full_like(wave, np.nan)
             waves.append(wave)
             kept.append(i)
         return self.collate(spec, kept, waves, skipped)

@@ -9,6 +9,6 @@
   the label directory format, :class:`~speechssl.units.labels.UnitLabels` with length checks.
 * :mod:`speechssl.units.quality`, :mod:`speechssl.units.report`,
   :mod:`speechssl.units.plotting` - PNMI / purities, usage and durations, JSON + PNG.
-* :mod:`speechssl.units.distributed` - the few collectives k-means needs.
+* k-means' collectives come from :mod:`speechssl.distributed` (the one wrapper).
 * :mod:`speechssl.units.synthetic` - Gaussian-mixture stores for tests and benchmarks.
 """

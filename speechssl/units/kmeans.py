@@ -55,9 +55,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from speechssl import distributed as udist
 from speechssl.errors import ConfigError, ItemError
 from speechssl.features.store import FeatureStore
-from speechssl.units import distributed as udist
 from speechssl.units.stream import (
     Block,
     StoreStream,
@@ -697,7 +697,8 @@ def fit_kmeans(store: FeatureStore | str | os.PathLike[str], cfg: KMeansConfig) 
         store = FeatureStore(store)
     t_start = time.perf_counter()
     device = resolve_device(cfg.device)
-    rank, world = udist.rank_and_world()
+    env = udist.current_env()
+    rank, world = env.rank, env.world_size
     selection = select_utterances(store, cfg.percent, cfg.max_frames, cfg.seed)
     stream = StoreStream(store, _rank_shards(store, rank, world), selection, cfg.block_frames)
     n_total = torch.tensor([stream.num_frames], dtype=torch.int64)

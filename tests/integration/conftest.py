@@ -13,7 +13,7 @@ def synth_km_labels(
 ) -> dict[str, Path]:
     """Unit labels of the bundled corpus' train and dev splits from MFCC k-means (K=20),
     made with the real commands (features dump, kmeans fit, kmeans apply). Returns
-    ``{"train": DIR, "dev": DIR}``; both dirs are named ``km20`` (the stream name)."""
+    ``{"train": DIR, "dev": DIR}``; both dirs are named ``km20`` (their stream name comes from meta.json: ``km20_mfcc``)."""
     from speechssl.cli.main import main
 
     root = tmp_path_factory.mktemp("synth_units")

@@ -8,8 +8,8 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from speechssl.core.distributed import all_reduce_mean
 from speechssl.core.quantizers import GumbelVectorQuantizer, diversity_loss
+from speechssl.distributed import all_reduce_mean
 
 
 def _free_port() -> int:

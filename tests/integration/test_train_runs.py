@@ -10,7 +10,16 @@ from pathlib import Path
 
 import pytest
 import torch
-from train_helpers import base_overrides, events, losses, records, run_train, train_env
+from train_helpers import (
+    base_overrides,
+    copy_data_dir,
+    events,
+    losses,
+    records,
+    run_train,
+    train_env,
+    utt_ids,
+)
 
 from speechssl.train import checkpoint as ckpt
 
@@ -104,28 +113,28 @@ def test_two_process_fsdp2_matches_one_process_and_resumes(
 
 
 def test_fp16_nonfinite_step_is_skipped_and_loss_scale_lowered(
-    train_data: list[str], synth_corpus: Path, tmp_path: Path
+    synth_corpus: Path, tmp_path: Path
 ) -> None:
-    """A NaN waveform (fault injection) makes one step's loss NaN: skipped, scale halved,
-    training goes on with finite losses."""
-    poisoned = (synth_corpus / "train" / "utt2dur").read_text().split()[0]
+    """One real WAV file with finite samples of magnitude ~1e5 (beyond fp16's 65504) makes
+    one step's loss non-finite under fp16: skipped, scale halved, training goes on."""
+    poisoned = utt_ids(synth_corpus / "train")[0]
+    data = copy_data_dir(synth_corpus / "train", tmp_path / "data", gain={poisoned: 1e6})
     exp = tmp_path / "exp"
     res = run_train(
         [
-            *train_data,
+            "model=wav2vec2_tiny",
+            f"data.dir={data}",
             *base_overrides(),
             f"trainer.exp_dir={exp}",
             "trainer.precision=fp16",
             "trainer.max_steps=8",
-            f"data.fault_nan_utts=[{poisoned}]",
         ],
         cwd=tmp_path,
     )
     assert res.returncode == 0, res.stderr[-3000:]
     bad = events(exp, "nonfinite")
     assert bad, "the poisoned utterance never reached a step"
-    assert any(poisoned in e["utts"] for e in bad)
-    assert "loss" in bad[0]["terms"]
+    assert all(poisoned in e["utts"] for e in bad)
     assert bad[0]["loss_scale"] == 64.0  # init 128, halved by the skipped step
     train = records(exp, "train")
     assert train[-1]["step"] == 8 and sum(r["skipped_steps"] for r in train) == len(bad)
@@ -135,33 +144,35 @@ def test_fp16_nonfinite_step_is_skipped_and_loss_scale_lowered(
 
 @pytest.mark.slow
 def test_repeated_nonfinite_stops_with_message_and_saved_state(
-    train_data: list[str], synth_corpus: Path, tmp_path: Path
+    synth_corpus: Path, tmp_path: Path
 ) -> None:
-    every = [
-        line.split()[0] for line in (synth_corpus / "train" / "utt2dur").read_text().splitlines()
-    ]
+    """Every utterance is a real float WAV peaking at 3e38 (finite, at float32's limit):
+    fp32 activations overflow, every step is non-finite; the run stops, saving a finite
+    state, and points at the data."""
+    train = synth_corpus / "train"
+    data = copy_data_dir(train, tmp_path / "data", peak=dict.fromkeys(utt_ids(train), 3e38))
     exp = tmp_path / "exp"
     res = run_train(
         [
-            *train_data,
+            "model=wav2vec2_tiny",
+            f"data.dir={data}",
             *base_overrides(),
             f"trainer.exp_dir={exp}",
             "trainer.max_steps=50",
             "trainer.max_consecutive_nonfinite=3",
-            f"data.fault_nan_utts=[{','.join(every)}]",
         ],
         cwd=tmp_path,
     )
     assert res.returncode == 1
     assert "3 consecutive steps had a non-finite loss or gradient" in res.stderr
-    assert "state is saved in" in res.stderr
+    assert "state (finite parameters) is saved in" in res.stderr
+    assert "Check the data" in res.stderr
     stop = events(exp, "stop")
     assert len(stop) == 1 and len(events(exp, "nonfinite")) == 3
     saved = Path(stop[0]["checkpoint"])
-    _, state, meta = ckpt.load_checkpoint(saved)
+    weights, state, meta = ckpt.load_checkpoint(saved)
     assert meta["step"] == 0 and state["consecutive_nonfinite"] == 3
     assert state["global_batches"] == 3  # the data position moved past the bad batches
-    weights, _, _ = ckpt.load_checkpoint(saved)
     assert all(torch.isfinite(w).all() for w in weights.values())
 
 

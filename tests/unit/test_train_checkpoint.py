@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import random
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -65,7 +70,7 @@ def test_rng_state_restores_every_generator(tmp_path: Path) -> None:
     assert torch.equal(got[4], expected[4])
 
 
-def test_partial_dirs_are_ignored_and_removed(tmp_path: Path) -> None:
+def test_partial_dirs_are_ignored_debris_removed_and_no_meta_set_aside(tmp_path: Path) -> None:
     model, state = _states()
     ckpt.save_checkpoint(tmp_path, 5, model, state)
     (tmp_path / "step-00000010").mkdir()  # a dir without metadata
@@ -73,9 +78,13 @@ def test_partial_dirs_are_ignored_and_removed(tmp_path: Path) -> None:
     (tmp_path / ".step-00000015.tmp-abc").mkdir()  # debris of an interrupted save
     latest = ckpt.latest_checkpoint(tmp_path)
     assert latest is not None and latest.step == 5
-    removed = ckpt.remove_partial(tmp_path)
-    assert sorted(p.name for p in removed) == [".step-00000015.tmp-abc", "step-00000010"]
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["step-00000005"]
+    removed, aside = ckpt.remove_partial(tmp_path)
+    assert [p.name for p in removed] == [".step-00000015.tmp-abc"]
+    # a step dir without meta.json is set aside with its weights, never deleted
+    assert len(aside) == 1 and aside[0].name.startswith("step-00000010.no-meta-")
+    assert (aside[0] / ckpt.MODEL_FILE).read_bytes() == b"x"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["step-00000005", aside[0].name]
+    assert ckpt.latest_checkpoint(tmp_path).step == 5  # type: ignore[union-attr]
 
 
 @pytest.mark.parametrize("damage", ["flip", "truncate", "delete", "meta"])
@@ -126,3 +135,52 @@ def test_overwriting_a_step_is_atomic(tmp_path: Path) -> None:
     loaded, _, _ = ckpt.load_checkpoint(tmp_path / "step-00000009")
     assert torch.equal(loaded["b.bias"], model2["b.bias"])
     assert [p.name for p in tmp_path.iterdir()] == ["step-00000009"]
+
+
+_SAVER = """
+import sys, torch
+from speechssl.train import checkpoint as ckpt
+big = {"w": torch.ones(64, 1024, 1024)}  # 256 MiB: the save takes a while
+ckpt.save_checkpoint(sys.argv[1], 2, big, {"step": 2})
+"""
+
+
+def test_sigkill_during_a_real_save_leaves_only_hidden_debris(tmp_path: Path) -> None:
+    """A process killed while it writes a checkpoint (its temporary dir exists, meta.json
+    not yet written) leaves the previous checkpoint intact and no visible step dir."""
+    model, state = _states()
+    ckpt.save_checkpoint(tmp_path, 1, model, state)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    proc = subprocess.Popen([sys.executable, "-c", _SAVER, str(tmp_path)], env=env)
+    deadline = time.monotonic() + 120
+    while not any(tmp_path.glob(".step-00000002.tmp-*")):
+        assert proc.poll() is None, "the saver exited before its save began"
+        assert time.monotonic() < deadline
+        time.sleep(0.001)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(30)
+    complete, partial = ckpt.list_checkpoints(tmp_path)
+    assert [c.step for c in complete] == [1]
+    assert [p.name.startswith(".step-00000002.tmp-") for p in partial] == [True]
+    assert not (tmp_path / ckpt.step_dir_name(2)).exists()
+    ckpt.load_checkpoint(complete[0].path)
+    removed, aside = ckpt.remove_partial(tmp_path)
+    assert len(removed) == 1 and aside == []
+    assert [p.name for p in tmp_path.iterdir()] == ["step-00000001"]
+
+
+def test_resume_of_things_that_are_not_checkpoints_says_what_they_are(tmp_path: Path) -> None:
+    hf = tmp_path / "hf"
+    hf.mkdir()
+    (hf / "config.json").write_text("{}")
+    (hf / "model.safetensors").write_bytes(b"x")
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "wav.scp").write_text("u a.wav\n")
+    exp = tmp_path / "exp"
+    (exp / "checkpoints").mkdir(parents=True)
+    for path, what in ((hf, "a Hugging Face model dir"), (data, "a Kaldi data dir"),
+                       (exp, "an experiment dir")):  # fmt: skip
+        with pytest.raises(CheckpointError, match=what) as info:
+            ckpt.verify_checkpoint(path)
+        assert "partial" not in str(info.value)

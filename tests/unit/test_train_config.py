@@ -58,11 +58,36 @@ def test_groups_and_overrides_compose_into_the_schema() -> None:
         ("trainer.precision=fp8", "trainer.precision"),
         ("data.crop_mode=random", "data.crop_mode"),
         ("trainer.grad_accum=0", "trainer.grad_accum"),
+        # optimizer fields: finite and in range (issue 15: lr=inf/nan, eps=0 trained NaNs)
+        ("optim.lr=inf", r"optim\.lr must be finite"),
+        ("optim.lr=nan", r"optim\.lr must be finite"),
+        ("optim.lr=0", r"optim\.lr must be > 0"),
+        ("optim.eps=0", r"optim\.eps must be > 0"),
+        ("optim.eps=-1e-8", r"optim\.eps must be > 0"),
+        ("optim.eps=nan", r"optim\.eps must be finite"),
+        ("optim.betas=[0.9,1.0]", r"optim\.betas must be two values in \[0, 1\)"),
+        ("optim.betas=[-0.1,0.98]", r"optim\.betas"),
+        ("optim.betas=[0.9,nan]", r"optim\.betas"),
+        ("optim.betas=[0.9]", r"optim\.betas"),
+        ("optim.weight_decay=-0.01", r"optim\.weight_decay must be >= 0"),
+        ("optim.weight_decay=inf", r"optim\.weight_decay must be finite"),
+        ("trainer.clip_norm=-1", r"trainer\.clip_norm must be a finite value > 0, or 0"),
+        ("trainer.clip_norm=inf", r"trainer\.clip_norm"),
+        ("trainer.clip_norm=nan", r"trainer\.clip_norm"),
+        ("data.channels=left", r"data\.channels must be error, mean or select:N"),
+        ("data.channels=select:x", r"data\.channels"),
     ],
 )
 def test_bad_configs_are_refused(override: str, match: str) -> None:
     with pytest.raises(ConfigError, match=match):
         _compose(["data.dir=d", "trainer.exp_dir=e", override])
+
+
+def test_clip_norm_zero_means_no_clipping_and_channel_policies_compose() -> None:
+    cfg = _compose(["data.dir=d", "trainer.exp_dir=e", "trainer.clip_norm=0",
+                    "data.channels=select:1", "data.allow_pipes=true"])  # fmt: skip
+    assert cfg.trainer.clip_norm == 0.0
+    assert cfg.data.channels == "select:1" and cfg.data.allow_pipes is True
 
 
 def test_missing_mandatory_value_is_named() -> None:

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
+import torch
 
-from speechssl.errors import ConfigError, ItemError
+from speechssl.distributed import init_distributed
+from speechssl.errors import ConfigError, ItemError, TrainingError
+from speechssl.train import checkpoint as ckpt
 from speechssl.train.config import DataConfig, ModelConfig, OptimConfig, TrainConfig, TrainerConfig
 from speechssl.train.data import AudioReader, TrainCorpus
-from speechssl.train.distributed import init_distributed
 from speechssl.train.monitor import iter_kind, read_log
 from speechssl.train.trainer import Trainer
 
@@ -31,7 +34,9 @@ class FlakyReader(AudioReader):
         return (0.1 * rng.standard_normal(self.sizes[utt_id])).astype(np.float32)
 
 
-def _trainer(tmp_path: Path, tolerant: bool, bad: set[str]) -> Trainer:
+def _trainer(
+    tmp_path: Path, tolerant: bool, bad: set[str], lr: float = 1e-3, **trainer: Any
+) -> Trainer:
     # two short bad utterances sort into the same 2-utterance batch: one batch fails whole
     sizes = {"u0": 8000, "u1": 8100, "u2": 12000, "u3": 12100, "u4": 16000, "u5": 16100}
     corpus = TrainCorpus(
@@ -52,16 +57,16 @@ def _trainer(tmp_path: Path, tolerant: bool, bad: set[str]) -> Trainer:
             tolerant=tolerant,
             shuffle=False,
         ),
-        optim=OptimConfig(lr=1e-3, warmup_steps=0),
+        optim=OptimConfig(lr=lr, warmup_steps=0),
         trainer=TrainerConfig(
             exp_dir=str(tmp_path / "exp"),
             device="cpu",
-            max_steps=2,  # one epoch: the empty step on (u0, u1), then (u2, u3), (u4, u5)
             log_every=1,
-            save_every=100,
             progress_bar=False,
             tensorboard=False,
             export_final=False,
+            # max_steps=2 is one epoch: the empty step on (u0, u1), then (u2, u3), (u4, u5)
+            **{"save_every": 100, "max_steps": 2, **trainer},
         ),
     )
     return Trainer(cfg, init_distributed("cpu"), train_corpus=corpus)
@@ -96,3 +101,33 @@ def test_unit_predicting_model_without_labels_is_refused_up_front(tmp_path: Path
     )
     with pytest.raises(ConfigError, match=r"hubert_tiny predicts unit labels: give data\.labels"):
         Trainer(cfg, init_distributed("cpu"))
+
+
+@pytest.mark.parametrize("save_every", [1, 100])
+def test_optimizer_made_nonfinite_weights_are_never_saved_and_blamed(
+    tmp_path: Path, save_every: int
+) -> None:
+    """A finite but absurd lr (1e30) blows the weights up in the first update. With a save
+    due at once the save refuses; otherwise the next step's non-finite loss finds the
+    broken weights. Either way nothing is written, and the message names the optimizer
+    settings (not the data) and the last good checkpoint (none)."""
+    trainer = _trainer(tmp_path, False, set(), lr=1e30, max_steps=4, save_every=save_every)
+    with pytest.raises(TrainingError) as info:
+        trainer.fit()
+    message = str(info.value)
+    assert "optimizer settings are the likely cause" in message and "optim.lr=1e+30" in message
+    assert "Check the data" not in message
+    assert "last good checkpoint is none" in message
+    complete, _ = ckpt.list_checkpoints(tmp_path / "exp" / "checkpoints")
+    assert complete == [] and not (tmp_path / "exp" / "checkpoints" / "best").exists()
+
+
+def test_manager_refuses_to_save_nonfinite_parameters(tmp_path: Path) -> None:
+    trainer = _trainer(tmp_path, False, set())
+    with torch.no_grad():
+        next(trainer.model.parameters()).view(-1)[0] = float("nan")
+    with pytest.raises(ckpt.NonFiniteStateError, match="non-finite"):
+        trainer.checkpoints.save()
+    assert not (tmp_path / "exp" / "checkpoints").exists() or not any(
+        (tmp_path / "exp" / "checkpoints").iterdir()
+    )

@@ -40,6 +40,7 @@ for path in (REPO, Path(__file__).resolve().parent):  # the package; model_step.
     if str(path) not in sys.path:
         sys.path.insert(0, str(path))
 
+from speechssl.distributed import init_distributed  # noqa: E402
 from speechssl.models.registry import model_config  # noqa: E402
 from speechssl.train.config import (  # noqa: E402
     DataConfig,
@@ -54,7 +55,6 @@ from speechssl.train.data import (  # noqa: E402
     LabelStream,
     TrainCorpus,
 )
-from speechssl.train.distributed import init_distributed  # noqa: E402
 from speechssl.train.trainer import Trainer  # noqa: E402
 
 RATE = 16000
@@ -156,7 +156,9 @@ def run_case(args: argparse.Namespace) -> dict[str, Any]:
             ),
         )
         trainer = Trainer(tcfg, init_distributed(args.device), train_corpus=corpus)
-        batch = trainer.dataset[BatchSpec(epoch=0, index=0, indices=tuple(range(args.batch)))]
+        batch = trainer.pretrain.dataset[
+            BatchSpec(epoch=0, index=0, indices=tuple(range(args.batch)))
+        ]
         ours_params = sum(p.numel() for p in trainer.model.parameters())
 
         from speechssl.interop.torchaudio import load_torchaudio_weights
