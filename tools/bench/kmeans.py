@@ -233,7 +233,7 @@ def case_fit(args: argparse.Namespace) -> None:
 
 
 def case_assign(args: argparse.Namespace) -> None:
-    from speechssl.units.labels import apply_to_store
+    from speechssl.units.apply import apply_to_store
 
     with tempfile.TemporaryDirectory(dir=args.tmp) as tmp:
         info = make_store(args, Path(tmp))
@@ -298,7 +298,7 @@ def case_rss(args: argparse.Namespace) -> None:
 
 
 def rss_child(args: argparse.Namespace) -> None:
-    from speechssl.units.labels import apply_to_store
+    from speechssl.units.apply import apply_to_store
 
     store = FeatureStore(args.store)
     after_import = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -324,7 +324,7 @@ def case_gpu(args: argparse.Namespace) -> None:
     if dev.type == "cuda" and not torch.cuda.is_available():
         emit({"what": "kmeans_lloyd_iter", "skipped": "no CUDA device on this machine"})
         return
-    from speechssl.units.kmeans import _chunk_rows, _lloyd_pass, default_chunk_elems
+    from speechssl.units.kmeans.lloyd import chunk_rows, default_chunk_elems, lloyd_pass
 
     def sync() -> None:
         if dev.type == "cuda":
@@ -342,13 +342,13 @@ def case_gpu(args: argparse.Namespace) -> None:
         del x, comp
     centroids = (means + 0.01).contiguous()
     flops = 2.0 * args.frames * args.dim * args.k
-    rows = _chunk_rows(args.chunk_elems or default_chunk_elems(dev), args.k)
+    rows = chunk_rows(args.chunk_elems or default_chunk_elems(dev), args.k)
     probe = 8192 if dev.type == "cuda" else 2048
     for tf32 in (False, True) if dev.type == "cuda" else (False,):
         torch.backends.cuda.matmul.allow_tf32 = tf32
 
         def one_iter() -> None:
-            st = _lloyd_pass(((r, b.float()) for r, b in blocks), centroids, rows, reduce=False)
+            st = lloyd_pass(((r, b.float()) for r, b in blocks), centroids, rows, reduce=False)
             sync()
             assert st.num_frames == args.frames
 
