@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import os
 import time
 from dataclasses import asdict, dataclass
@@ -85,6 +86,7 @@ def fit_kmeans(store: FeatureStore | str | os.PathLike[str], cfg: KMeansConfig) 
                 "seconds": round(time.perf_counter() - t0, 4),
             }
         )
+    _check_finite_result(store, cfg, centroids, final["inertia"])
     if data.shift is not None:
         centroids = (centroids.to(torch.float64) + data.shift.to(torch.float64)).to(torch.float32)
     meta = {
@@ -130,6 +132,21 @@ def _check_selection(store: FeatureStore, cfg: KMeansConfig, total: int) -> None
             f"{store.root}: {total} selected frames, fewer than k={cfg.k} "
             "(use more data, a larger --fraction, or a smaller --k)"
         )
+
+
+def _check_finite_result(
+    store: FeatureStore, cfg: KMeansConfig, centroids: torch.Tensor, inertia: float | None
+) -> None:
+    """Finite features can still overflow float32 distances (values beyond ~1e19)."""
+    if bool(torch.isfinite(centroids).all()) and (inertia is None or math.isfinite(inertia)):
+        return
+    hint = (
+        "scale them" if cfg.normalize == "global_mv" else "use --normalize global_mv or scale them"
+    )
+    raise ConfigError(
+        f"{store.root}: k-means overflowed float32 arithmetic (feature values too large for "
+        f"squared distances); {hint}"
+    )
 
 
 def _cache_bytes(cfg: KMeansConfig, device: torch.device) -> float:
