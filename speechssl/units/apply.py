@@ -25,8 +25,7 @@ import torch
 
 from speechssl.data.kaldi_dir import KaldiDataDir
 from speechssl.errors import ConfigError, ItemError
-from speechssl.features.dump import DumpOptions, ExtractorRequest, shard_range
-from speechssl.features.extract import iter_features
+from speechssl.features.dump import DumpOptions, ExtractorRequest, iter_features, shard_range
 from speechssl.features.store import FeatureStore, shard_stem
 from speechssl.units.kmeans import KMeansModel
 from speechssl.units.labels import (
@@ -101,10 +100,10 @@ def _labels_meta(
     )
 
 
-def _existing_shard(
-    out: Path, meta: LabelsMeta, rank: int, overwrite: bool
-) -> dict[str, Any] | None:
-    """The summary of an already complete shard (rerun), else None."""
+def _start_shard(out: Path, meta: LabelsMeta, rank: int, overwrite: bool) -> dict[str, Any] | None:
+    """Write (or check) the label dir's ``meta.json``; the summary of an already complete
+    shard ``rank`` (rerun: nothing to do), else None."""
+    write_labels_meta(out, meta, overwrite=overwrite)
     itemsize = label_itemsize(meta.dtype)
     if overwrite or not label_shard_is_complete(out, rank, meta.nshard, itemsize):
         return None
@@ -203,8 +202,7 @@ def apply_to_store(
         store.meta.frame_rate, frame_window_s, source, store.skipped(),
     )  # fmt: skip
     out = Path(out_dir)
-    write_labels_meta(out, meta, overwrite=overwrite)
-    done = _existing_shard(out, meta, rank, overwrite)
+    done = _start_shard(out, meta, rank, overwrite)
     if done is not None:
         return done
     lo, hi = shard_range(len(store), nshard, rank)
@@ -274,8 +272,7 @@ def apply_to_audio(
         frame_window_s, source, [],
     )  # fmt: skip
     out = Path(out_dir)
-    write_labels_meta(out, meta, overwrite=overwrite)
-    done = _existing_shard(out, meta, rank, overwrite)
+    done = _start_shard(out, meta, rank, overwrite)
     if done is not None:
         return done
     utts = ddir.utt_ids()
