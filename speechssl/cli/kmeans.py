@@ -21,42 +21,62 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "fit",
         help="fit k-means on a feature store (torchrun for several processes)",
         description="Fit k-means on a feature store, streaming its shards. Run under torchrun "
-        "to split the shards over processes (gloo on CPU, NCCL on CUDA).",
+        "to split the shards over processes (gloo on CPU, NCCL on CUDA). "
+        "Default schedule (--mode auto), from the work of one full pass, N*d*k multiply-adds "
+        "(N selected frames of dimension d): up to 2e9, full-batch Lloyd from 3 k-means++ "
+        "starts until the inertia changes by < 1e-4; above that with d <= 64 (MFCC-like), "
+        "0.3 epochs of mini-batch updates (at least 30 batches) from one start and no "
+        "full-batch iterations; above that with d > 64 (model layers), Lloyd from 3 starts "
+        "until the change is < 1e-3. A tuning flag given explicitly overrides the rule. "
+        "A rerun with the same settings on the same store does nothing; other settings need "
+        "--overwrite.",
     )
     fit.add_argument("--features", required=True, help="feature store directory")
     fit.add_argument("--k", type=int, required=True, help="number of clusters")
     fit.add_argument("--out", required=True, help="output model directory")
     sample = fit.add_mutually_exclusive_group()
-    sample.add_argument("--percent", type=float, help="use about this %% of utterances")
+    sample.add_argument(
+        "--fraction",
+        type=float,
+        help="use about this fraction (0 < F <= 1) of the utterances, chosen by hash of seed "
+        "and id (fairseq learn_kmeans.py's --percent, which is a fraction too: 0.1 = a tenth)",
+    )
+    sample.add_argument(
+        "--percent",
+        type=float,
+        help="the same in percent (0 < P <= 100): --percent 10 is --fraction 0.1",
+    )
     sample.add_argument("--max-frames", type=int, help="use utterances up to this many frames")
     fit.add_argument("--seed", type=int, default=0)
-    fit.add_argument("--mode", choices=["lloyd", "minibatch"], default="lloyd")
+    fit.add_argument(
+        "--mode",
+        choices=["auto", "lloyd", "minibatch"],
+        default="auto",
+        help="auto (default): the schedule rule above; lloyd: full-batch iterations (tol "
+        "1e-4, or 1e-3 above 2e9 multiply-adds per pass); minibatch: mini-batch epochs",
+    )
     fit.add_argument(
         "--max-iter",
         type=int,
-        default=100,
-        help="full-batch iterations (epochs in minibatch mode); 0 with --minibatch-epochs: "
-        "the mini-batch epochs alone",
+        help="full-batch iterations (epochs in minibatch mode; default 100, or 0 for the "
+        "mini-batch start); 0 with --minibatch-epochs: the mini-batch epochs alone",
     )
-    fit.add_argument("--tol", type=float, default=1e-4, help="relative inertia change to stop at")
-    fit.add_argument("--n-init", type=int, default=3, help="k-means++ restarts")
+    fit.add_argument("--tol", type=float, help="relative inertia change to stop at (see above)")
+    fit.add_argument("--n-init", type=int, help="k-means++ restarts (default 3, or 1 for the "
+                     "mini-batch start)")  # fmt: skip
     fit.add_argument("--init-sample-frames", type=int, help="frames in the init sample")
     fit.add_argument(
         "--init-lloyd-iters",
         type=int,
-        default=10,
-        help="Lloyd iterations on the init sample refining each restart",
+        help="Lloyd iterations on the init sample refining each restart (default 10, or 3 "
+        "for the mini-batch start)",
     )
     fit.add_argument("--batch-size", type=int, default=10000, help="mini-batch size (frames)")
     fit.add_argument(
         "--minibatch-epochs",
         type=float,
-        default=0.0,
-        help="lloyd mode: mini-batch epochs before the full-batch iterations (a fast start). "
-        "Fastest: --minibatch-epochs 0.3 --max-iter 0 --n-init 1 --init-lloyd-iters 3 (on "
-        "1M MFCC frames still a lower inertia than fairseq's scikit-learn settings). On "
-        "high-dimensional features (measured on 768-d data) mini-batch epochs lead Lloyd to a "
-        "worse optimum: keep the defaults, or --tol 1e-3 for speed",
+        help="lloyd mode: mini-batch epochs before the full-batch iterations (default 0, or "
+        "0.3 for the mini-batch start)",
     )
     fit.add_argument("--normalize", choices=["none", "global_mv"], default="none")
     fit.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
@@ -121,12 +141,20 @@ def _set_threads(n: int | None) -> None:
 def cmd_fit(args: argparse.Namespace) -> int:
 
     from speechssl import distributed as udist
-    from speechssl.errors import ConfigError
     from speechssl.features.store import FeatureStore
-    from speechssl.units.kmeans import MODEL_META, KMeansConfig, fit_kmeans
+    from speechssl.units.kmeans import KMeansConfig, fit_kmeans
     from speechssl.units.stream import store_fingerprint
 
     _set_threads(args.threads)
+    fraction = args.fraction
+    if args.percent is not None:
+        if args.percent < 1:
+            log.warning(
+                "--percent %g keeps %g%% of the utterances; fairseq's --percent %g (a "
+                "fraction) is --fraction %g here",
+                args.percent, args.percent, args.percent, args.percent,
+            )  # fmt: skip
+        fraction = _percent_to_fraction(args.percent)
     cfg = KMeansConfig(
         k=args.k,
         mode=args.mode,
@@ -139,81 +167,44 @@ def cmd_fit(args: argparse.Namespace) -> int:
         minibatch_epochs=args.minibatch_epochs,
         normalize=args.normalize,
         seed=args.seed,
-        percent=args.percent,
+        fraction=fraction,
         max_frames=args.max_frames,
         block_frames=args.block_frames,
         device=args.device,
         cache_gb=args.cache_gb,
     )
-    cfg.validate()
     env = udist.init_distributed(cfg.device)  # CUDA: this rank's LOCAL_RANK device
     try:
         rank, world = env.rank, env.world_size
         store = FeatureStore(args.features)
         out = Path(args.out)
-        existing = out / MODEL_META
-        if existing.exists() and not args.overwrite:
-            old = _read_json(existing)
-            same = (
-                old.get("config", {}).get("k") == cfg.k
-                and old.get("feature", {}).get("data_hash") == store_fingerprint(store)
-                and _comparable(old.get("config", {})) == _comparable(_asdict(cfg))
-            )
-            if same:
-                if rank == 0:
-                    print(f"{out}: model with the same settings and data exists; nothing to do")
-                return 0
-            raise ConfigError(
-                f"{out} holds a k-means model with other settings or data; "
-                "use another --out or --overwrite"
-            )
+        if not args.overwrite and cfg.same_fit_exists(out, store_fingerprint(store)):
+            if rank == 0:
+                print(f"{out}: model with the same settings and data exists; nothing to do")
+            return 0
         result = fit_kmeans(store, cfg)
         if rank == 0:
             result.model.save(out, overwrite=True)
             m = result.model.meta
-            print(
-                json.dumps(
-                    {
-                        "out": str(out),
-                        "k": m["k"],
-                        "num_frames": m["num_frames"],
-                        "iterations": m["iterations"],
-                        "converged": m["converged"],
-                        "inertia_per_frame": m["inertia_per_frame"],
-                        "empty_clusters": m["empty_clusters"],
-                        "world_size": world,
-                        "seconds": m["seconds"],
-                    }
-                )
-            )
+            keys = ("k", "num_frames", "schedule", "iterations", "converged",
+                    "inertia_per_frame", "empty_clusters", "seconds")  # fmt: skip
+            print(json.dumps({"out": str(out), **{k: m[k] for k in keys}, "world_size": world}))
         udist.barrier()
     finally:
         udist.shutdown_distributed(env)
     return 0
 
 
-def _asdict(cfg: Any) -> dict[str, Any]:
-    from dataclasses import asdict
+def _percent_to_fraction(percent: float) -> float:
+    from speechssl.errors import ConfigError
 
-    return asdict(cfg)
-
-
-def _comparable(config: dict[str, Any]) -> dict[str, Any]:
-    # settings that do not change the result (where and how fast it runs) are ignored
-    ignore = {"device", "cache_gb", "block_frames", "chunk_elems"}
-    return {k: v for k, v in config.items() if k not in ignore}
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        obj = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return {}
-    return obj if isinstance(obj, dict) else {}
+    if not 0 < percent <= 100:
+        raise ConfigError(f"--percent must be in (0, 100], got {percent:g}")
+    return percent / 100.0
 
 
 def cmd_apply(args: argparse.Namespace) -> int:
-    from speechssl.units.labels import apply_to_audio, apply_to_store
+    from speechssl.units.apply import apply_to_audio, apply_to_store
 
     _set_threads(args.threads)
     # sharding, device and rerun options are the same for both label sources

@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from multiprocessing import get_context
@@ -146,6 +146,51 @@ def _batches(items: list[tuple[str, float]], opts: DumpOptions) -> list[list[str
     return batches
 
 
+def iter_features(
+    data_dir: KaldiDataDir,
+    utts: Sequence[str],
+    extractor: FeatureExtractor,
+    opts: DumpOptions,
+    on_bad: Callable[[str, ItemError], None],
+) -> Iterator[tuple[str, torch.Tensor, float]]:
+    """``(utt, features [frames, dim] float32 on CPU, seconds of audio)`` for each good
+    utterance of ``utts``, in batch order; bad ones go to ``on_bad``."""
+    load_opts = LoadOptions(sample_rate=extractor.sample_rate)
+    sized: list[tuple[str, float]] = []
+    for utt in utts:
+        try:
+            sized.append((utt, data_dir.duration(utt)))
+        except ItemError as err:
+            on_bad(utt, err)
+    for batch in _batches(sized, opts):
+        loaded: list[tuple[str, torch.Tensor]] = []
+        for utt in batch:
+            try:
+                wave, _ = load_utterance(data_dir, utt, load_opts)
+            except (AudioError, ItemError) as err:
+                on_bad(utt, err)
+                continue
+            loaded.append((utt, wave))
+        if not loaded:
+            continue
+        lengths = torch.tensor([len(w) for _, w in loaded])
+        waves = torch.zeros(len(loaded), int(lengths.max()))
+        for i, (_, w) in enumerate(loaded):
+            waves[i, : len(w)] = w
+        feats, nframes = extractor(waves, lengths, [u for u, _ in loaded])
+        feats_cpu, nf_cpu = feats.float().cpu(), nframes.cpu().tolist()
+        for i, (utt, _) in enumerate(loaded):
+            n = int(nf_cpu[i])
+            secs = int(lengths[i]) / extractor.sample_rate
+            if n == 0:
+                reason = (
+                    f"{int(lengths[i])} samples ({secs:.3f} s) give no frames with this extractor"
+                )
+                on_bad(utt, TooShortError(utt, reason))
+                continue
+            yield utt, feats_cpu[i, :n], secs
+
+
 def dump_shard(
     data: str | os.PathLike[str],
     out: str | os.PathLike[str],
@@ -165,7 +210,6 @@ def dump_shard(
     utts = data_dir.utt_ids()
     lo, hi = shard_range(len(utts), opts.nshard, rank)
     mine = utts[lo:hi]
-    load_opts = LoadOptions(sample_rate=extractor.sample_rate)
     _remove_debris(out_dir, rank, opts.nshard)
     writer = ShardWriter(out_dir, rank, opts.nshard, extractor.dim, opts.dtype)
     result = ShardResult(rank=rank, status="written", inputs=len(mine))
@@ -177,45 +221,10 @@ def dump_shard(
         writer.skip(utt, f"{type(err).kind}: {err.reason}")
 
     try:
-        sized: list[tuple[str, float]] = []
-        for utt in mine:
-            try:
-                sized.append((utt, data_dir.duration(utt)))
-            except ItemError as err:
-                bad(utt, err)
-        for batch in _batches(sized, opts):
-            loaded: list[tuple[str, torch.Tensor]] = []
-            for utt in batch:
-                try:
-                    wave, _ = load_utterance(data_dir, utt, load_opts)
-                except (AudioError, ItemError) as err:
-                    bad(utt, err)
-                    continue
-                loaded.append((utt, wave))
-            if not loaded:
-                continue
-            lengths = torch.tensor([len(w) for _, w in loaded])
-            waves = torch.zeros(len(loaded), int(lengths.max()))
-            for i, (_, w) in enumerate(loaded):
-                waves[i, : len(w)] = w
-            feats, nframes = extractor(waves, lengths, [u for u, _ in loaded])
-            feats_cpu, nf_cpu = feats.float().cpu(), nframes.cpu().tolist()
-            for i, (utt, _) in enumerate(loaded):
-                n = int(nf_cpu[i])
-                if n == 0:
-                    secs = int(lengths[i]) / extractor.sample_rate
-                    bad(
-                        utt,
-                        TooShortError(
-                            utt,
-                            f"{int(lengths[i])} samples ({secs:.3f} s) give no frames "
-                            f"with this extractor",
-                        ),
-                    )
-                    continue
-                writer.add(utt, feats_cpu[i, :n])
-                result.frames += n
-                result.seconds += int(lengths[i]) / extractor.sample_rate
+        for utt, feats, seconds in iter_features(data_dir, mine, extractor, opts, bad):
+            writer.add(utt, feats)
+            result.frames += feats.shape[0]
+            result.seconds += seconds
         result.written = writer.num_utts
         result.skipped = list(writer.skipped)
         if result.written + len(result.skipped) != result.inputs:  # a bug, never bad input

@@ -1,5 +1,5 @@
-"""Unit labels: applying a k-means model, writing labels keyed by utterance, loading them
-with alignment checks.
+"""Unit labels: the label directory format, writing labels keyed by utterance, loading them
+with alignment checks (:mod:`speechssl.units.apply` makes them from a k-means model).
 
 Layout of a label directory::
 
@@ -34,28 +34,17 @@ import json
 import logging
 import math
 import os
-import shutil
-import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from speechssl.data.kaldi_dir import KaldiDataDir
-from speechssl.errors import ConfigError, LabelError
-from speechssl.features.dump import (
-    DumpOptions,
-    ExtractorRequest,
-    dump_shard,
-    prepare_store,
-    shard_range,
-)
+from speechssl.errors import LabelError
 from speechssl.features.store import FeatureStore, shard_stem
-from speechssl.units.kmeans import KMeansModel, resolve_device
-from speechssl.units.stream import StoreStream, extractor_option, store_fingerprint
+from speechssl.units.stream import extractor_option
 from speechssl.utils.atomic import atomic_write_json
 
 log = logging.getLogger(__name__)
@@ -64,6 +53,15 @@ LABELS_FORMAT = "speechssl-labels/1"
 _DTYPES: dict[str, np.dtype[Any]] = {"uint16": np.dtype("<u2"), "uint32": np.dtype("<u4")}
 #: frame window of Kaldi's default 25 ms analysis window (and the HuBERT/wav2vec 2.0 CNN)
 DEFAULT_FRAME_WINDOW_S = 0.025
+
+
+def label_dtype(k: int) -> str:
+    """The on-disk dtype of labels of a k-means model with ``k`` clusters."""
+    return "uint16" if k <= 65536 else "uint32"
+
+
+def label_itemsize(dtype: str) -> int:
+    return int(_DTYPES[dtype].itemsize)
 
 
 def expected_num_frames(duration: float, label_rate: float, frame_window_s: float) -> float:
@@ -77,20 +75,24 @@ def expected_num_frames(duration: float, label_rate: float, frame_window_s: floa
 
 
 def frame_window_from_store(store: FeatureStore) -> float:
-    """The analysis window of a store's frames, from its extractor description.
+    """The analysis window of a store's frames (see :func:`frame_window_from_extractor`)."""
+    return frame_window_from_extractor(store.meta.extractor)
+
+
+def frame_window_from_extractor(described: Mapping[str, Any]) -> float:
+    """The analysis window of an extractor's frames, from its description.
 
     Looks (at any depth, e.g. ``options.frame``) for an explicit ``frame_window_s``, else
     Kaldi's ``snip_edges`` (false: Kaldi pads, so frames count as if the window were 0)
     and ``frame_length`` in ms; falls back to 25 ms (Kaldi's default window, and the
     receptive field of the 20 ms CNN front ends at 16 kHz).
     """
-    ex = store.meta.extractor
-    explicit = extractor_option(ex, "frame_window_s")
+    explicit = extractor_option(described, "frame_window_s")
     if explicit is not None:
         return float(explicit)
-    if extractor_option(ex, "snip_edges") is False:
+    if extractor_option(described, "snip_edges") is False:
         return 0.0
-    length_ms = extractor_option(ex, "frame_length")
+    length_ms = extractor_option(described, "frame_length")
     if length_ms is not None:
         return float(length_ms) / 1000.0
     return DEFAULT_FRAME_WINDOW_S
@@ -247,243 +249,6 @@ class LabelShardWriter:
         for tmp in self.tmp.values():
             tmp.unlink(missing_ok=True)
         self._closed = True
-
-
-def _check_model_matches_store(model: KMeansModel, store: FeatureStore) -> None:
-    feat = model.meta.get("feature", {})
-    if model.dim != store.dim:
-        raise ConfigError(
-            f"k-means model has dim {model.dim}, feature store {store.root} has {store.dim}"
-        )
-    if feat.get("kind") not in (None, store.meta.kind):
-        raise ConfigError(
-            f"k-means model was fitted on {feat.get('kind')!r} features, "
-            f"store {store.root} holds {store.meta.kind!r}"
-        )
-    layer = extractor_option(store.meta.extractor, "layer")
-    if feat.get("layer") != layer:
-        raise ConfigError(
-            f"k-means model was fitted on layer {feat.get('layer')!r}, store {store.root} holds layer {layer!r}"
-        )
-    if feat.get("extractor") not in (None, store.meta.extractor):
-        log.warning(
-            "feature options differ between the k-means training store and %s: %s vs %s",
-            store.root, feat.get("extractor"), store.meta.extractor,
-        )  # fmt: skip
-
-
-def _labels_meta(
-    model_dir: str | os.PathLike[str],
-    model: KMeansModel,
-    store: FeatureStore,
-    nshard: int,
-    frame_window_s: float | None,
-    source: dict[str, Any],
-    source_skipped: list[dict[str, str]],
-) -> LabelsMeta:
-    return LabelsMeta(
-        label_rate=store.meta.frame_rate,
-        k=model.k,
-        nshard=nshard,
-        dtype="uint16" if model.k <= 65536 else "uint32",
-        frame_window_s=frame_window_from_store(store) if frame_window_s is None else frame_window_s,
-        source={
-            "kind": store.meta.kind,
-            "layer": extractor_option(store.meta.extractor, "layer"),
-            "frame_rate": store.meta.frame_rate,
-            **source,
-        },
-        kmeans={
-            "path": str(model_dir),
-            "sha256": model.sha256,
-            "normalization": model.meta.get("normalization"),
-        },
-        source_skipped=source_skipped,
-    )
-
-
-def _existing_shard(
-    out: Path, meta: LabelsMeta, rank: int, overwrite: bool
-) -> dict[str, Any] | None:
-    """The summary of an already complete shard (rerun), else None."""
-    if overwrite or not label_shard_is_complete(
-        out, rank, meta.nshard, _DTYPES[meta.dtype].itemsize
-    ):
-        return None
-    stem = shard_stem(rank, meta.nshard)
-    info = json.loads((out / f"{stem}.done.json").read_text())
-    log.info("%s/%s is complete; skipping (use --overwrite to redo)", out, stem)
-    return {
-        "shard": stem,
-        "utterances": info["utterances"],
-        "frames": info["frames"],
-        "seconds": 0.0,
-        "skipped_existing": True,
-    }
-
-
-def _write_label_shard(
-    model: KMeansModel,
-    stream: StoreStream,
-    out: Path,
-    meta: LabelsMeta,
-    rank: int,
-    extra: dict[str, Any],
-) -> dict[str, Any]:
-    """Assign every frame of ``stream`` and write label shard ``rank``."""
-    t0 = time.perf_counter()
-    writer = LabelShardWriter(out, rank, meta.nshard, meta.dtype)
-    try:
-        cur_utt: str | None = None
-        parts: list[np.ndarray] = []
-        for block in stream.blocks():
-            lab = model.labels(torch.from_numpy(block.rows)).cpu().numpy()
-            for seg in block.segments:
-                if seg.utt != cur_utt:
-                    if cur_utt is not None:
-                        writer.add(cur_utt, np.concatenate(parts))
-                    cur_utt, parts = seg.utt, []
-                parts.append(lab[seg.start : seg.start + seg.count])
-        if cur_utt is not None:
-            writer.add(cur_utt, np.concatenate(parts))
-        # utterances with zero frames never appear in a block; keep them, with no labels
-        for utt, count in stream.utterances():
-            if count == 0 and not writer.has(utt):
-                writer.add(utt, np.empty(0, dtype=np.int64))
-        seconds = time.perf_counter() - t0
-        writer.close({"seconds": round(seconds, 3), **extra})
-    except BaseException:
-        writer.abort()
-        raise
-    return {
-        "shard": shard_stem(rank, meta.nshard),
-        "utterances": writer.utts,
-        "frames": writer.frames,
-        "seconds": seconds,
-        "skipped_existing": False,
-    }
-
-
-def apply_to_store(
-    model_dir: str | os.PathLike[str],
-    store: FeatureStore | str | os.PathLike[str],
-    out_dir: str | os.PathLike[str],
-    nshard: int = 1,
-    rank: int = 0,
-    device: str = "auto",
-    block_frames: int | None = None,
-    overwrite: bool = False,
-    frame_window_s: float | None = None,
-) -> dict[str, Any]:
-    """Label the utterances of label shard ``rank`` of ``nshard`` of a feature store.
-
-    Label shard ``rank`` holds positions ``shard_range(U, nshard, rank)`` of the store's
-    global utterance order (module doc). A complete shard is skipped (rerun-safe) unless
-    ``overwrite``; a partial one is redone. Returns a summary:
-    ``{"shard", "utterances", "frames", "seconds", "skipped_existing"}``.
-    """
-    if not 0 <= rank < nshard:
-        raise ConfigError(f"rank must be in [0, {nshard}), got {rank}")
-    model = KMeansModel.load(model_dir, device=resolve_device(device))
-    if not isinstance(store, FeatureStore):
-        store = FeatureStore(store)
-    _check_model_matches_store(model, store)
-    source = {
-        "features": str(store.root),
-        "data_dir": store.meta.source,
-        "data_hash": store_fingerprint(store),
-    }
-    meta = _labels_meta(model_dir, model, store, nshard, frame_window_s, source, store.skipped())
-    out = Path(out_dir)
-    write_labels_meta(out, meta, overwrite=overwrite)
-    done = _existing_shard(out, meta, rank, overwrite)
-    if done is not None:
-        return done
-    lo, hi = shard_range(len(store), nshard, rank)
-    stream = StoreStream(store, block_frames=block_frames, utt_ranges=(lo, hi))
-    return _write_label_shard(model, stream, out, meta, rank, {"utt_range": [lo, hi]})
-
-
-def _flat_options(tree: Mapping[str, Any]) -> dict[str, Any]:
-    flat: dict[str, Any] = {}
-    for key, value in tree.items():
-        if isinstance(value, Mapping):
-            flat.update(_flat_options(value))
-        else:
-            flat[key] = value
-    return flat
-
-
-def training_extractor(model: KMeansModel, device: torch.device | str) -> ExtractorRequest:
-    """The feature extractor the model's training store was made with, rebuilt from the
-    description recorded in the model (``feature.kind`` and ``feature.extractor``).
-
-    Raises ConfigError if the registered extractor no longer describes itself the same way
-    (the labels would come from different features than the centroids).
-    """
-    feat = model.meta.get("feature", {})
-    kind, described = feat.get("kind"), feat.get("extractor")
-    if not kind or not isinstance(described, Mapping):
-        raise ConfigError("the k-means model records no feature extractor to rebuild")
-    request = ExtractorRequest(kind=str(kind), options=_flat_options(described), device=str(device))
-    rebuilt = request.build().describe()
-    if rebuilt != described:
-        raise ConfigError(
-            f"cannot rebuild the {kind!r} extractor of the k-means training features: "
-            f"recorded {described}, rebuilt {rebuilt}"
-        )
-    return request
-
-
-def apply_to_audio(
-    model_dir: str | os.PathLike[str],
-    data_dir: str | os.PathLike[str],
-    out_dir: str | os.PathLike[str],
-    nshard: int = 1,
-    rank: int = 0,
-    device: str = "auto",
-    overwrite: bool = False,
-    tolerant: bool = False,
-    batch_seconds: float = 200.0,
-    frame_window_s: float | None = None,
-) -> dict[str, Any]:
-    """Label shard ``rank`` of ``nshard`` of a Kaldi data dir straight from its audio.
-
-    The features are computed with the extractor the model was trained on (rebuilt from
-    the model's metadata) by ``speechssl.features.dump`` into a temporary one-shard store
-    inside ``out_dir``, labelled, and removed; so bad audio is handled exactly as in a
-    dump (an error naming the utterance, or with ``tolerant`` skipped and recorded in the
-    shard's ``done.json``). Shards are the dump's (contiguous ranges of the sorted
-    utterance list).
-    """
-    if not 0 <= rank < nshard:
-        raise ConfigError(f"rank must be in [0, {nshard}), got {rank}")
-    dev = resolve_device(device)
-    model = KMeansModel.load(model_dir, device=dev)
-    request = training_extractor(model, dev)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    tmp = out / f".features-{shard_stem(rank, nshard)}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
-        opts = DumpOptions(nshard=nshard, tolerant=tolerant, batch_seconds=batch_seconds)
-        prepare_store(data_dir, tmp, request, opts)
-        store = FeatureStore(tmp, allow_incomplete=True)
-        source = {"data_dir": str(Path(data_dir).resolve()), "extractor": store.meta.extractor}
-        meta = _labels_meta(model_dir, model, store, nshard, frame_window_s, source, [])
-        write_labels_meta(out, meta, overwrite=overwrite)
-        done = _existing_shard(out, meta, rank, overwrite)
-        if done is not None:
-            return done
-        result = dump_shard(data_dir, tmp, request, opts, rank)
-        store = FeatureStore(tmp, allow_incomplete=True)
-        stream = StoreStream(store, ranks=[rank])
-        extra = {"inputs": result.inputs, "skipped": result.skipped}
-        summary = _write_label_shard(model, stream, out, meta, rank, extra)
-        summary["skipped_audio"] = len(result.skipped)
-        return summary
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 class UnitLabels(Mapping[str, np.ndarray]):

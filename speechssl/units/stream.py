@@ -6,7 +6,7 @@ memory until it is unmapped; here blocks are read with plain file reads into fre
 instead, so resident memory stays at a few blocks whatever the corpus size (the OS page
 cache still makes repeated passes cheap).
 
-Sampling (``--percent`` / ``--max-frames``, as in HuBERT's k-means recipe) decides per
+Sampling (``--fraction`` / ``--max-frames``, as in HuBERT's k-means recipe) decides per
 utterance from a keyed hash of ``(seed, utterance id)``, never from shard layout or
 process count: one process and N processes select exactly the same frames.
 """
@@ -84,29 +84,28 @@ def store_fingerprint(store: FeatureStore) -> str:
 
 def select_utterances(
     store: FeatureStore,
-    percent: float | None = None,
+    fraction: float | None = None,
     max_frames: int | None = None,
     seed: int = 0,
 ) -> dict[int, np.ndarray] | None:
     """Which utterances of each shard to use: ``{shard rank: sorted utterance indices}``.
 
-    ``percent`` keeps each utterance with that probability (HuBERT's ``--percent``, but in
-    percent: 10 keeps about a tenth); ``max_frames`` keeps utterances in hash order while the
-    running frame total stays within ``max_frames`` (at least one utterance). ``None`` for
-    both means everything (returns ``None``).
+    ``fraction`` keeps each utterance with that probability (fairseq's ``learn_kmeans.py
+    --percent``, also a fraction: 0.1 keeps about a tenth); ``max_frames`` keeps utterances in
+    hash order while the running frame total stays within ``max_frames`` (at least one
+    utterance). ``None`` for both means everything (returns ``None``).
     """
-    if percent is not None and max_frames is not None:
-        raise ConfigError("give --percent or --max-frames, not both")
-    if percent is None and max_frames is None:
+    if fraction is not None and max_frames is not None:
+        raise ConfigError("give --fraction or --max-frames, not both")
+    if fraction is None and max_frames is None:
         return None
     selected: dict[int, list[int]] = {r: [] for r in store.ranks}
-    if percent is not None:
-        if not 0.0 < percent <= 100.0:
-            raise ConfigError(f"percent must be in (0, 100], got {percent}")
-        threshold = percent / 100.0
+    if fraction is not None:
+        if not 0.0 < fraction <= 1.0:
+            raise ConfigError(f"fraction must be in (0, 1], got {fraction}")
         for r in store.ranks:
             for i, u in enumerate(store.shard(r).utts):
-                if utt_uniform(seed, u) < threshold:
+                if utt_uniform(seed, u) < fraction:
                     selected[r].append(i)
     else:
         assert max_frames is not None

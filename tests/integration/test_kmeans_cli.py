@@ -37,6 +37,7 @@ def test_fit_apply_report_with_alignments(tmp_path, capsys):
                  "--device", "cpu", "--normalize", "global_mv"]) == 0  # fmt: skip
     fit_line = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert fit_line["k"] == 8 and fit_line["num_frames"] == sum(map(len, truth.values()))
+    assert fit_line["schedule"] == "lloyd"  # small data: the thorough schedule
     # a rerun with the same settings is a no-op; other settings need --overwrite
     assert main(["kmeans", "fit", "--features", str(store), "--k", "8", "--out", str(km),
                  "--device", "cpu", "--normalize", "global_mv"]) == 0  # fmt: skip
@@ -80,7 +81,10 @@ def test_help_and_usage_errors(capsys):
     with pytest.raises(SystemExit) as exc:
         main(["kmeans", "fit", "--help"])
     assert exc.value.code == 0
-    assert "--percent" in capsys.readouterr().out
+    helptext = " ".join(capsys.readouterr().out.split())
+    assert "--percent" in helptext and "--fraction" in helptext
+    # the default schedule rule is stated where the flags are
+    assert "N*d*k multiply-adds" in helptext and "d <= 64" in helptext and "< 1e-3" in helptext
     with pytest.raises(SystemExit) as exc:
         main(["kmeans", "fit", "--features", "x", "--k", "3", "--out", "y",
               "--percent", "5", "--max-frames", "9"])  # fmt: skip

@@ -60,7 +60,7 @@ def store(tmp_path_factory):
 def test_two_gloo_processes_match_one(store, tmp_path):
     # a small init sample: initialisation reads a subset of utterances (not the full pass);
     # --percent sampling must pick the same utterances whatever the process count
-    cfg_kw: dict = {"init_sample_frames": 600, "percent": 70.0}
+    cfg_kw: dict = {"init_sample_frames": 600, "fraction": 0.7}
     torch.set_num_threads(1)
     single = fit_kmeans(store, _cfg(**cfg_kw)).model
     out = tmp_path / "km2"
@@ -93,7 +93,7 @@ def test_torchrun_cli_with_sampling_and_normalisation(store, tmp_path):
     line = json.loads(proc.stdout.strip().splitlines()[-1])
     assert line["world_size"] == 2
     single = fit_kmeans(
-        store, _cfg(block_frames=None, init_lloyd_iters=10, percent=60.0, normalize="global_mv")
+        store, _cfg(block_frames=None, init_lloyd_iters=10, fraction=0.6, normalize="global_mv")
     ).model
     multi = KMeansModel.load(out)
     assert multi.meta["world_size"] == 2

@@ -7,6 +7,7 @@ Real components end to end: synthesized audio read through soundfile, Kaldi MFCC
 from __future__ import annotations
 
 import json
+import tempfile
 
 import numpy as np
 
@@ -61,7 +62,7 @@ def _copy_with_bad_audio(src, dst):
     return dst
 
 
-def test_labels_straight_from_audio(synth_corpus, tmp_path, capsys):
+def test_labels_straight_from_audio(synth_corpus, tmp_path, capsys, monkeypatch):
     data = synth_corpus / "train"
     feats, km = tmp_path / "mfcc", tmp_path / "km"
     assert main(["features", "dump", "--data", str(data), "--kind", "mfcc", "--deltas", "2",
@@ -70,6 +71,10 @@ def test_labels_straight_from_audio(synth_corpus, tmp_path, capsys):
                  "--device", "cpu", "--normalize", "global_mv"]) == 0  # fmt: skip
     assert main(["kmeans", "apply", "--kmeans", str(km), "--features", str(feats),
                  "--out", str(tmp_path / "from_store")]) == 0  # fmt: skip
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    monkeypatch.setenv("TMPDIR", str(scratch))
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
     for rank in range(2):
         assert main(["kmeans", "apply", "--kmeans", str(km), "--data", str(data),
                      "--out", str(tmp_path / "from_audio"), "--nshard", "2",
@@ -83,7 +88,13 @@ def test_labels_straight_from_audio(synth_corpus, tmp_path, capsys):
     from speechssl.units.kmeans import KMeansModel
 
     assert b.meta.source["extractor"] == KMeansModel.load(km).meta["feature"]["extractor"]
-    assert not list((tmp_path / "from_audio").glob(".features-*"))  # temporary store removed
+    # features stream into labels: nothing but the label files is written, here or in TMPDIR
+    names = {p.name for p in (tmp_path / "from_audio").iterdir()}
+    stems = [f"shard-0000{r}-of-00002" for r in range(2)]
+    assert names == {"meta.json"} | {
+        f"{s}.{e}" for s in stems for e in ("bin", "index", "txt", "done.json")
+    }
+    assert not list(scratch.iterdir())
 
     # corrupt audio: an error naming the utterance; tolerant mode records it, and loading
     # the labels against the data dir names it with the reason

@@ -17,11 +17,10 @@ from speechssl.units.kmeans import (
     KMeansConfig,
     KMeansError,
     KMeansModel,
-    _lloyd_pass,
-    _update_centroids,
     fit_kmeans,
     kmeans_plusplus,
 )
+from speechssl.units.kmeans.lloyd import lloyd_pass, update_centroids
 from speechssl.units.stream import StoreStream, select_utterances
 from speechssl.units.synthetic import MixtureSpec, write_mixture_store
 
@@ -193,18 +192,18 @@ def test_sampling_is_deterministic_and_independent_of_sharding(tmp_path):
         sel = select_utterances(store, seed=seed_override, **kw)
         return {store.shard(r).utts[i] for r, idx in sel.items() for i in idx}
 
-    a = chosen(one, percent=30)
-    assert a == chosen(three, percent=30)
+    a = chosen(one, fraction=0.3)
+    assert a == chosen(three, fraction=0.3)
     assert 0.15 < len(a) / len(one) < 0.45
-    assert a != chosen(one, percent=30, seed_override=5)
+    assert a != chosen(one, fraction=0.3, seed_override=5)
     b = chosen(one, max_frames=2000)
     assert b == chosen(three, max_frames=2000)
     assert sum(one.num_frames(u) for u in b) <= 2000
     with pytest.raises(ConfigError, match="not both"):
-        select_utterances(one, percent=10, max_frames=10)
-    with pytest.raises(ConfigError, match="percent"):
-        select_utterances(one, percent=0)
-    model = fit_kmeans(tmp_path / "three", _small_cfg(k=3, percent=30, seed=4)).model
+        select_utterances(one, fraction=0.1, max_frames=10)
+    with pytest.raises(ConfigError, match="fraction"):
+        select_utterances(one, fraction=0)
+    model = fit_kmeans(tmp_path / "three", _small_cfg(k=3, fraction=0.3, seed=4)).model
     assert model.meta["num_frames"] == sum(one.num_frames(u) for u in a)
 
 
@@ -253,15 +252,15 @@ def test_empty_cluster_is_split_from_the_largest():
     x = torch.cat([torch.zeros(80, 2), torch.full((20, 2), 10.0)]) + torch.randn(100, 2) * 0.1
     # third centroid far away: it gets no points
     c = torch.tensor([[0.0, 0.0], [10.0, 10.0], [500.0, 500.0]])
-    st = _lloyd_pass([(0, x)], c, chunk_rows=64, reduce=False)
+    st = lloyd_pass([(0, x)], c, rows=64, reduce=False)
     assert st.counts.tolist() == [80, 20, 0]
-    new, n_empty, n_split = _update_centroids(st, c, torch.Generator().manual_seed(0))
+    new, n_empty, n_split = update_centroids(st, c, torch.Generator().manual_seed(0))
     assert n_empty == 1 and n_split == 1
     # the empty centroid now sits next to the largest cluster, split symmetrically around it
     mean0 = x[:80].mean(0)
     assert torch.allclose((new[0] + new[2]) / 2, mean0, atol=1e-5)
     assert 0 < (new[0] - new[2]).norm() < 1.0
-    st2 = _lloyd_pass([(0, x)], new, chunk_rows=64, reduce=False)
+    st2 = lloyd_pass([(0, x)], new, rows=64, reduce=False)
     assert int((st2.counts == 0).sum()) == 0
 
 
@@ -345,7 +344,8 @@ def test_cuda_fit_matches_cpu(gmm, tmp_path):
         assert gpu.model.meta["iterations"] == cpu.meta["iterations"]
     mb = fit_kmeans(root, _small_cfg(mode="minibatch", device="cuda", batch_size=500, max_iter=2))
     assert mb.model.meta["inertia_per_frame"] < cpu.meta["inertia_per_frame"] * 1.05
-    from speechssl.units.labels import UnitLabels, apply_to_store
+    from speechssl.units.apply import apply_to_store
+    from speechssl.units.labels import UnitLabels
 
     cpu.save(tmp_path / "km")
     apply_to_store(tmp_path / "km", root, tmp_path / "lab", device="cuda")

@@ -11,13 +11,9 @@ import pytest
 from speechssl.data.tables import write_table
 from speechssl.errors import ConfigError, LabelError
 from speechssl.features.store import FeatureStore, ShardWriter, StoreMeta, write_meta
+from speechssl.units.apply import apply_to_store
 from speechssl.units.kmeans import KMeansConfig, KMeansModel, fit_kmeans
-from speechssl.units.labels import (
-    LabelsMeta,
-    UnitLabels,
-    apply_to_store,
-    expected_num_frames,
-)
+from speechssl.units.labels import LabelsMeta, UnitLabels, expected_num_frames
 from speechssl.units.synthetic import MixtureSpec, write_mixture_store
 
 WINDOW = 0.025
