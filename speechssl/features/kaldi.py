@@ -24,7 +24,6 @@ host, free on CPU).
 
 from __future__ import annotations
 
-import functools
 import math
 from typing import Literal
 
@@ -33,222 +32,31 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from speechssl.errors import ConfigError
+from speechssl.features import tables
 from speechssl.features.options import (
     FbankOptions,
     FeatureOptions,
     FrameOptions,
-    MelOptions,
     MfccOptions,
     SpectrogramOptions,
-    log_energy_floor,
+)
+from speechssl.features.tables import (
+    EPSILON,
+    EnergyMode,
+    cached_table,
+    dither_noise,
+    energy_spec,
+    first_sample_offset,
+    mel_bands,
+    num_frames,
+    num_frames_int,
+    reflect_index,
+    utterance_key,
 )
 
-#: Kaldi floors energies at ``std::numeric_limits<float>::epsilon()`` whatever the dtype
-EPSILON = float(torch.finfo(torch.float32).eps)
-
-Backend = Literal["auto", "torch", "triton"]
-
-
-# --------------------------------------------------------------------------- frame counts
-
-
-def num_frames(num_samples: Tensor, opts: FrameOptions) -> Tensor:
-    """Kaldi's ``NumFrames`` for each length: ``[N]`` long.
-
-    ``snip_edges=True``: ``1 + (n - L) // S`` if ``n >= L`` else 0 (a signal shorter than one
-    frame has no frames, as in Kaldi and torchaudio). ``snip_edges=False``:
-    ``(n + S // 2) // S``, so 0 for ``n < S - S // 2``.
-    """
-    size, shift = opts.window_size, opts.window_shift
-    n = num_samples.long()
-    if opts.snip_edges:
-        return torch.where(n >= size, 1 + torch.div(n - size, shift, rounding_mode="floor"), 0)
-    return torch.div(n + shift // 2, shift, rounding_mode="floor")
-
-
-def num_frames_int(num_samples: int, opts: FrameOptions) -> int:
-    """:func:`num_frames` for one Python int."""
-    size, shift = opts.window_size, opts.window_shift
-    if opts.snip_edges:
-        return 0 if num_samples < size else 1 + (num_samples - size) // shift
-    return (num_samples + shift // 2) // shift
-
-
-def first_sample_offset(opts: FrameOptions) -> int:
-    """Index of frame 0's first sample (negative with ``snip_edges=False``: reflected)."""
-    if opts.snip_edges:
-        return 0
-    return opts.window_shift // 2 - opts.window_size // 2
-
-
-def reflect_index(pos: Tensor, lengths: Tensor) -> Tensor:
-    """Kaldi's repeated reflection of sample positions into ``[0, length)``.
-
-    ``-1 -> 0, -2 -> 1, n -> n - 1, n + 1 -> n - 2``, repeated as often as needed (very
-    short signals), which is the period-``2n`` map below. ``pos [N, K]``, ``lengths [N]``.
-    """
-    n = lengths.clamp_min(1).unsqueeze(1)
-    u = torch.remainder(pos, 2 * n)
-    return torch.where(u >= n, 2 * n - 1 - u, u)
-
-
-# --------------------------------------------------------------------------- tables
-
-
-def window_function(opts: FrameOptions, dtype: torch.dtype = torch.float64) -> Tensor:
-    """Kaldi's ``FeatureWindowFunction`` (computed in float64, as Kaldi does)."""
-    return _window64(opts.window_type, opts.window_size, opts.blackman_coeff).to(dtype)
-
-
-@functools.lru_cache(maxsize=64)
-def _window64(window_type: str, size: int, blackman_coeff: float) -> Tensor:
-    i = torch.arange(size, dtype=torch.float64)
-    a = 2 * math.pi / (size - 1)
-    if window_type == "hanning":
-        return 0.5 - 0.5 * torch.cos(a * i)
-    if window_type == "sine":
-        return torch.sin(0.5 * a * i)
-    if window_type == "hamming":
-        return 0.54 - 0.46 * torch.cos(a * i)
-    if window_type == "povey":
-        return (0.5 - 0.5 * torch.cos(a * i)).pow(0.85)
-    if window_type == "rectangular":
-        return torch.ones(size, dtype=torch.float64)
-    if window_type == "blackman":
-        return (
-            blackman_coeff - 0.5 * torch.cos(a * i) + (0.5 - blackman_coeff) * torch.cos(2 * a * i)
-        )
-    raise ConfigError(f"unknown window_type {window_type!r}")
-
-
-def mel_scale(freq: Tensor) -> Tensor:
-    """Kaldi's mel scale ``1127 ln(1 + f / 700)``."""
-    return 1127.0 * torch.log1p(freq / 700.0)
-
-
-def mel_banks(mel: MelOptions, frame: FrameOptions) -> Tensor:
-    """``[P // 2 + 1, num_mel_bins]`` float64 triangular filters over the power spectrum.
-
-    Kaldi's ``MelBanks`` without VTLN; the Nyquist bin has weight 0, as in Kaldi.
-    Raises ConfigError if a filter covers no FFT bin (too many bins for the FFT size).
-    """
-    return _mel_banks64(mel, frame.sample_frequency, frame.padded_window_size).clone()
-
-
-@functools.lru_cache(maxsize=64)
-def _mel_banks64(mel: MelOptions, sample_frequency: float, padded: int) -> Tensor:
-    low, high = mel.edges(sample_frequency)
-    num_fft_bins = padded // 2
-    bin_width = sample_frequency / padded
-    mel_low = mel_scale(torch.tensor(low, dtype=torch.float64))
-    mel_high = mel_scale(torch.tensor(high, dtype=torch.float64))
-    delta = (mel_high - mel_low) / (mel.num_mel_bins + 1)
-    b = torch.arange(mel.num_mel_bins, dtype=torch.float64).unsqueeze(0)
-    left = mel_low + b * delta
-    center = mel_low + (b + 1) * delta
-    right = mel_low + (b + 2) * delta
-    m = mel_scale(bin_width * torch.arange(num_fft_bins, dtype=torch.float64)).unsqueeze(1)
-    up = (m - left) / (center - left)
-    down = (right - m) / (right - center)
-    weights = torch.where((m > left) & (m < right), torch.where(m <= center, up, down), 0.0)
-    empty = (weights.sum(0) == 0).nonzero().flatten().tolist()
-    if empty:
-        raise ConfigError(
-            f"mel bins {empty[:5]} cover no FFT bin (num_mel_bins={mel.num_mel_bins} is too "
-            f"many for FFT size {padded} and range {low}..{high} Hz)"
-        )
-    return F.pad(weights, (0, 0, 0, 1))
-
-
-def dct_matrix(num_ceps: int, num_mel_bins: int) -> Tensor:
-    """``[num_mel_bins, num_ceps]`` float64: Kaldi's orthonormal DCT-II, first rows kept."""
-    k = torch.arange(num_ceps, dtype=torch.float64).unsqueeze(0)
-    n = torch.arange(num_mel_bins, dtype=torch.float64).unsqueeze(1)
-    mat = math.sqrt(2.0 / num_mel_bins) * torch.cos(math.pi / num_mel_bins * (n + 0.5) * k)
-    mat[:, 0] = math.sqrt(1.0 / num_mel_bins)
-    return mat
-
-
-def lifter_coeffs(num_ceps: int, cepstral_lifter: float) -> Tensor:
-    """``[num_ceps]`` float64: ``1 + Q/2 sin(pi i / Q)`` (ones when Q is 0)."""
-    i = torch.arange(num_ceps, dtype=torch.float64)
-    if cepstral_lifter == 0.0:
-        return torch.ones(num_ceps, dtype=torch.float64)
-    return 1.0 + 0.5 * cepstral_lifter * torch.sin(math.pi * i / cepstral_lifter)
-
-
-_TABLE_CACHE: dict[tuple[object, ...], Tensor] = {}
-
-
-def cached_table(
-    name: Literal["window", "mel", "dct"],
-    opts: FrameOptions | FeatureOptions,
-    device: torch.device,
-    dtype: torch.dtype,
-) -> Tensor:
-    """Window / mel / DCT tables per (options, device, dtype), built once (no per-call copy).
-
-    ``window`` takes :class:`FrameOptions`, ``mel`` fbank or MFCC options, ``dct`` MFCC.
-    """
-    key = (name, opts, str(device), dtype)
-    table = _TABLE_CACHE.get(key)
-    if table is None:
-        if name == "window" and isinstance(opts, FrameOptions):
-            table = window_function(opts, torch.float64)
-        elif name == "mel" and isinstance(opts, FbankOptions | MfccOptions):
-            fo = opts.frame
-            table = _mel_banks64(opts.mel, fo.sample_frequency, fo.padded_window_size)
-        elif name == "dct" and isinstance(opts, MfccOptions):
-            table = dct_matrix(opts.num_ceps, opts.mel.num_mel_bins) * lifter_coeffs(
-                opts.num_ceps, opts.cepstral_lifter
-            )
-        else:
-            raise ConfigError(f"no table {name!r} for {type(opts).__name__}")
-        table = table.to(device=device, dtype=dtype).contiguous()
-        if len(_TABLE_CACHE) > 512:
-            _TABLE_CACHE.clear()
-        _TABLE_CACHE[key] = table
-    return table
-
-
-# --------------------------------------------------------------------------- dither
-
-
-_MASK32 = 0xFFFFFFFF
-
-
-def _hash32(x: Tensor) -> Tensor:
-    """A 32-bit integer mixer (xorshift-multiply) on int64 tensors holding uint32 values.
-
-    Both multipliers are below 2**31, so products stay below 2**63 (no signed overflow).
-    """
-    x = x ^ (x >> 16)
-    x = (x * 0x21F0AAAD) & _MASK32
-    x = x ^ (x >> 15)
-    x = (x * 0x735A2D97) & _MASK32
-    return x ^ (x >> 15)
-
-
-def utterance_key(seeds: Tensor) -> Tensor:
-    """Per-utterance 32-bit key from a 64-bit seed."""
-    s = seeds.long()
-    return _hash32((s & _MASK32) ^ _hash32((s >> 32) & _MASK32))
-
-
-def dither_noise(keys: Tensor, frame_index: Tensor, size: int, dtype: torch.dtype) -> Tensor:
-    """``[R, size]`` standard normal noise from (utterance key, frame, sample) counters.
-
-    Box-Muller on two hashed uniforms; a pure function of its inputs, so the same frame of
-    the same utterance gets the same noise in any batch and on any device.
-    """
-    ctr = (
-        frame_index.long().unsqueeze(1) * size + torch.arange(size, device=keys.device)
-    ) & _MASK32
-    h1 = _hash32(ctr ^ keys.unsqueeze(1))
-    h2 = _hash32(h1 ^ 0x5BD1E995)
-    u1 = ((h1 >> 8) + 1).to(dtype) * (1.0 / (1 << 24))
-    u2 = (h2 >> 8).to(dtype) * (1.0 / (1 << 24))
-    return torch.sqrt(-2.0 * torch.log(u1)) * torch.cos((2.0 * math.pi) * u2)
+#: ``auto``: Triton on CUDA, numba on CPU (float32, no autograd, numba importable), else
+#: the torch operations below (the reference: float64, autograd, fallback)
+Backend = Literal["auto", "torch", "numba", "triton"]
 
 
 # --------------------------------------------------------------------------- pipeline
@@ -335,12 +143,6 @@ def flat_windows(waves: Tensor, lengths: Tensor, opts: FrameOptions) -> tuple[Te
     return ext.reshape(-1).unfold(0, opts.window_size, shift), per_utt
 
 
-#: FFT-buffer elements processed per chunk (4 MB in float32): a chunk's buffers stay in
-#: cache across the passes and below glibc's mmap threshold (reused, not page-faulted
-#: afresh); measured on CPU, FFTs of 1000-2000 rows run at 2x the per-row speed of 4000+
-CHUNK_ELEMENTS = 1 << 20
-
-
 def log_energy(rows: Tensor, floor: float) -> Tensor:
     """``max(log(max(sum(x^2), eps)), log(energy_floor))`` per row."""
     energy = torch.log(torch.clamp_min(rows.square().sum(-1), EPSILON))
@@ -353,7 +155,7 @@ def process_frames(
     frame: Tensor,
     opts: FrameOptions,
     seeds: Tensor | None,
-    energy: Literal["raw", "windowed", "none"],
+    energy: EnergyMode,
     floor: float,
     workspace: Tensor | None = None,
 ) -> tuple[Tensor, Tensor | None]:
@@ -422,39 +224,11 @@ def power_spectrum(buf: Tensor) -> Tensor:
     return torch.addcmul(re.square(), im, im)
 
 
-def _energy_mode(use: bool, raw: bool) -> Literal["raw", "windowed", "none"]:
-    if not use:
-        return "none"
-    return "raw" if raw else "windowed"
-
-
 def _floor_log(x: Tensor) -> Tensor:
     """``log(max(x, eps))``, in place on a temporary when no gradient is needed."""
     if torch.is_grad_enabled() and x.requires_grad:
         return torch.log(torch.clamp_min(x, EPSILON))
     return x.clamp_min_(EPSILON).log_()
-
-
-@functools.lru_cache(maxsize=64)
-def mel_bands(
-    mel: MelOptions, sample_frequency: float, padded: int
-) -> tuple[tuple[int, int, int, int], ...]:
-    """Groups of consecutive mel filters with the FFT-bin range they cover:
-    ``(bin_lo, bin_hi, col_lo, col_hi)``. Each filter is non-zero on a short run of bins,
-    so multiplying per group skips most of the dense matrix's zeros (~3x fewer flops)."""
-    weights = _mel_banks64(mel, sample_frequency, padded)
-    nz = weights != 0
-    bins = torch.arange(weights.shape[0]).unsqueeze(1)
-    lo = torch.where(nz, bins, weights.shape[0]).min(0).values.tolist()
-    hi = (torch.where(nz, bins, -1).max(0).values + 1).tolist()
-    groups = []
-    cols = len(lo)
-    # 4 groups measured fastest on CPU (8: small products lose more than they save)
-    per_group = max(4, -(-cols // 4))
-    for c0 in range(0, cols, per_group):
-        c1 = min(cols, c0 + per_group)
-        groups.append((min(lo[c0:c1]), max(hi[c0:c1]), c0, c1))
-    return tuple(groups)
 
 
 _BAND_CACHE: dict[tuple[object, ...], list[tuple[int, int, Tensor]]] = {}
@@ -481,7 +255,7 @@ def apply_mel(power: Tensor, mel_table: Tensor, opts: FbankOptions | MfccOptions
 
 
 def features_from_power(
-    power: Tensor, log_e: Tensor | None, opts: FeatureOptions, tables: dict[str, Tensor]
+    power: Tensor, log_e: Tensor | None, opts: FeatureOptions, mats: dict[str, Tensor]
 ) -> Tensor:
     """The per-kind head after the power spectrum: ``[..., K] -> [..., D]``."""
     if isinstance(opts, SpectrogramOptions):
@@ -490,7 +264,7 @@ def features_from_power(
         return torch.cat([log_e.unsqueeze(-1), logp[..., 1:]], dim=-1)
     if isinstance(opts, FbankOptions) and not opts.use_power:
         power = power.sqrt()
-    mel = apply_mel(power, tables["mel"], opts)
+    mel = apply_mel(power, mats["mel"], opts)
     if isinstance(opts, FbankOptions):
         if opts.use_log_fbank:
             mel = _floor_log(mel)
@@ -499,7 +273,7 @@ def features_from_power(
         assert log_e is not None
         e = log_e.unsqueeze(-1)
         return torch.cat([mel, e] if opts.htk_compat else [e, mel], dim=-1)
-    ceps = torch.matmul(_floor_log(mel), tables["dct"])
+    ceps = torch.matmul(_floor_log(mel), mats["dct"])
     if opts.use_energy:
         assert log_e is not None
         ceps = torch.cat([log_e.unsqueeze(-1), ceps[..., 1:]], dim=-1)
@@ -509,24 +283,46 @@ def features_from_power(
     return ceps
 
 
-def _energy_spec(opts: FeatureOptions) -> tuple[Literal["raw", "windowed", "none"], float]:
-    if isinstance(opts, SpectrogramOptions):
-        return ("raw" if opts.raw_energy else "windowed"), log_energy_floor(opts.energy_floor)
-    return _energy_mode(opts.use_energy, opts.raw_energy), log_energy_floor(opts.energy_floor)
-
-
-def _use_triton(waves: Tensor, backend: Backend) -> bool:
-    if backend == "torch":
-        return False
-    if backend == "triton":
-        return True
-    if waves.dtype != torch.float32 or not waves.is_cuda:
-        return False  # float64 stays exact in the torch path; CPU has no kernels
+def _numba_refusal(waves: Tensor, opts: FeatureOptions) -> str | None:
+    """Why the fused CPU kernels cannot compute this batch (None: they can)."""
+    if waves.is_cuda:
+        return "the batch is on CUDA"
+    if waves.dtype != torch.float32:
+        return "float64 input stays exact on the torch path"
     if torch.is_grad_enabled() and waves.requires_grad:
-        return False  # the kernels have no backward
+        return "the kernels have no backward"
+    if opts.frame.dither != 0.0:
+        return "dither runs on the torch path"
+    from speechssl.features import numba_kernels
+
+    if not numba_kernels.available():
+        return "numba is not installed"
+    return None
+
+
+def select_backend(waves: Tensor, opts: FeatureOptions, backend: Backend = "auto") -> str:
+    """The backend that computes this batch: ``torch``, ``numba`` or ``triton``.
+
+    ``auto`` takes Triton on CUDA and numba on CPU for float32 without autograd (and, for
+    numba, without dither), falling back to the torch path otherwise (e.g. numba missing).
+    An explicit ``numba`` that cannot run raises ConfigError saying why.
+    """
+    if backend in ("torch", "triton"):
+        return backend
+    if backend == "numba":
+        why = _numba_refusal(waves, opts)
+        if why:
+            raise ConfigError(f"backend 'numba' cannot compute this batch: {why}")
+        return "numba"
+    if backend != "auto":
+        raise ConfigError(f"backend must be auto, torch, numba or triton, got {backend!r}")
+    if not waves.is_cuda:
+        return "numba" if _numba_refusal(waves, opts) is None else "torch"
+    if waves.dtype != torch.float32 or (torch.is_grad_enabled() and waves.requires_grad):
+        return "torch"  # float64 stays exact in the torch path; the kernels have no backward
     from speechssl.features import triton_kernels
 
-    return triton_kernels.available()
+    return "triton" if triton_kernels.available() else "torch"
 
 
 def compute_features(
@@ -545,7 +341,8 @@ def compute_features(
         opts: :class:`FbankOptions`, :class:`MfccOptions` or :class:`SpectrogramOptions`.
         seeds: ``[N]`` int64 per-utterance dither seeds (needed only with dither; default:
             drawn from torch's global generator).
-        backend: ``auto`` (Triton on CUDA without autograd), ``torch`` or ``triton``.
+        backend: ``auto`` (Triton on CUDA, numba on CPU; see :func:`select_backend`),
+            ``torch`` (the reference), ``numba`` or ``triton``.
     """
     lengths = _check_inputs(waves, lengths)
     dtype = _compute_dtype(waves)
@@ -556,28 +353,33 @@ def compute_features(
     if seeds is not None:
         seeds = seeds.to(device=waves.device, dtype=torch.long)
     nf = num_frames(lengths, fo)
-    if _use_triton(waves, backend):
+    chosen = select_backend(waves, opts, backend)
+    if chosen == "triton":
         from speechssl.features import triton_kernels
 
         return triton_kernels.compute_features(waves, lengths, nf, opts, seeds), nf
+    if chosen == "numba":
+        from speechssl.features import numba_kernels
+
+        return numba_kernels.compute_features(waves, lengths, nf, opts), nf
     grid, nframes = frame_grid(waves, lengths, fo)
     n, dim = waves.shape[0], opts.dim
     if nframes == 0:
         return waves.new_zeros(n, 0, dim), nf
-    tables: dict[str, Tensor] = {}
+    mats: dict[str, Tensor] = {}
     if not isinstance(opts, SpectrogramOptions):
-        tables["mel"] = cached_table("mel", opts, waves.device, dtype)
+        mats["mel"] = cached_table("mel", opts, waves.device, dtype)
     if isinstance(opts, MfccOptions):
-        tables["dct"] = cached_table("dct", opts, waves.device, dtype)
-    energy, floor = _energy_spec(opts)
+        mats["dct"] = cached_table("dct", opts, waves.device, dtype)
+    energy, floor = energy_spec(opts)
 
     def block(
         frames: Tensor, utt: Tensor, frame: Tensor, workspace: Tensor | None = None
     ) -> Tensor:
         buf, log_e = process_frames(frames, utt, frame, fo, seeds, energy, floor, workspace)
-        return features_from_power(power_spectrum(buf), log_e, opts, tables)
+        return features_from_power(power_spectrum(buf), log_e, opts, mats)
 
-    chunk_rows = max(1, CHUNK_ELEMENTS // fo.padded_window_size)
+    chunk_rows = max(1, tables.CHUNK_ELEMENTS // fo.padded_window_size)
     device = waves.device
     if device.type == "cpu" and int(nf.sum()) < 0.9 * n * nframes:
         # gather only real frames (worth the copy when >10% of the grid is padding; the

@@ -13,7 +13,8 @@ The batch makes three passes over memory instead of a dozen:
    ``[N, F, D]`` features, zeros past each utterance's frame count. For the spectrogram the
    head is elementwise (no matmul).
 
-Numerics mirror :mod:`speechssl.features.kaldi` step by step (separate multiply and
+Tables come from :mod:`speechssl.features.tables` (shared with every backend). Numerics
+mirror :mod:`speechssl.features.kaldi` step by step (separate multiply and
 subtract in pre-emphasis, float32 throughout; kernels are launched with floating-point
 contraction disabled so the rounding matches the torch path). Only float32 is fused; float64
 input and autograd use the torch path.
@@ -28,19 +29,19 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from speechssl.features.kaldi import (
-    EPSILON,
-    _energy_spec,
-    cached_table,
-    first_sample_offset,
-    num_frames_int,
-    utterance_key,
-)
 from speechssl.features.options import (
     FbankOptions,
     FeatureOptions,
     MfccOptions,
     SpectrogramOptions,
+)
+from speechssl.features.tables import (
+    EPSILON,
+    cached_table,
+    energy_spec,
+    first_sample_offset,
+    num_frames_int,
+    utterance_key,
 )
 
 try:  # triton is optional at import time (CPU-only installs)
@@ -66,7 +67,7 @@ if _HAVE_TRITON:
 
     @triton.jit
     def _hash32(x):
-        # same mixer as speechssl.features.kaldi._hash32, on int64 holding uint32 values
+        # same mixer as speechssl.features.tables._hash32, on int64 holding uint32 values
         x = x ^ (x >> 16)
         x = (x * 0x21F0AAAD) & 0xFFFFFFFF
         x = x ^ (x >> 15)
@@ -287,7 +288,7 @@ def frames(
     size, padded = fo.window_size, fo.padded_window_size
     rows = n * f_max
     out = torch.empty(rows, padded, device=waves.device, dtype=torch.float32)
-    energy_mode, floor = _energy_spec(opts)
+    energy_mode, floor = energy_spec(opts)
     energy = (
         torch.empty(rows, device=waves.device, dtype=torch.float32)
         if energy_mode != "none"

@@ -22,7 +22,7 @@ from speechssl.features import (
     num_frames,
     num_frames_int,
 )
-from speechssl.features.kaldi import lifter_coeffs
+from speechssl.features.tables import lifter_coeffs
 
 RATES = [8000, 16000, 22050, 44100, 48000]
 TOL = 1e-3  # absolute, on log features
@@ -426,7 +426,7 @@ def test_batched_equals_single_with_dither(snip: bool) -> None:
 
 
 def test_dither_noise_is_standard_normal() -> None:
-    from speechssl.features.kaldi import dither_noise, utterance_key
+    from speechssl.features.tables import dither_noise, utterance_key
 
     keys = utterance_key(torch.arange(64))
     noise = dither_noise(
@@ -452,9 +452,9 @@ def test_reused_chunk_buffers_match_the_autograd_path(monkeypatch, name: str, op
     FFT-input buffer; with a 7-row chunk (many chunks, a partial last one) it gives what the
     out-of-place autograd path gives, for every kind and option layout (energy column, htk
     order)."""
-    from speechssl.features import kaldi
+    from speechssl.features import tables
 
-    monkeypatch.setattr(kaldi, "CHUNK_ELEMENTS", 7 * opts.frame.padded_window_size)
+    monkeypatch.setattr(tables, "CHUNK_ELEMENTS", 7 * opts.frame.padded_window_size)
     waves = _utterances(opts.frame.sample_frequency, seed=len(name) + 1)
     batch, lengths = _batch(waves)
     fast, nf = compute_features(batch, lengths, opts)

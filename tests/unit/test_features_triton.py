@@ -64,7 +64,7 @@ def test_triton_kernels_on_gpu_match_torch_and_torchaudio() -> None:
             batch = torch.zeros(3, int(lengths.max()))
             for j, w in enumerate(waves):
                 batch[j, : len(w)] = w
-            assert kaldi._use_triton(batch.cuda(), "auto")
+            assert kaldi.select_backend(batch.cuda(), opts) == "triton"
             got, nf = compute_features(batch.cuda(), lengths.cuda(), opts)
             ref, nf_ref = compute_features(batch, lengths, opts, backend="torch")
             assert torch.equal(nf.cpu(), nf_ref)

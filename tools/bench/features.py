@@ -45,6 +45,7 @@ from speechssl.features import (
     MfccOptions,
     compute_features,
     kaldi,
+    tables,
 )
 
 RATE = 16000
@@ -228,7 +229,7 @@ def cpu_profile(args: argparse.Namespace, waves: list[np.ndarray]) -> None:
     nf = kaldi.num_frames(lengths, opts.frame)
     frames = int(nf.sum())
     padded_size = opts.frame.padded_window_size
-    rows = kaldi.CHUNK_ELEMENTS // padded_size  # our CPU chunk
+    rows = tables.CHUNK_ELEMENTS // padded_size  # our CPU chunk
     chunk = torch.randn(rows, padded_size)
     chunk_out = torch.empty_like(chunk)
     tail = torch.randn(frames % rows, padded_size)
