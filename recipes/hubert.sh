@@ -26,39 +26,39 @@ opt report_set "" "data dir whose labels the unit-quality report scores (empty: 
 opt alignments "" "frame-level phone alignments in each data dir (e.g. ali.phones) for PNMI/purity; empty: usage statistics only"
 opt exp_dir exp/hubert "experiment directory (everything this recipe writes except data)"
 opt dump_dir "" "feature stores (empty: EXP_DIR/dump); big, put it on scratch space"
-opt --int nj 4 "parallel jobs (shards) for feature dumping and label application of --train-set"
-opt --int valid_nj 2 "the same for --valid-set"
+opt nj 4 "parallel jobs (shards) for feature dumping and label application of --train-set"
+opt valid_nj 2 "the same for --valid-set"
 opt dump_opts "" "extra options for every 'speechssl features dump'"
 opt kmeans_opts "" "extra options for every 'speechssl kmeans fit'"
-opt --int kmeans_seed 0 "k-means seed"
-opt --int kmeans_nodes 1 "nodes for k-means (> 1: a multi-node torchrun job)"
-opt --int kmeans_nproc 1 "processes per node for k-means"
+opt kmeans_seed 0 "k-means seed"
+opt kmeans_nodes 1 "nodes for k-means (> 1: a multi-node torchrun job)"
+opt kmeans_nproc 1 "processes per node for k-means"
 opt dump_cmd launch_local.sh "launcher for feature dumping, label application and reports (see cmd.sh)"
 opt extract_cmd launch_local.sh "launcher for dumping model layers (GPU jobs on a cluster)"
 opt kmeans_cmd launch_local.sh "launcher for k-means"
 opt train_cmd launch_local.sh "launcher for pretraining"
-opt --int num_iterations 2 "pretraining iterations (1 or 2)"
-opt --choice "mfcc|model" iter1_features mfcc "iteration 1 clusters MFCCs, or a layer of --iter1-checkpoint"
+opt num_iterations 2 "pretraining iterations (1 or 2)"
+opt iter1_features mfcc "iteration 1 clusters MFCCs, or a layer of --iter1-checkpoint"
 opt mfcc_opts "--deltas 2" "options of the MFCC dump (--iter1-features mfcc; HuBERT: 13 MFCCs + deltas + delta-deltas)"
 opt iter1_dump_opts "" "extra options for dumping iteration 1's features"
 opt iter1_checkpoint "" "model dir whose layer iteration 1 clusters (--iter1-features model)"
-opt --int iter1_layer 0 "layer of --iter1-checkpoint (--iter1-features model)"
-opt --int iter1_k 100 "clusters in iteration 1"
-opt --num iter1_percent 10 "percent of --train-set's utterances k-means is fitted on (iteration 1)"
-opt iter1_model hubert_base "model (configs/model/NAME.yaml) pretrained in iteration 1"
-opt --int iter1_steps 250000 "updates in iteration 1"
+opt iter1_layer 0 "layer of --iter1-checkpoint (--iter1-features model)"
+opt iter1_k 100 "clusters in iteration 1"
+opt iter1_percent 10 "percent of --train-set's utterances k-means is fitted on (iteration 1)"
+opt iter1_model hubert_base "model (speechssl/configs/model/NAME.yaml or TRAIN_CONFIG_DIR/model/) pretrained in iteration 1"
+opt iter1_steps 250000 "updates in iteration 1"
 opt iter1_train_args "" "extra speechssl-train overrides for iteration 1"
-opt --int iter2_layer 6 "layer of the iteration-1 model that iteration 2 clusters"
-opt --int iter2_k 500 "clusters in iteration 2"
-opt --num iter2_percent 10 "percent of --train-set's utterances k-means is fitted on (iteration 2)"
+opt iter2_layer 6 "layer of the iteration-1 model that iteration 2 clusters"
+opt iter2_k 500 "clusters in iteration 2"
+opt iter2_percent 10 "percent of --train-set's utterances k-means is fitted on (iteration 2)"
 opt iter2_model hubert_base "model pretrained in iteration 2"
-opt --int iter2_steps 400000 "updates in iteration 2"
+opt iter2_steps 400000 "updates in iteration 2"
 opt iter2_train_args "" "extra speechssl-train overrides for iteration 2"
 opt train_args "" "speechssl-train overrides for both iterations (before the per-iteration ones)"
-opt train_config_dir conf/train "extra Hydra config dir for speechssl-train, used if it exists (same group layout as configs/)"
-opt --int train_nodes 1 "nodes for pretraining"
-opt --int train_nproc 1 "processes (GPUs) per node for pretraining"
-opt --int ref_world_size 32 "GPUs of the published setup: gradient accumulation = this / (nodes x nproc); 0: no accumulation"
+opt train_config_dir conf/train "extra Hydra config dir for speechssl-train, used if it exists (same group layout as speechssl/configs/)"
+opt train_nodes 1 "nodes for pretraining"
+opt train_nproc 1 "processes (GPUs) per node for pretraining"
+opt ref_world_size 32 "GPUs of the published setup: gradient accumulation = this / (nodes x nproc); 0: no accumulation"
 opt summary_expect_higher "" "metric (e.g. pnmi) the last iteration's units must beat the first's in the summary; empty: no check"
 
 add_data_stages # 1 data, 2 validate
@@ -177,17 +177,6 @@ stage_summary() {
   run_cmd speechssl recipe summary "${args[@]}"
 }
 
-# what each stage writes: set aside (PATH.old) before a stage redoes a completed run
-outputs_dump_iter1() { echo "$dump_dir/$(iter_features 1)"; }
-outputs_kmeans_iter1() { echo "$exp_dir/iter1/kmeans"; }
-outputs_labels_iter1() { printf '%s\n' "$exp_dir/iter1/labels" "$exp_dir/iter1/report"; }
-outputs_train_iter1() { echo "$exp_dir/iter1/train"; }
-outputs_dump_iter2() { echo "$dump_dir/$(iter_features 2)"; }
-outputs_kmeans_iter2() { echo "$exp_dir/iter2/kmeans"; }
-outputs_labels_iter2() { printf '%s\n' "$exp_dir/iter2/labels" "$exp_dir/iter2/report"; }
-outputs_train_iter2() { echo "$exp_dir/iter2/train"; }
-outputs_summary() { echo "$exp_dir/summary"; }
-
 # ---------------------------------------------------------------------------- main
 
 # where jobs run: cmd.sh of the corpus directory sets the *_cmd launchers
@@ -197,7 +186,10 @@ if [[ -f cmd.sh ]]; then
 fi
 parse_options "$@"
 
+require_integers num_iterations iter1_layer ref_world_size train_nodes train_nproc
 ((num_iterations == 1 || num_iterations == 2)) || die "--num-iterations must be 1 or 2, got $num_iterations"
+[[ $iter1_features == mfcc || $iter1_features == model ]] ||
+  die "--iter1-features must be mfcc or model, got '$iter1_features'"
 if [[ $iter1_features == model && (-z $iter1_checkpoint || $iter1_layer -lt 1) ]]; then
   die "--iter1-features model needs --iter1-checkpoint DIR and --iter1-layer N (>= 1)"
 fi

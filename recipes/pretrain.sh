@@ -2,7 +2,8 @@
 # shellcheck disable=SC2034,SC2154  # option variables are set by opt/parse_options
 # Label-free pretraining (wav2vec 2.0, w2v-BERT, data2vec), corpus-agnostic: data ->
 # validate -> pretrain -> summary. recipes/wav2vec2.sh, w2v_bert.sh and data2vec.sh call it
-# with --family set; an egs/<corpus>/<method>/run.sh calls those from its own directory
+# with --family set; the family's defaults (--model, --steps, --ref-world-size) are read from
+# recipes/conf/FAMILY.conf before the command line, so any of them can be overridden; an egs/<corpus>/<method>/run.sh calls those from its own directory
 # (local/data.sh, conf/ and cmd.sh are looked up there).
 #
 # Layout of --exp-dir:
@@ -14,20 +15,20 @@
 
 usage="Label-free SSL pretraining: data -> validate -> pretrain -> summary.
 --family picks the method; --model, --steps and --ref-world-size default to its base
-setting on LibriSpeech 960 h (see the table in recipes/README.md)."
+setting on LibriSpeech 960 h, from recipes/conf/FAMILY.conf (table in recipes/README.md)."
 
 stage_options
 data_options
-opt --choice "wav2vec2|w2v_bert|data2vec" family wav2vec2 "method family"
+opt family "" "method family: wav2vec2, w2v_bert or data2vec (defaults from recipes/conf/FAMILY.conf)"
 opt exp_dir "" "experiment directory (empty: exp/FAMILY)"
 opt train_cmd launch_local.sh "launcher for pretraining (see cmd.sh)"
-opt model "" "model (configs/model/NAME.yaml); empty: FAMILY_base"
-opt steps "" "updates; empty: the family's base setting"
+opt model "" "model (speechssl/configs/model/NAME.yaml or TRAIN_CONFIG_DIR/model/)"
+opt steps "" "updates"
 opt train_args "" "extra speechssl-train overrides"
-opt train_config_dir conf/train "extra Hydra config dir for speechssl-train, used if it exists (same group layout as configs/)"
-opt --int train_nodes 1 "nodes for pretraining"
-opt --int train_nproc 1 "processes (GPUs) per node for pretraining"
-opt ref_world_size "" "GPUs of the published setup: gradient accumulation = this / (nodes x nproc); 0: none; empty: the family's"
+opt train_config_dir conf/train "extra Hydra config dir for speechssl-train, used if it exists (same group layout as speechssl/configs/)"
+opt train_nodes 1 "nodes for pretraining"
+opt train_nproc 1 "processes (GPUs) per node for pretraining"
+opt ref_world_size "" "GPUs of the published setup: gradient accumulation = this / (nodes x nproc); 0: none"
 
 add_data_stages # 1 data, 2 validate
 add_stage 3 train "pretrain"
@@ -50,29 +51,18 @@ stage_summary() {
   run_cmd speechssl recipe summary --out "$exp_dir/summary" --train "$family=$exp_dir/train"
 }
 
-# what each stage writes: set aside (PATH.old) before a stage redoes a completed run
-outputs_train() { echo "$exp_dir/train"; }
-outputs_summary() { echo "$exp_dir/summary"; }
-
 if [[ -f cmd.sh ]]; then
   # shellcheck source=/dev/null
   . ./cmd.sh
 fi
 parse_options "$@"
-
-# base settings on LibriSpeech 960 h: wav2vec 2.0 Base (fairseq wav2vec2_base_librispeech:
-# 400k updates on 64 GPUs), data2vec Base (audio: 400k updates on 16 GPUs). w2v-BERT was
-# published on Libri-Light 60k only; its base setting here reuses wav2vec 2.0 Base's.
-case $family in
-  wav2vec2 | w2v_bert) default_steps=400000 default_world=64 ;;
-  data2vec) default_steps=400000 default_world=16 ;;
-esac
-[[ -n $model ]] || model=${family}_base
-[[ -n $steps ]] || steps=$default_steps
-[[ -n $ref_world_size ]] || ref_world_size=$default_world
+family_conf=${recipe_utils_dir%/utils}/conf/$family.conf
+[[ -n $family && -f $family_conf ]] ||
+  die "--family must be wav2vec2, w2v_bert or data2vec (a recipes/conf/FAMILY.conf), got '$family'"
+# the family's defaults first, then the command line again, so every flag given wins
+parse_options --config "$family_conf" "$@"
 [[ -n $exp_dir ]] || exp_dir=exp/$family
-[[ $steps =~ ^[0-9]+$ ]] || die "--steps must be a positive integer, got '$steps'"
-[[ $ref_world_size =~ ^[0-9]+$ ]] || die "--ref-world-size must be a non-negative integer, got '$ref_world_size'"
+require_integers steps ref_world_size train_nodes train_nproc
 logs=$exp_dir/logs
 grad_accum=$(grad_accum_for "$ref_world_size" "$train_nodes" "$train_nproc")
 

@@ -183,6 +183,45 @@ def test_label_free_templates(tmp_path: Path) -> None:
     assert opts(inner(stages(res.stdout)[3][0]))["model"] == "w2v_bert_base"
 
 
+@pytest.mark.parametrize(
+    "how", [["recipes/data2vec.sh"], ["recipes/pretrain.sh", "--family", "data2vec"]]
+)
+def test_data2vec_defaults_to_the_existing_preset(how: list[str]) -> None:
+    # regression: --family data2vec used to default to model=data2vec_base (no such preset)
+    # and recipes/data2vec.sh did not exist
+    res = run(REPO / how[0], *how[1:], "--dry-run", "true", "--stage", "3", "--stop-stage", "3")
+    assert res.returncode == 0, res.stderr
+    train = opts(inner(stages(res.stdout)[3][0]))
+    assert train["model"] == "data2vec_audio_base"
+    assert (REPO / "speechssl" / "configs" / "model" / "data2vec_audio_base.yaml").is_file()
+    assert train["trainer.max_steps"] == "400000" and train["trainer.grad_accum"] == "16"
+    # the family's defaults come first: any flag on the command line wins
+    res = run(
+        REPO / how[0], *how[1:], "--dry-run", "true", "--stage", "3", "--stop-stage", "3",
+        "--model", "data2vec_audio_tiny", "--ref-world-size", "0",
+    )  # fmt: skip
+    train = opts(inner(stages(res.stdout)[3][0]))
+    assert train["model"] == "data2vec_audio_tiny" and "trainer.grad_accum" not in train
+
+
+def test_every_family_preset_named_by_the_recipes_exists() -> None:
+    for conf in sorted((REPO / "recipes" / "conf").glob("*.conf")):
+        models = [ln.split()[1] for ln in conf.read_text().splitlines() if ln.startswith("--model")]
+        assert models, conf
+        for model in models:
+            assert (REPO / "speechssl" / "configs" / "model" / f"{model}.yaml").is_file(), conf
+        assert (REPO / "recipes" / f"{conf.stem}.sh").is_file(), f"no wrapper for {conf}"
+
+
+@pytest.mark.parametrize(
+    ("family", "message"), [([], "got ''"), (["--family", "bert"], "got 'bert'")]
+)
+def test_pretrain_without_a_known_family_is_refused(family: list[str], message: str) -> None:
+    res = run(REPO / "recipes" / "pretrain.sh", *family, "--dry-run", "true")
+    assert res.returncode == 1
+    assert "--family must be wav2vec2, w2v_bert or data2vec" in res.stderr and message in res.stderr
+
+
 def test_librispeech_hubert_published_settings(tmp_path: Path) -> None:
     res = run(EGS / "librispeech" / "hubert" / "run.sh", "--dry-run", "true", "--exp-dir", tmp_path)
     assert res.returncode == 0, res.stderr

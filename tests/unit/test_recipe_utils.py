@@ -1,4 +1,4 @@
-"""recipes/utils: declared options, resumable stages with .done sentinels, job launchers.
+"""recipes/utils: options, stages with .done sentinels that record the options, job launchers.
 
 Everything runs the real bash scripts in subprocesses; the toy recipe in
 tests/fixtures/recipes/toy_recipe.sh gives each stage a visible effect.
@@ -61,13 +61,14 @@ def opts_script(tmp_path: Path) -> Path:
             f"""\
             . {UTILS / "common.sh"}
             usage="An options test."
-            opt --int nj 4 "parallel jobs"
+            opt nj 4 "parallel jobs"
             opt train_set train "training set"
             opt dry_run false "print only"
-            opt --num percent 10 "percent of frames"
-            opt --choice "mfcc|fbank" kind mfcc "feature kind"
+            opt percent 10 "percent of frames"
+            opt kind mfcc "feature kind"
             opt train_args "" "extra overrides"
             parse_options "$@"
+            require_integers nj
             print_options
             """
         )
@@ -111,10 +112,8 @@ def test_options_defaults_and_overrides(opts_script: Path) -> None:
         (["--bogus", "1"], "unknown option --bogus"),
         (["--nj"], "option --nj needs a value"),
         (["stray"], "unexpected argument 'stray'"),
-        (["--nj", "two"], "--nj must be an integer, got 'two'"),
-        (["--dry-run", "yes"], "--dry-run must be true or false, got 'yes'"),
-        (["--percent", "1e"], "--percent must be a number, got '1e'"),
-        (["--kind", "wav"], "--kind must be one of mfcc, fbank, got 'wav'"),
+        (["--nj", "two"], "--nj must be a non-negative integer, got 'two'"),
+        (["--config=/nonexistent.conf"], "--config /nonexistent.conf: no such file"),
     ],
 )
 def test_options_reject_bad_flags(opts_script: Path, args: list[str], message: str) -> None:
@@ -144,6 +143,9 @@ def test_options_config_file(opts_script: Path, tmp_path: Path) -> None:
     res = bash(opts_script, "--config", bad)
     assert res.returncode == 2
     assert f"unknown option --bogus ({bad}:2)" in res.stderr
+    bad.write_text("--nj\n")
+    res = bash(opts_script, "--config", bad)
+    assert res.returncode == 2 and f"{bad}:1: option --nj has no value" in res.stderr
     res = bash(opts_script, "--config", tmp_path / "missing.conf")
     assert res.returncode == 2 and "no such file" in res.stderr
 
@@ -206,75 +208,47 @@ def test_failed_stage_stops_and_rerun_resumes_there(tmp_path: Path) -> None:
     assert calls(out) == [1, 2]
     assert not (out / ".stages" / "stage-02.slow.done").exists()
 
+    res = bash(TOY, "--out", out, "--fail-at", "2", "--stage", "2")
+    assert res.returncode == 1  # the same options: stage 1 is not rerun
+    assert calls(out) == [1, 2, 2]
     res = bash(TOY, "--out", out)
     assert res.returncode == 0, res.stderr
-    assert calls(out) == [1, 2, 2, 4]  # stage 1 skipped, stage 2 redone
+    # --fail-at changed, so stage 1 runs again too (its commands are idempotent)
+    assert calls(out) == [1, 2, 2, 1, 2, 4]
+    assert "stage 1 (prepare): options changed since it was done; running it again" in res.stderr
     assert "FAILED (exit 1)" in log.read_text()  # the failed attempt stays in the log
 
 
-def test_stage_range_condition_and_force(tmp_path: Path) -> None:
+def test_stage_range_and_condition(tmp_path: Path) -> None:
     out = tmp_path / "exp"
     assert bash(TOY, "--out", out, "--stop-stage", "2").returncode == 0
     assert calls(out) == [1, 2]
-    assert bash(TOY, "--out", out, "--stage", "3", "--extra", "1").returncode == 0
-    assert calls(out) == [1, 2, 3, 4]
+    # the stage range is not part of a stage's record: stage 1 and 2 stay done
+    assert bash(TOY, "--out", out, "--stop-stage", "3").returncode == 0
+    assert calls(out) == [1, 2]  # stage 3's condition is false
+    assert (
+        bash(TOY, "--out", out, "--stage", "3", "--stop-stage", "3", "--extra", "1").returncode == 0
+    )
+    assert calls(out) == [1, 2, 3]
     assert (out / "c.txt").exists()
-    # --force redoes the stages in range and drops the sentinels of later ones
-    res = bash(TOY, "--out", out, "--stage", "1", "--stop-stage", "1", "--force", "true")
-    assert res.returncode == 0, res.stderr
-    assert calls(out) == [1, 2, 3, 4, 1]
-    assert [p.name for p in (out / ".stages").glob("*.done")] == ["stage-01.prepare.done"]
-    assert sorted(p.name for p in (out / ".stages").glob("*.stale")) == [
-        "stage-02.slow.stale",
-        "stage-03.optional.stale",
-        "stage-04.jobs.stale",
-    ]
 
 
-def test_redone_stage_never_reuses_outputs_of_a_completed_run(tmp_path: Path) -> None:
+def test_changed_options_rerun_done_stages_launchers_do_not(tmp_path: Path) -> None:
     out = tmp_path / "exp"
     assert bash(TOY, "--out", out).returncode == 0
-    assert (out / "parts" / "0").read_text() == "job 0 a\n"
-    # new options from stage 1 on: stage 4's job outputs (skipped when they exist) are from
-    # the old run, so they are set aside, not reused
-    res = bash(TOY, "--out", out, "--letter", "b", "--force", "true")
-    assert res.returncode == 0, res.stderr
-    assert (out / "d.txt").read_text() == "b\nb\njob 0 b\njob 1 b\n"
-    assert (out / "parts.old" / "0").read_text() == "job 0 a\n"
-    assert f"set aside: {out}/parts -> {out}/parts.old" in res.stderr
-    # a later stage invalidated by an earlier one (.stale) starts fresh too
-    res = bash(TOY, "--out", out, "--letter", "a", "--stop-stage", "1", "--force", "true")
-    assert res.returncode == 0, res.stderr
-    assert (out / ".stages" / "stage-04.jobs.stale").exists()
-    res = bash(TOY, "--out", out, "--letter", "a")
-    assert res.returncode == 0, res.stderr
-    assert (out / "d.txt").read_text() == "a\nb\njob 0 a\njob 1 a\n"
-    assert not list((out / ".stages").glob("*.stale"))
-    # a stage that failed (or was killed) resumes its partial work: nothing is set aside
-    res = bash(TOY, "--out", out, "--stage", "4", "--force", "true", "--fail-at", "4")
-    assert res.returncode == 1
-    (out / "parts").mkdir()
-    (out / "parts" / "0").write_text("partial 0\n")
-    res = bash(TOY, "--out", out)
-    assert res.returncode == 0, res.stderr
-    assert (out / "d.txt").read_text() == "a\nb\npartial 0\njob 1 a\n"
-
-
-def test_done_stage_with_changed_commands_is_an_error(tmp_path: Path) -> None:
-    out = tmp_path / "exp"
-    assert bash(TOY, "--out", out).returncode == 0
-    res = bash(TOY, "--out", out, "--letter", "b")
-    assert res.returncode == 1
-    assert "stage 1 (prepare) is marked done but its commands differ" in res.stderr
-    assert "--stage 1 --force true" in res.stderr
-    assert calls(out) == [1, 2, 4]
-    # where jobs run is not part of a stage's record: another launcher is fine
+    # where jobs run is not part of a stage's record: another launcher skips every stage
     res = bash(TOY, "--out", out, "--job-cmd", "launch_local.sh --max-parallel 1")
     assert res.returncode == 0, res.stderr
-    assert calls(out) == [1, 2, 4]
-    res = bash(TOY, "--out", out, "--letter", "b", "--force", "true")
+    assert calls(out) == [1, 2, 4] and res.stderr.count("done earlier, skipping") == 3
+    # other options: the done stages run again and their commands decide what to redo
+    res = bash(TOY, "--out", out, "--letter", "b")
     assert res.returncode == 0, res.stderr
+    assert calls(out) == [1, 2, 4, 1, 2, 4]
+    assert res.stderr.count("options changed since it was done; running it again") == 3
     assert (out / "a.txt").read_text() == "b\n"
+    assert "--letter=b" in (out / ".stages" / "stage-01.prepare.done").read_text().splitlines()
+    res = bash(TOY, "--out", out, "--letter", "b")
+    assert calls(out) == [1, 2, 4, 1, 2, 4]  # and the new options are the record now
 
 
 def test_dry_run_prints_commands_and_runs_nothing(tmp_path: Path) -> None:
@@ -371,8 +345,8 @@ def test_kill_mid_stage_then_rerun_matches_uninterrupted(tmp_path: Path, how: st
 
     res = bash(TOY, "--out", out, "--sleep-s", "0.1")
     assert res.returncode == 0, res.stderr
-    # stage 1 is skipped; stage 2, which never finished, runs again
-    assert calls(out) == [1, 2, 2, 4]
+    # stage 2, which never finished, runs again; stage 1 too, as --sleep-s changed
+    assert calls(out) == [1, 2, 1, 2, 4]
     for name in ("a.txt", "b.txt", "d.txt"):
         assert (out / name).read_text() == (ref / name).read_text()
 

@@ -21,7 +21,7 @@ REPO = Path(__file__).resolve().parents[2]
 def _compose(overrides: list[str]) -> TrainConfig:
     register_configs()
     config_dir = find_config_dir()
-    assert config_dir is not None and config_dir == REPO / "configs"
+    assert config_dir is not None and config_dir == REPO / "speechssl" / "configs"
     with initialize_config_dir(str(config_dir), version_base="1.3"):
         cfg = compose("train", overrides=overrides)
     return to_train_config(cfg)

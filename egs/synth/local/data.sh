@@ -6,9 +6,9 @@
 . "$(dirname "${BASH_SOURCE[0]}")/../../../recipes/utils/common.sh"
 usage="Synthesize the bundled corpus (speechssl data synth)."
 opt data_root data "corpus directory to create (train/ dev/ test/ inside)"
-opt --num hours 1.0 "hours of audio over all splits"
-opt --int seed 0 "corpus seed"
-opt --int nj 2 "synthesis worker processes"
+opt hours 1.0 "hours of audio over all splits"
+opt seed 0 "corpus seed"
+opt nj 2 "synthesis worker processes"
 opt synth_opts "" "extra options for 'speechssl data synth' (e.g. --noise --reverb)"
 parse_options "$@"
 
