@@ -29,6 +29,22 @@ def add_verbs(verbs: argparse._SubParsersAction) -> None:
         action="store_true",
         help="speaker = <reader>-<chapter> (Kaldi recipe style) instead of the reader",
     )
+    p.add_argument(
+        "--lexicon",
+        metavar="FILE",
+        help="also write utt2phones (phone recognition labels) from this pronunciation "
+        "lexicon, LibriSpeech format 'WORD PH1 PH2 ...' (e.g. librispeech-lexicon.txt)",
+    )
+    p.add_argument(
+        "--strip-stress",
+        action="store_true",
+        help="with --lexicon: drop stress digits (AH0/AH1/AH2 -> AH)",
+    )
+    p.add_argument(
+        "--skip-oov",
+        action="store_true",
+        help="with --lexicon: leave out (and report) utterances with words not in the lexicon",
+    )
     p.set_defaults(func=_librispeech)
 
     p = verbs.add_parser(
@@ -69,8 +85,24 @@ def _run_prepare(prepare: Callable[..., object], *args: Any, **kwargs: Any) -> i
 
 
 def _librispeech(args: argparse.Namespace) -> int:
-    from speechssl.data.prep.librispeech import prepare_librispeech
+    from speechssl.data.prep.librispeech import prepare_librispeech, prepare_librispeech_phones
 
+    if args.lexicon is not None:
+        return _run_prepare(
+            prepare_librispeech_phones,
+            args.corpus_dir,
+            args.split,
+            args.out,
+            args.lexicon,
+            strip_stress=args.strip_stress,
+            skip_oov=args.skip_oov,
+            tolerant=args.tolerant,
+            per_chapter_speakers=args.per_chapter_speakers,
+        )
+    if args.strip_stress or args.skip_oov:
+        from speechssl.errors import ConfigError
+
+        raise ConfigError("--strip-stress and --skip-oov only apply with --lexicon FILE")
     return _run_prepare(
         prepare_librispeech,
         args.corpus_dir,

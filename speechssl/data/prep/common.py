@@ -53,14 +53,16 @@ class BadMetadataError(CorpusError):
 class CorpusProblems(CorpusError):
     """Strict preparation found problems; ``problems`` holds every one of them."""
 
-    def __init__(self, item: str, problems: list[ItemError]) -> None:
+    def __init__(
+        self,
+        item: str,
+        problems: list[ItemError],
+        remedy: str = "fix the corpus or use --tolerant",
+    ) -> None:
         self.problems = problems
         first = "; ".join(str(p) for p in problems[:3])
         more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
-        super().__init__(
-            item,
-            f"{len(problems)} problems, e.g. {first}{more}; fix the corpus or use --tolerant",
-        )
+        super().__init__(item, f"{len(problems)} problems, e.g. {first}{more}; {remedy}")
 
 
 @dataclass
@@ -121,8 +123,13 @@ def write_prepared(
     utt2num_samples: Mapping[str, int] | None = None,
     reco2dur: Mapping[str, float] | None = None,
     spk2gender: Mapping[str, str] | None = None,
+    extra: Mapping[str, Mapping[str, str]] | None = None,
+    files: Mapping[str, str] | None = None,
 ) -> Path:
     """Write the data dir under a temporary name, validate it, rename it onto ``out``.
+
+    ``extra``: more keyed tables by file name (label files such as ``utt2phones``);
+    ``files``: other files by name and full text (e.g. a ``trials`` list).
 
     An existing ``out`` is replaced only if it looks like a data dir (has ``wav.scp``) or is
     empty, so a mistyped ``--out`` never wipes unrelated files.
@@ -149,7 +156,10 @@ def write_prepared(
             utt2num_samples=utt2num_samples,
             reco2dur=reco2dur,
             spk2gender=spk2gender,
+            extra=extra,
         )
+        for name, content in (files or {}).items():
+            (tmp / name).write_text(content, encoding="utf-8")
         # headers were read while preparing; the text-level checks make sure the tables agree
         report = validate_data_dir(tmp, ValidateOptions(level="fast"))
         if not report.ok:

@@ -19,9 +19,12 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
+from typing import Any
 
 from speechssl.data.audio import AudioError, AudioSource, probe
 from speechssl.data.prep.common import (
+    CorpusError,
+    CorpusProblems,
     MalformedTranscriptError,
     MissingAudioError,
     MissingTranscriptError,
@@ -157,3 +160,144 @@ def prepare_librispeech(
     )
     collect.report.check()
     return PrepResult(target, collect.report, result_notes)
+
+
+# --------------------------------------------------------------------------------------
+# phone labels (SUPERB PR) from a pronunciation lexicon
+
+_STRESS = re.compile(r"(?<=[A-Za-z])[012]$")
+
+
+class MissingLexiconError(CorpusError):
+    """The pronunciation lexicon the phone labels need is missing or unusable."""
+
+    kind = "no-lexicon"
+
+
+class OOVError(CorpusError):
+    """A transcript word is not in the pronunciation lexicon."""
+
+    kind = "oov"
+
+
+def read_lexicon(
+    path: str | os.PathLike[str], *, strip_stress: bool = False
+) -> tuple[dict[str, list[str]], int]:
+    """Read a lexicon in LibriSpeech's format, ``WORD PH1 PH2 ...`` (tab or spaces).
+
+    Returns ``(word -> phones, number of alternative pronunciations ignored)``: the first
+    pronunciation of a word is used, as Kaldi's ``lexicon.txt`` lists the preferred one
+    first. ``strip_stress`` maps ``AH0``/``AH1``/``AH2`` to ``AH``.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise MissingLexiconError(
+            str(p),
+            "pronunciation lexicon not found; phone labels need one in LibriSpeech's format "
+            "'WORD PH1 PH2 ...' (e.g. librispeech-lexicon.txt from openslr.org/11), "
+            "given with --lexicon",
+        )
+    lexicon: dict[str, list[str]] = {}
+    alternatives = 0
+    with open(p, encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, start=1):
+            parts = line.split()
+            if not parts:
+                continue
+            if len(parts) < 2:
+                raise MissingLexiconError(
+                    parts[0], "lexicon line has a word but no phones", f"{p}:{lineno}"
+                )
+            phones = [_STRESS.sub("", ph) for ph in parts[1:]] if strip_stress else parts[1:]
+            if parts[0] in lexicon:
+                alternatives += 1
+                continue
+            lexicon[parts[0]] = phones
+    if not lexicon:
+        raise MissingLexiconError(str(p), "lexicon is empty")
+    return lexicon, alternatives
+
+
+def prepare_librispeech_phones(
+    corpus_dir: str | os.PathLike[str],
+    split: str,
+    out: str | os.PathLike[str],
+    lexicon: str | os.PathLike[str],
+    *,
+    strip_stress: bool = False,
+    skip_oov: bool = False,
+    tolerant: bool = False,
+    per_chapter_speakers: bool = False,
+) -> PrepResult:
+    """:func:`prepare_librispeech` plus ``utt2phones`` (SUPERB PR targets) from ``lexicon``.
+
+    Each transcript word is looked up in the lexicon (exactly as written, LibriSpeech's
+    upper case) and the phones are concatenated. A word missing from the lexicon is an
+    :class:`OOVError` naming the utterance and the word, all of them raised together; with
+    ``skip_oov`` those utterances are left out of the data dir and reported as skipped.
+    """
+    import tempfile
+
+    from speechssl.data.kaldi_dir import KaldiDataDir
+
+    lex_path = Path(lexicon)
+    words_to_phones, alternatives = read_lexicon(lex_path, strip_stress=strip_stress)
+    target = Path(out)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent, prefix=f".{target.name}.") as tmp:
+        base = prepare_librispeech(
+            corpus_dir,
+            split,
+            Path(tmp) / "dir",
+            tolerant=tolerant,
+            per_chapter_speakers=per_chapter_speakers,
+        )
+        kd = KaldiDataDir(base.out)
+        text = kd.text or {}
+        report = base.report
+        phones: dict[str, str] = {}
+        problems: list[OOVError] = []
+        for utt, words in text.items():
+            oov = [w for w in words.split() if w not in words_to_phones]
+            if oov:
+                problems.append(
+                    OOVError(utt, f"words not in the lexicon {lex_path.name}: {' '.join(oov)}")
+                )
+                continue
+            phones[utt] = " ".join(ph for w in words.split() for ph in words_to_phones[w])
+        if problems and not skip_oov:
+            raise CorpusProblems(
+                f"librispeech {split} phones",
+                list(problems),
+                remedy="add the words to the lexicon or use --skip-oov",
+            )
+        for err in problems:
+            # the utterance was counted as written by the base pass; move it to skipped
+            report.loaded -= 1
+            report.seen -= 1
+            report.add_skipped(err)
+        keep = set(phones)
+
+        def subset(table: dict[str, Any] | None) -> dict[str, Any] | None:
+            return None if table is None else {u: v for u, v in table.items() if u in keep}
+
+        utt2spk = subset(kd.utt2spk) or {}
+        spk2gender = kd.spk2gender
+        if spk2gender is not None:
+            kept_spk = set(utt2spk.values())
+            spk2gender = {s: g for s, g in spk2gender.items() if s in kept_spk}
+        write_prepared(
+            target,
+            wav_scp=subset(kd.wav_scp) or {},
+            utt2spk=utt2spk,
+            text=subset(text),
+            utt2dur=subset(kd.utt2dur),
+            utt2num_samples=subset(kd.utt2num_samples),
+            spk2gender=spk2gender,
+            extra={"utt2phones": phones},
+        )
+    report.check()
+    notes = list(base.notes)
+    if alternatives:
+        notes.append(f"{alternatives} alternative pronunciations in the lexicon ignored")
+    return PrepResult(target, report, notes)
