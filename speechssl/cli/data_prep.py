@@ -1,4 +1,5 @@
-"""``speechssl data prepare-librispeech | prepare-librilight``: real corpora -> data dirs."""
+"""``speechssl data prepare-librispeech | prepare-librilight | prepare-speech-commands |
+prepare-voxceleb1``: real corpora -> data dirs."""
 
 from __future__ import annotations
 
@@ -66,6 +67,38 @@ def add_verbs(verbs: argparse._SubParsersAction) -> None:
     p.add_argument("--tolerant", action="store_true", help="skip and count bad files")
     p.set_defaults(func=_librilight)
 
+    add_probing_verbs(verbs)
+
+
+def add_probing_verbs(verbs: argparse._SubParsersAction) -> None:
+    """Real corpora of the SUPERB-like probing tasks (KS, SID, ASV)."""
+    p = verbs.add_parser(
+        "prepare-speech-commands",
+        help="Speech Commands v0.01 -> keyword-spotting dirs OUT/{train,dev,test} (utt2keyword)",
+        description=(
+            "Prepare SUPERB keyword spotting from Speech Commands v0.01's real layout "
+            "ROOT/<word>/<hash>_nohash_<n>.wav, ROOT/validation_list.txt, "
+            "ROOT/testing_list.txt, ROOT/_background_noise_/*.wav. Classes: yes no up down "
+            "left right on off stop go, _unknown_ (every other word) and _silence_ (clips cut "
+            "from the background noise). With --test-set-dir the test dir is the separate "
+            "speech_commands_test_set_v0.01 (<label>/*.wav), as in SUPERB."
+        ),
+    )
+    p.add_argument("--corpus-dir", required=True, metavar="ROOT", help="the v0.01 training archive")
+    p.add_argument(
+        "--test-set-dir", metavar="DIR", help="speech_commands_test_set_v0.01 (SUPERB's test set)"
+    )
+    p.add_argument("--out", required=True, metavar="DIR", help="writes DIR/{train,dev,test}")
+    p.add_argument(
+        "--silence-seconds",
+        type=float,
+        default=1.0,
+        metavar="S",
+        help="length of the _silence_ clips cut from the background noise (default 1.0)",
+    )
+    p.add_argument("--tolerant", action="store_true", help="skip and count bad clips")
+    p.set_defaults(func=_speech_commands)
+
 
 def _run_prepare(prepare: Callable[..., object], *args: Any, **kwargs: Any) -> int:
     """Run a corpus preparation and print its summary lines; on a CorpusProblems error
@@ -122,5 +155,18 @@ def _librilight(args: argparse.Namespace) -> int:
         args.subset,
         args.out,
         max_segment=args.max_segment,
+        tolerant=args.tolerant,
+    )
+
+
+def _speech_commands(args: argparse.Namespace) -> int:
+    from speechssl.data.prep.speech_commands import prepare_speech_commands
+
+    return _run_prepare(
+        prepare_speech_commands,
+        args.corpus_dir,
+        args.out,
+        test_set_dir=args.test_set_dir,
+        silence_seconds=args.silence_seconds,
         tolerant=args.tolerant,
     )
