@@ -99,6 +99,36 @@ def add_probing_verbs(verbs: argparse._SubParsersAction) -> None:
     p.add_argument("--tolerant", action="store_true", help="skip and count bad clips")
     p.set_defaults(func=_speech_commands)
 
+    p = verbs.add_parser(
+        "prepare-voxceleb1",
+        help="VoxCeleb1 -> speaker identification (sid) or verification (asv) dirs",
+        description=(
+            "Prepare SUPERB SID or ASV from VoxCeleb1's real layout "
+            "ROOT/wav/id*/<video>/<n>.wav (or vox1_dev_wav/wav + vox1_test_wav/wav). "
+            "sid: OUT/{train,dev,test} from iden_split.txt (1/2/3). asv: OUT/test holds the "
+            "utterances of veri_test.txt and a Kaldi 'trials' file; OUT/train the speakers "
+            "no trial names; OUT/dev --dev-speakers of those held out, with seeded trials."
+        ),
+    )
+    p.add_argument("--task", required=True, choices=["sid", "asv"], help="which task's dirs")
+    p.add_argument("--corpus-dir", required=True, metavar="ROOT", help="VoxCeleb1 root")
+    p.add_argument("--out", required=True, metavar="DIR", help="writes DIR/{train,dev,test}")
+    p.add_argument(
+        "--list",
+        metavar="FILE",
+        help="split list (sid, default ROOT/iden_split.txt) or trial list "
+        "(asv, default ROOT/veri_test.txt; e.g. veri_test2.txt)",
+    )
+    p.add_argument(
+        "--dev-speakers",
+        type=int,
+        default=None,
+        metavar="N",
+        help="asv: training speakers held out for dev trials (default 20; 0 = no dev dir)",
+    )
+    p.add_argument("--tolerant", action="store_true", help="skip and count bad files")
+    p.set_defaults(func=_voxceleb1)
+
 
 def _run_prepare(prepare: Callable[..., object], *args: Any, **kwargs: Any) -> int:
     """Run a corpus preparation and print its summary lines; on a CorpusProblems error
@@ -168,5 +198,30 @@ def _speech_commands(args: argparse.Namespace) -> int:
         args.out,
         test_set_dir=args.test_set_dir,
         silence_seconds=args.silence_seconds,
+        tolerant=args.tolerant,
+    )
+
+
+def _voxceleb1(args: argparse.Namespace) -> int:
+    from speechssl.data.prep.voxceleb import prepare_voxceleb1_asv, prepare_voxceleb1_sid
+
+    if args.task == "sid":
+        if args.dev_speakers is not None:
+            from speechssl.errors import ConfigError
+
+            raise ConfigError("--dev-speakers only applies with --task asv")
+        return _run_prepare(
+            prepare_voxceleb1_sid,
+            args.corpus_dir,
+            args.out,
+            split_file=args.list,
+            tolerant=args.tolerant,
+        )
+    return _run_prepare(
+        prepare_voxceleb1_asv,
+        args.corpus_dir,
+        args.out,
+        trials_file=args.list,
+        dev_speakers=20 if args.dev_speakers is None else args.dev_speakers,
         tolerant=args.tolerant,
     )

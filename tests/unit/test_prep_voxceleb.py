@@ -1,0 +1,147 @@
+"""VoxCeleb1 -> SUPERB SID and ASV dirs, on a tiny fixture in the real layout."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from audio_fixtures import write_audio
+
+from speechssl.cli.main import main
+from speechssl.data.kaldi_dir import KaldiDataDir
+from speechssl.data.prep.common import CorpusError, CorpusProblems
+from speechssl.data.prep.voxceleb import prepare_voxceleb1_asv, prepare_voxceleb1_sid
+from speechssl.data.tables import read_table
+from speechssl.downstream.asv import Trial, read_trials
+
+POOL = ["id10001", "id10002", "id10003", "id10004"]  # VoxCeleb1 dev part
+TEST = ["id10270", "id10271"]  # speakers of the verification trials
+VIDEOS = ["x6uYqmx31kE", "8jEAjG6-SegY"]
+
+
+def rel(spk: str, video: int, n: int) -> str:
+    return f"{spk}/{VIDEOS[video]}/{n:05d}.wav"
+
+
+def make_voxceleb1(root: Path, *, split_archives: bool = False) -> Path:
+    """ROOT/wav/id*/<video>/<n>.wav (or vox1_dev_wav/ + vox1_test_wav/), iden_split.txt,
+    veri_test.txt."""
+    iden = []
+    for s, spk in enumerate(POOL + TEST):
+        archive = "vox1_test_wav" if spk in TEST else "vox1_dev_wav"
+        base = root / archive / "wav" if split_archives else root / "wav"
+        for k, (v, n) in enumerate([(0, 1), (0, 2), (1, 1), (1, 8)]):
+            write_audio(base / rel(spk, v, n), 0.2 + 0.01 * k, seed=10 * s + k)
+            iden.append(f"{[1, 1, 2, 3][k]} {rel(spk, v, n)}\n")
+    (root / "iden_split.txt").write_text("".join(iden))
+    (root / "veri_test.txt").write_text(
+        f"1 {rel('id10270', 0, 1)} {rel('id10270', 1, 8)}\n"
+        f"0 {rel('id10270', 0, 1)} {rel('id10271', 0, 2)}\n"
+        f"1 {rel('id10271', 0, 1)} {rel('id10271', 1, 1)}\n"
+        f"0 {rel('id10271', 0, 1)} {rel('id10270', 1, 1)}\n"
+    )
+    return root
+
+
+def test_sid_splits_from_iden_split(tmp_path):
+    root = make_voxceleb1(tmp_path / "voxceleb1")
+    out = tmp_path / "sid"
+    result = prepare_voxceleb1_sid(root, out)
+    assert (result.report.loaded, result.report.num_skipped) == (24, 0)
+    train, dev, test = (KaldiDataDir(out / s) for s in ("train", "dev", "test"))
+    assert len(train) == 12 and len(dev) == 6 and len(test) == 6
+    assert dev.utt_ids()[0] == "id10001-8jEAjG6-SegY-00001"
+    assert test.speaker("id10270-8jEAjG6-SegY-00008") == "id10270"
+    assert train.speakers() == sorted(POOL + TEST) == test.speakers()
+    src = Path(test.audio_source("id10270-8jEAjG6-SegY-00008").path)
+    assert src == root.resolve() / "wav" / rel("id10270", 1, 8)
+    assert "train: 12 utterances of 6 speakers" in result.notes
+    for split in ("train", "dev", "test"):
+        assert main(["data", "validate", str(out / split)]) == 0
+
+
+def test_sid_missing_unlisted_and_bad_lines(tmp_path):
+    root = make_voxceleb1(tmp_path / "vc")
+    (root / "wav" / rel("id10002", 0, 2)).unlink()
+    write_audio(root / "wav" / "id10003" / "newvideo" / "00001.wav", 0.2)
+    with open(root / "iden_split.txt", "a") as fh:
+        fh.write(f"4 {rel('id10001', 0, 1)}\nrubbish\n")
+    with pytest.raises(CorpusProblems) as info:
+        prepare_voxceleb1_sid(root, tmp_path / "sid")
+    text = "\n".join(str(p) for p in info.value.problems)
+    assert sorted(p.kind for p in info.value.problems) == [
+        "bad-transcript",
+        "bad-transcript",
+        "no-audio",
+        "unlisted",
+    ], text
+    assert "id10002/x6uYqmx31kE/00002.wav (" in text and "listed file has no audio" in text
+    assert "id10003/newvideo/00001.wav (" in text and "not in iden_split.txt" in text
+    assert "iden_split.txt:25): split '4' is not 1, 2 or 3" in text
+    assert "rubbish (" in text and "iden_split.txt:26" in text
+    result = prepare_voxceleb1_sid(root, tmp_path / "sid", tolerant=True)
+    rep = result.report
+    assert (rep.loaded, rep.num_skipped) == (23, 4)
+
+
+def test_asv_dirs_and_trials(tmp_path):
+    root = make_voxceleb1(tmp_path / "voxceleb1", split_archives=True)
+    out = tmp_path / "asv"
+    result = prepare_voxceleb1_asv(root, out, dev_speakers=2)
+    train, dev, test = (KaldiDataDir(out / s) for s in ("train", "dev", "test"))
+    assert train.speakers() == ["id10001", "id10002"]
+    assert dev.speakers() == ["id10003", "id10004"]
+    assert test.speakers() == TEST and len(test) == 6  # the utterances the trials name
+    trials = read_trials(out / "test" / "trials", set(test.utt_ids()))
+    assert trials[:2] == [
+        Trial("id10270-x6uYqmx31kE-00001", "id10270-8jEAjG6-SegY-00008", True),
+        Trial("id10270-x6uYqmx31kE-00001", "id10271-x6uYqmx31kE-00002", False),
+    ]
+    dev_trials = read_trials(out / "dev" / "trials", set(dev.utt_ids()))
+    assert len(dev_trials) == 16 and sum(t.target for t in dev_trials) == 8
+    for t in dev_trials:
+        assert (dev.speaker(t.enroll) == dev.speaker(t.test)) == t.target
+        assert t.enroll != t.test
+    # seeded: a rerun writes the same trials
+    prepare_voxceleb1_asv(root, tmp_path / "again", dev_speakers=2)
+    assert (tmp_path / "again/dev/trials").read_text() == (out / "dev/trials").read_text()
+    assert "test: 6 utterances, 4 trials from veri_test.txt" in result.notes
+    for split in ("train", "dev", "test"):
+        assert main(["data", "validate", str(out / split)]) == 0
+
+
+def test_asv_errors(tmp_path):
+    root = make_voxceleb1(tmp_path / "vc")
+    with pytest.raises(CorpusError, match="leave no training speakers: only 4"):
+        prepare_voxceleb1_asv(root, tmp_path / "asv", dev_speakers=4)
+    with pytest.raises(CorpusError, match="need at least 2 speakers"):
+        prepare_voxceleb1_asv(root, tmp_path / "asv", dev_speakers=1)
+    with open(root / "veri_test.txt", "a") as fh:
+        fh.write(f"yes {rel('id10270', 0, 1)} {rel('id10270', 0, 2)}\n")
+        fh.write(f"1 {rel('id10270', 0, 1)} id10270/gone/00009.wav\n")
+    with pytest.raises(CorpusProblems) as info:
+        prepare_voxceleb1_asv(root, tmp_path / "asv", dev_speakers=2)
+    text = "\n".join(str(p) for p in info.value.problems)
+    assert "veri_test.txt:5): trial label 'yes' is not 1 or 0" in text
+    assert "id10270/gone/00009.wav (" in text and "trial names a file with no audio" in text
+    result = prepare_voxceleb1_asv(root, tmp_path / "asv", dev_speakers=0, tolerant=True)
+    assert "1 trials dropped: they name a skipped file" in result.notes
+    assert len(read_table(tmp_path / "asv" / "test" / "utt2spk")) == 6
+    assert not (tmp_path / "asv" / "dev").exists()
+
+
+def test_cli_prepare_voxceleb1(tmp_path, capsys):
+    root = make_voxceleb1(tmp_path / "vc")
+    base = ["data", "prepare-voxceleb1", "--corpus-dir", str(root)]
+    assert main([*base, "--task", "sid", "--out", str(tmp_path / "sid")]) == 0
+    assert "voxceleb1 sid: 24 loaded, 0 skipped of 24" in capsys.readouterr().out
+    out = tmp_path / "asv"
+    assert main([*base, "--task", "asv", "--out", str(out), "--dev-speakers", "2"]) == 0
+    assert "note: dev: 8 utterances of 2 held-out speakers, 16 seeded trials" in (
+        capsys.readouterr().out
+    )
+    assert main(["data", "validate", str(out / "test")]) == 0
+    assert main([*base, "--task", "asv", "--out", str(out)]) == 1  # default 20 dev speakers
+    assert "20 dev speakers leave no training speakers" in capsys.readouterr().err
+    assert main([*base, "--task", "sid", "--out", str(out), "--dev-speakers", "2"]) == 1
+    assert "--dev-speakers only applies with --task asv" in capsys.readouterr().err
