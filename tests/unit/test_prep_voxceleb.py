@@ -142,6 +142,22 @@ def test_cli_prepare_voxceleb1(tmp_path, capsys):
     )
     assert main(["data", "validate", str(out / "test")]) == 0
     assert main([*base, "--task", "asv", "--out", str(out)]) == 1  # default 20 dev speakers
-    assert "20 dev speakers leave no training speakers" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "20 dev speakers leave no training speakers" in err
+    assert "give a smaller --dev-speakers (0 = no dev)" in err  # shown to work above
     assert main([*base, "--task", "sid", "--out", str(out), "--dev-speakers", "2"]) == 1
     assert "--dev-speakers only applies with --task asv" in capsys.readouterr().err
+
+
+def test_cli_voxceleb1_strict_error_and_tolerant_remedy(tmp_path, capsys):
+    root = make_voxceleb1(tmp_path / "vc")
+    (root / "wav" / rel("id10003", 1, 8)).write_bytes(b"RIFF....WAVE")  # truncated header
+    base = ["data", "prepare-voxceleb1", "--task", "sid", "--corpus-dir", str(root)]
+    assert main([*base, "--out", str(tmp_path / "sid")]) == 1
+    err = capsys.readouterr().err
+    assert "error: id10003-8jEAjG6-SegY-00008" in err and "use --tolerant" in err
+    assert main([*base, "--out", str(tmp_path / "sid"), "--tolerant"]) == 0
+    out = capsys.readouterr().out
+    assert "skipped id10003-8jEAjG6-SegY-00008" in out
+    assert "voxceleb1 sid: 23 loaded, 1 skipped (1 corrupt) of 24" in out
+    assert "id10003-8jEAjG6-SegY-00008" not in read_table(tmp_path / "sid" / "test" / "utt2spk")

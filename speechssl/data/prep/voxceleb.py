@@ -275,7 +275,7 @@ def prepare_voxceleb1_asv(
         raise CorpusError(
             "--dev-speakers",
             f"{dev_speakers} dev speakers leave no training speakers: only {len(pool_spk)} "
-            "speakers are not in the trial list",
+            "speakers are not in the trial list; give a smaller --dev-speakers (0 = no dev)",
         )
     dev_set = set(pool_spk[len(pool_spk) - dev_speakers :]) if dev_speakers else set()
     train: dict[str, tuple[_Wav, float]] = {}
