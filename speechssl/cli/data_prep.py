@@ -46,6 +46,12 @@ def add_verbs(verbs: argparse._SubParsersAction) -> None:
         action="store_true",
         help="with --lexicon: leave out (and report) utterances with words not in the lexicon",
     )
+    p.add_argument(
+        "--phones-txt",
+        metavar="FILE",
+        help="with --lexicon: also write the lexicon's phone inventory, one symbol a line "
+        "(e.g. the PR task root's phones.txt)",
+    )
     p.set_defaults(func=_librispeech)
 
     p = verbs.add_parser(
@@ -151,6 +157,11 @@ def _librispeech(args: argparse.Namespace) -> int:
     from speechssl.data.prep.librispeech import prepare_librispeech, prepare_librispeech_phones
 
     if args.lexicon is not None:
+        if args.phones_txt is not None:
+            from speechssl.data.prep.librispeech import write_phone_inventory
+
+            n = write_phone_inventory(args.lexicon, args.phones_txt, strip_stress=args.strip_stress)
+            print(f"{n} phones -> {args.phones_txt}")
         return _run_prepare(
             prepare_librispeech_phones,
             args.corpus_dir,
@@ -162,10 +173,12 @@ def _librispeech(args: argparse.Namespace) -> int:
             tolerant=args.tolerant,
             per_chapter_speakers=args.per_chapter_speakers,
         )
-    if args.strip_stress or args.skip_oov:
+    if args.strip_stress or args.skip_oov or args.phones_txt:
         from speechssl.errors import ConfigError
 
-        raise ConfigError("--strip-stress and --skip-oov only apply with --lexicon FILE")
+        raise ConfigError(
+            "--strip-stress, --skip-oov and --phones-txt only apply with --lexicon FILE"
+        )
     return _run_prepare(
         prepare_librispeech,
         args.corpus_dir,

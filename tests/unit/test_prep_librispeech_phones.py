@@ -102,8 +102,27 @@ def test_cli_prepare_librispeech_with_lexicon(tmp_path, capsys):
     assert "error: 174-50561-0001: words not in the lexicon lexicon.txt: ZEBRA" in err
     assert err.rstrip().endswith("add the words to the lexicon or use --skip-oov")
     # the option the error's remedy names works
-    assert main([*base, "--out", str(tmp_path / "a"), *lex, "--skip-oov"]) == 0
+    phones_txt = tmp_path / "phones.txt"
+    assert (
+        main(
+            [
+                *base,
+                "--out",
+                str(tmp_path / "a"),
+                *lex,
+                "--skip-oov",
+                "--phones-txt",
+                str(phones_txt),
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
+    # every phone of the lexicon (also EY1 of A's second pronunciation), sorted
+    assert phones_txt.read_text().split() == sorted(
+        ["AH0", "EY1", "K", "AE1", "T", "HH", "L", "OW1", "S", "DH", "W", "ER1", "D"]
+    )
+    assert f"13 phones -> {phones_txt}" in out
     assert "skipped 174-50561-0001: 174-50561-0001: words not in the lexicon" in out
     assert "3 loaded, 1 skipped (1 oov) of 4" in out
     assert read_table(tmp_path / "a" / "utt2phones")["84-121123-0000"] == "HH AH0 L OW1 W ER1 L D"

@@ -301,3 +301,25 @@ def prepare_librispeech_phones(
     if alternatives:
         notes.append(f"{alternatives} alternative pronunciations in the lexicon ignored")
     return PrepResult(target, report, notes)
+
+
+def write_phone_inventory(
+    lexicon: str | os.PathLike[str],
+    path: str | os.PathLike[str],
+    *,
+    strip_stress: bool = False,
+) -> int:
+    """Write every phone of ``lexicon`` (all pronunciations), one symbol per line, sorted
+    (the PR task's ``phones.txt``: the full phone set, not only the training set's).
+    Returns the number of phones."""
+    from speechssl.utils.atomic import atomic_write_text
+
+    p = Path(lexicon)
+    read_lexicon(p, strip_stress=strip_stress)  # the same checks and errors
+    phones: set[str] = set()
+    with open(p, encoding="utf-8") as fh:
+        for line in fh:
+            for ph in line.split()[1:]:
+                phones.add(_STRESS.sub("", ph) if strip_stress else ph)
+    atomic_write_text(path, "".join(f"{ph}\n" for ph in sorted(phones)))
+    return len(phones)
