@@ -71,33 +71,32 @@ class ErrorCounts:
 def align_counts(ref: Sequence[str], hyp: Sequence[str]) -> tuple[int, int, int]:
     """``(substitutions, deletions, insertions)`` of one Levenshtein alignment.
 
-    Among minimal alignments the one with most substitutions is kept (cost tuples compare the
-    edit count first, then prefer fewer deletions + insertions).
+    Among minimal alignments the one with most substitutions is kept: the dynamic programme
+    minimises ``edits * B + (deletions + insertions)`` with ``B > len(ref) + len(hyp)``, so
+    the edit count comes first and ties go to fewer deletions + insertions. Rows are
+    vectorised: within a row, ``cur[j] = min(a[j], cur[j-1] + c)`` (``c`` the cost of an
+    insertion) is ``j c + cummin(a[k] - k c)``, so there is no Python loop over columns.
     """
     n, m = len(ref), len(hyp)
-    # cost[j] = (edits, indels, S, D, I) for ref[:i] vs hyp[:j]; rolling rows
-    prev = [(j, j, 0, 0, j) for j in range(m + 1)]
+    if n == 0 or m == 0:
+        return 0, n, m
+    ids: dict[str, int] = {}
+    r = np.array([ids.setdefault(t, len(ids)) for t in ref], dtype=np.int64)
+    h = np.array([ids.setdefault(t, len(ids)) for t in hyp], dtype=np.int64)
+    big = n + m + 1  # cost of a substitution: one edit, no indel
+    step = big + 1  # cost of a deletion or an insertion: one edit and one indel
+    ramp = np.arange(m + 1, dtype=np.int64) * step
+    prev = ramp.copy()  # row 0: j insertions
+    a = np.empty(m + 1, dtype=np.int64)
     for i in range(1, n + 1):
-        cur = [(i, i, 0, i, 0)]
-        r = ref[i - 1]
-        for j in range(1, m + 1):
-            e, x, s, d, ins = prev[j - 1]
-            if r == hyp[j - 1]:
-                best = (e, x, s, d, ins)
-            else:
-                best = (e + 1, x, s + 1, d, ins)
-            e, x, s, d, ins = prev[j]  # delete ref[i-1]
-            cand = (e + 1, x + 1, s, d + 1, ins)
-            if cand[:2] < best[:2]:
-                best = cand
-            e, x, s, d, ins = cur[j - 1]  # insert hyp[j-1]
-            cand = (e + 1, x + 1, s, d, ins + 1)
-            if cand[:2] < best[:2]:
-                best = cand
-            cur.append(best)
-        prev = cur
-    _, _, s, d, ins = prev[m]
-    return s, d, ins
+        a[0] = i * step  # i deletions
+        np.minimum(prev[:-1] + np.where(h == r[i - 1], 0, big), prev[1:] + step, out=a[1:])
+        prev = np.minimum.accumulate(a - ramp) + ramp
+    edits, indels = divmod(int(prev[m]), big)
+    # matches + S + D = n and matches + S + I = m, so D - I = n - m
+    deletions = (indels + n - m) // 2
+    insertions = indels - deletions
+    return edits - indels, deletions, insertions
 
 
 def edit_distance_counts(

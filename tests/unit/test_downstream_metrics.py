@@ -55,6 +55,34 @@ def test_wer_cer_match_jiwer_on_random_corpora():
         assert char_error_rate(refs, hyps) == pytest.approx(jiwer.cer(refs, hyps), abs=1e-12)
 
 
+def _reference_counts(ref: list[str], hyp: list[str]) -> tuple[int, int, int]:
+    """Plain O(n m) dynamic programme over (edits, indels, S, D, I) tuples, cell by cell."""
+    prev = [(j, j, 0, 0, j) for j in range(len(hyp) + 1)]
+    for i in range(1, len(ref) + 1):
+        cur = [(i, i, 0, i, 0)]
+        for j in range(1, len(hyp) + 1):
+            e, x, s, d, n = prev[j - 1]
+            best = (e, x, s, d, n) if ref[i - 1] == hyp[j - 1] else (e + 1, x, s + 1, d, n)
+            e, x, s, d, n = prev[j]
+            best = min(best, (e + 1, x + 1, s, d + 1, n), key=lambda t: t[:2])
+            e, x, s, d, n = cur[j - 1]
+            best = min(best, (e + 1, x + 1, s, d, n + 1), key=lambda t: t[:2])
+            cur.append(best)
+        prev = cur
+    return prev[-1][2:]
+
+
+def test_vectorised_alignment_matches_cell_by_cell_programme():
+    rng = random.Random(7)
+    for _ in range(300):
+        ref = [rng.choice("abcd") for _ in range(rng.randint(0, 12))]
+        hyp = [rng.choice("abcde") for _ in range(rng.randint(0, 12))]
+        if not ref:
+            continue
+        c = edit_distance_counts([ref], [hyp])
+        assert (c.substitutions, c.deletions, c.insertions) == _reference_counts(ref, hyp)
+
+
 def test_counts_on_hand_made_alignments():
     # one substitution, one deletion, one insertion, unambiguous
     c = edit_distance_counts([["a", "b", "c", "d"]], [["a", "x", "c", "d", "f"]])
