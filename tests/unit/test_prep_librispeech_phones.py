@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
-from audio_fixtures import write_audio
+from probing_fixtures import LEXICON, make_librispeech_pr
 
 from speechssl.cli.main import main
 from speechssl.data.kaldi_dir import KaldiDataDir
@@ -16,36 +14,6 @@ from speechssl.data.prep.librispeech import (
     read_lexicon,
 )
 from speechssl.data.tables import read_table
-
-# LibriSpeech lexicon format: WORD<TAB>PHONES, stress digits on vowels, alternatives repeated
-LEXICON = """\
-A\tAH0
-A\tEY1
-CAT\tK AE1 T
-HELLO\tHH AH0 L OW1
-SAT\tS AE1 T
-THE\tDH AH0
-WORLD\tW ER1 L D
-"""
-
-TRANSCRIPTS = {
-    ("84", "121123"): ["HELLO WORLD", "THE CAT SAT"],
-    ("174", "50561"): ["A CAT", "THE ZEBRA SAT"],  # ZEBRA is not in the lexicon
-}
-
-
-def make_corpus(root: Path) -> Path:
-    """ROOT/LibriSpeech/dev-clean/<spk>/<chapter>/<spk>-<chapter>-<utt>.flac + trans.txt."""
-    for (spk, ch), lines in TRANSCRIPTS.items():
-        d = root / "LibriSpeech" / "dev-clean" / spk / ch
-        trans = []
-        for i, words in enumerate(lines):
-            utt = f"{spk}-{ch}-{i:04d}"
-            write_audio(d / f"{utt}.flac", 0.3, seed=i)
-            trans.append(f"{utt} {words}\n")
-        (d / f"{spk}-{ch}.trans.txt").write_text("".join(trans))
-    (root / "lexicon.txt").write_text(LEXICON)
-    return root
 
 
 def test_read_lexicon_first_pronunciation_and_stress(tmp_path):
@@ -63,7 +31,7 @@ def test_read_lexicon_first_pronunciation_and_stress(tmp_path):
 
 
 def test_oov_is_an_error_naming_utterance_and_word(tmp_path):
-    root = make_corpus(tmp_path / "corpus")
+    root = make_librispeech_pr(tmp_path / "corpus")
     with pytest.raises(CorpusProblems) as info:
         prepare_librispeech_phones(root, "dev-clean", tmp_path / "dev", root / "lexicon.txt")
     (problem,) = info.value.problems
@@ -73,7 +41,7 @@ def test_oov_is_an_error_naming_utterance_and_word(tmp_path):
 
 
 def test_skip_oov_writes_valid_dir_and_reports_skips(tmp_path):
-    root = make_corpus(tmp_path / "corpus")
+    root = make_librispeech_pr(tmp_path / "corpus")
     out = tmp_path / "dev"
     result = prepare_librispeech_phones(
         root, "dev-clean", out, root / "lexicon.txt", skip_oov=True, strip_stress=True
@@ -94,7 +62,7 @@ def test_skip_oov_writes_valid_dir_and_reports_skips(tmp_path):
 
 
 def test_cli_prepare_librispeech_with_lexicon(tmp_path, capsys):
-    root = make_corpus(tmp_path / "corpus")
+    root = make_librispeech_pr(tmp_path / "corpus")
     base = ["data", "prepare-librispeech", "--corpus-dir", str(root), "--split", "dev-clean"]
     lex = ["--lexicon", str(root / "lexicon.txt")]
     assert main([*base, "--out", str(tmp_path / "a"), *lex]) == 1

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 from audio_fixtures import write_audio
+from probing_fixtures import POOL, TEST, make_voxceleb1, rel
 
 from speechssl.cli.main import main
 from speechssl.data.kaldi_dir import KaldiDataDir
@@ -13,34 +14,6 @@ from speechssl.data.prep.common import CorpusError, CorpusProblems
 from speechssl.data.prep.voxceleb import prepare_voxceleb1_asv, prepare_voxceleb1_sid
 from speechssl.data.tables import read_table
 from speechssl.downstream.asv import Trial, read_trials
-
-POOL = ["id10001", "id10002", "id10003", "id10004"]  # VoxCeleb1 dev part
-TEST = ["id10270", "id10271"]  # speakers of the verification trials
-VIDEOS = ["x6uYqmx31kE", "8jEAjG6-SegY"]
-
-
-def rel(spk: str, video: int, n: int) -> str:
-    return f"{spk}/{VIDEOS[video]}/{n:05d}.wav"
-
-
-def make_voxceleb1(root: Path, *, split_archives: bool = False) -> Path:
-    """ROOT/wav/id*/<video>/<n>.wav (or vox1_dev_wav/ + vox1_test_wav/), iden_split.txt,
-    veri_test.txt."""
-    iden = []
-    for s, spk in enumerate(POOL + TEST):
-        archive = "vox1_test_wav" if spk in TEST else "vox1_dev_wav"
-        base = root / archive / "wav" if split_archives else root / "wav"
-        for k, (v, n) in enumerate([(0, 1), (0, 2), (1, 1), (1, 8)]):
-            write_audio(base / rel(spk, v, n), 0.2 + 0.01 * k, seed=10 * s + k)
-            iden.append(f"{[1, 1, 2, 3][k]} {rel(spk, v, n)}\n")
-    (root / "iden_split.txt").write_text("".join(iden))
-    (root / "veri_test.txt").write_text(
-        f"1 {rel('id10270', 0, 1)} {rel('id10270', 1, 8)}\n"
-        f"0 {rel('id10270', 0, 1)} {rel('id10271', 0, 2)}\n"
-        f"1 {rel('id10271', 0, 1)} {rel('id10271', 1, 1)}\n"
-        f"0 {rel('id10271', 0, 1)} {rel('id10270', 1, 1)}\n"
-    )
-    return root
 
 
 def test_sid_splits_from_iden_split(tmp_path):

@@ -1,0 +1,85 @@
+"""Tiny corpora in the real layouts of the probing tasks' corpora (import as a module).
+
+Every audio file is written with soundfile, so the preparers read real FLAC/WAV headers.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+from audio_fixtures import write_audio
+
+# LibriSpeech lexicon format: WORD<TAB>PHONES, stress digits on vowels, alternatives repeated
+LEXICON = """\
+A\tAH0
+A\tEY1
+CAT\tK AE1 T
+HELLO\tHH AH0 L OW1
+SAT\tS AE1 T
+THE\tDH AH0
+WORLD\tW ER1 L D
+"""
+
+TRANSCRIPTS = {
+    ("84", "121123"): ["HELLO WORLD", "THE CAT SAT"],
+    ("174", "50561"): ["A CAT", "THE ZEBRA SAT"],  # ZEBRA is not in the lexicon
+}
+
+
+def make_librispeech_pr(root: Path) -> Path:
+    """ROOT/LibriSpeech/dev-clean/<spk>/<chapter>/<spk>-<chapter>-<utt>.flac + trans.txt."""
+    for c, ((spk, ch), lines) in enumerate(TRANSCRIPTS.items()):
+        d = root / "LibriSpeech" / "dev-clean" / spk / ch
+        trans = []
+        for i, words in enumerate(lines):
+            utt = f"{spk}-{ch}-{i:04d}"
+            write_audio(d / f"{utt}.flac", 0.3, seed=10 * c + i)  # distinct audio each
+            trans.append(f"{utt} {words}\n")
+        (d / f"{spk}-{ch}.trans.txt").write_text("".join(trans))
+    (root / "lexicon.txt").write_text(LEXICON)
+    return root
+
+
+POOL = ["id10001", "id10002", "id10003", "id10004"]  # VoxCeleb1 dev part
+TEST = ["id10270", "id10271"]  # speakers of the verification trials
+VIDEOS = ["x6uYqmx31kE", "8jEAjG6-SegY"]
+
+
+def rel(spk: str, video: int, n: int) -> str:
+    return f"{spk}/{VIDEOS[video]}/{n:05d}.wav"
+
+
+def write_voice(path: Path, seconds: float, speaker: int, seed: int) -> Path:
+    """16 kHz mono WAV: a speaker-specific tone (its "voice": 150 + 110 * speaker Hz and one
+    harmonic) under noise, so same-speaker utterances have similar spectra."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(round(seconds * 16000)) / 16000
+    f0 = 150.0 + 110.0 * speaker
+    phase = rng.uniform(0, 2 * np.pi)
+    wave = 0.3 * np.sin(2 * np.pi * f0 * t + phase) + 0.15 * np.sin(4 * np.pi * f0 * t)
+    wave += 0.02 * rng.standard_normal(t.shape)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sf.write(str(path), wave.astype(np.float32), 16000, subtype="PCM_16")
+    return path
+
+
+def make_voxceleb1(root: Path, *, split_archives: bool = False) -> Path:
+    """ROOT/wav/id*/<video>/<n>.wav (or vox1_dev_wav/ + vox1_test_wav/), iden_split.txt,
+    veri_test.txt. Each speaker's utterances carry its own tone (:func:`write_voice`)."""
+    iden = []
+    for s, spk in enumerate(POOL + TEST):
+        archive = "vox1_test_wav" if spk in TEST else "vox1_dev_wav"
+        base = root / archive / "wav" if split_archives else root / "wav"
+        for k, (v, n) in enumerate([(0, 1), (0, 2), (1, 1), (1, 8)]):
+            write_voice(base / rel(spk, v, n), 0.2 + 0.01 * k, s, seed=10 * s + k)
+            iden.append(f"{[1, 1, 2, 3][k]} {rel(spk, v, n)}\n")
+    (root / "iden_split.txt").write_text("".join(iden))
+    (root / "veri_test.txt").write_text(
+        f"1 {rel('id10270', 0, 1)} {rel('id10270', 1, 8)}\n"
+        f"0 {rel('id10270', 0, 1)} {rel('id10271', 0, 2)}\n"
+        f"1 {rel('id10271', 0, 1)} {rel('id10271', 1, 1)}\n"
+        f"0 {rel('id10271', 0, 1)} {rel('id10270', 1, 1)}\n"
+    )
+    return root
