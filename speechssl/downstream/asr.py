@@ -273,7 +273,8 @@ def beam_decode(
     except (ImportError, RuntimeError) as exc:
         raise DecoderUnavailableError(
             "beam search needs the flashlight-text package for torchaudio's ctc_decoder "
-            f"(pip install flashlight-text); greedy decoding needs nothing ({exc})"
+            "(pip install flashlight-text, or speechssl[decode]); greedy decoding needs "
+            f"nothing ({exc})"
         ) from None
     try:
         decoder = ctc_decoder(
