@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import math
+import sys
 
 import pytest
 import torch
@@ -108,13 +109,25 @@ def _emissions(vocab: CharVocabulary, spelling: list[str]) -> torch.Tensor:
     return e.log_softmax(-1)
 
 
-@pytest.mark.skipif(
-    HAVE_FLASHLIGHT, reason="flashlight-text is installed, the missing-package path is moot"
-)
-def test_beam_decode_without_flashlight_says_what_to_install(tmp_path):
+def _hide_flashlight(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make ``flashlight`` unimportable for this test, as on a machine without
+    flashlight-text (also where it is installed; monkeypatch restores everything)."""
+    import torchaudio.models.decoder as dec
+
+    monkeypatch.setitem(sys.modules, "flashlight", None)
+    for name in list(sys.modules):
+        if name.startswith("flashlight.") or name == "torchaudio.models.decoder._ctc_decoder":
+            monkeypatch.delitem(sys.modules, name)
+    for attr in ("_ctc_decoder", "ctc_decoder"):
+        if attr in vars(dec):  # (hasattr would run the module's lazy __getattr__)
+            monkeypatch.delattr(dec, attr)
+
+
+def test_beam_decode_without_flashlight_says_what_to_install(tmp_path, monkeypatch):
     vocab = CharVocabulary.from_texts(TEXTS)
     lex = tmp_path / "lexicon.txt"
     write_char_lexicon(["HI", "OH", "YOU"], lex, vocab)
+    _hide_flashlight(monkeypatch)
     with pytest.raises(DecoderUnavailableError, match="pip install flashlight-text"):
         beam_decode(_emissions(vocab, list("HI|")), torch.tensor([3]), vocab, lex)
 
