@@ -12,6 +12,7 @@ from speechssl.data.kaldi_dir import KaldiDataDir
 from speechssl.data.prep.common import CorpusError, CorpusProblems
 from speechssl.data.prep.speech_commands import prepare_speech_commands
 from speechssl.data.tables import read_table
+from speechssl.data.validate import validate_data_dir
 
 # (word, hash, n): yes/no/stop are keywords, bed/marvin become _unknown_
 CLIPS = [
@@ -80,6 +81,8 @@ def test_training_archive_to_three_dirs(tmp_path):
     assert rate == 16000 and wav.shape[-1] == 16000
     for split in ("train", "dev", "test"):
         assert main(["data", "validate", str(out / split)]) == 0
+        report = validate_data_dir(out / split)
+        assert report.ok and report.num_warnings == 0, report.lines()
     assert "train: 17 utterances (yes=2 no=1 stop=1 _unknown_=1 _silence_=12)" in result.notes
     assert "dev: 3 utterances (yes=1 _unknown_=1 _silence_=1)" in result.notes
 

@@ -13,6 +13,7 @@ from speechssl.data.kaldi_dir import KaldiDataDir
 from speechssl.data.prep.common import CorpusError, CorpusProblems
 from speechssl.data.prep.voxceleb import prepare_voxceleb1_asv, prepare_voxceleb1_sid
 from speechssl.data.tables import read_table
+from speechssl.data.validate import validate_data_dir
 from speechssl.downstream.asv import Trial, read_trials
 
 
@@ -31,6 +32,8 @@ def test_sid_splits_from_iden_split(tmp_path):
     assert "train: 12 utterances of 6 speakers" in result.notes
     for split in ("train", "dev", "test"):
         assert main(["data", "validate", str(out / split)]) == 0
+        report = validate_data_dir(out / split)
+        assert report.ok and report.num_warnings == 0, report.lines()
 
 
 def test_sid_missing_unlisted_and_bad_lines(tmp_path):
@@ -81,6 +84,8 @@ def test_asv_dirs_and_trials(tmp_path):
     assert "test: 6 utterances, 4 trials from veri_test.txt" in result.notes
     for split in ("train", "dev", "test"):
         assert main(["data", "validate", str(out / split)]) == 0
+        report = validate_data_dir(out / split)
+        assert report.ok and report.num_warnings == 0, report.lines()
 
 
 def test_asv_errors(tmp_path):
