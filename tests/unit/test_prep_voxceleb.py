@@ -82,6 +82,7 @@ def test_asv_dirs_and_trials(tmp_path):
     prepare_voxceleb1_asv(root, tmp_path / "again", dev_speakers=2)
     assert (tmp_path / "again/dev/trials").read_text() == (out / "dev/trials").read_text()
     assert "test: 6 utterances, 4 trials from veri_test.txt" in result.notes
+    assert "2 utterances of trial speakers are in no trial: left out" in result.notes[-1]
     for split in ("train", "dev", "test"):
         assert main(["data", "validate", str(out / split)]) == 0
         report = validate_data_dir(out / split)

@@ -280,8 +280,10 @@ def prepare_voxceleb1_asv(
     dev_set = set(pool_spk[len(pool_spk) - dev_speakers :]) if dev_speakers else set()
     train: dict[str, tuple[_Wav, float]] = {}
     dev: dict[str, tuple[_Wav, float]] = {}
+    unused = 0
     for _rel, wav in sorted(wavs.items()):
         if wav.spk in test_spk:
+            unused += wav.utt not in test
             continue
         dur = _probe(wav, collect)
         if dur is None:
@@ -308,5 +310,10 @@ def prepare_voxceleb1_asv(
     notes.append(f"test: {len(test)} utterances, {len(trials_lines)} trials from {list_path.name}")
     if dropped:
         notes.append(f"{dropped} trials dropped: they name a skipped file")
+    if unused:
+        notes.append(
+            f"{unused} utterances of trial speakers are in no trial: left out (a trial speaker "
+            "is kept out of train)"
+        )
     collect.report.check()
     return PrepResult(out_root, collect.report, notes)
