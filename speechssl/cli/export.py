@@ -20,6 +20,10 @@ def _export_hf(args: argparse.Namespace) -> int:
     for flag in ("private", "revision", "create_pr", "commit_message"):
         if getattr(args, flag) not in (None, False) and not args.push:
             raise ConfigError(f"--{flag.replace('_', '-')} only applies with --push REPO_ID")
+    if args.create_pr and args.revision:
+        raise ConfigError(
+            "--create-pr opens a pull request against the default branch; drop --revision"
+        )
     if not (src / CONFIG_NAME).is_file() and (src / "final" / CONFIG_NAME).is_file():
         raise CheckpointError(f"{src}: a training experiment; export its model dir {src / 'final'}")
     desc = read_model_description(src)
