@@ -67,6 +67,8 @@ def _config_from_hf(hf: Mapping[str, Any], pre: Mapping[str, Any]) -> dict[str, 
         pos_conv_groups=int(hf["num_conv_pos_embedding_groups"]),
     )
     out["pos_conv_depth"] = int(hf["num_conv_pos_embeddings"])
+    # an imported model computes what its transformers original computes (padding included)
+    out["padding_aware_positions"] = False
     return out
 
 

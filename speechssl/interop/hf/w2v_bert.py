@@ -82,6 +82,12 @@ def _config_from_hf(hf: Mapping[str, Any], pre: Mapping[str, Any]) -> dict[str, 
         causal_depthwise=True,
         conv_dropout=float(hf["conformer_conv_dropout"]),
     )
+    # transformers has no MLM module (a pretraining-only split of the stack): take w2v-BERT
+    # 2.0's proportion, the top 2/3 of the layers (24 -> 16, as the base preset)
+    layers = int(hf["num_hidden_layers"])
+    if layers < 2:
+        raise CheckpointError("w2v-BERT needs at least 2 layers (contrastive + MLM modules)")
+    out["num_mlm_layers"] = min(layers - 1, max(1, round(layers * 2 / 3)))
     mel = int(pre.get("num_mel_bins", 80))
     stride = int(pre.get("stride", 2))
     if mel * stride != int(hf["feature_projection_input_dim"]):
