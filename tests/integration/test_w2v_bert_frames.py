@@ -36,7 +36,9 @@ def test_frame_counts_agree_with_seamless_extractor(synth_corpus, tmp_path):
             theirs = hf(**inputs, output_hidden_states=True)
             cut = hf(input_features=inputs["input_features"][:, :real], output_hidden_states=True)
         assert ours.hidden_states[0].shape[1] == real
-        for a, b, c in zip(ours.hidden_states, theirs.hidden_states, cut.hidden_states, strict=True):
+        for a, b, c in zip(
+            ours.hidden_states, theirs.hidden_states, cut.hidden_states, strict=True
+        ):
             assert torch.equal(b[:, :real], c)  # the extra (padding) frame is inert
             assert float((a - b[:, :real]).abs().max()) <= TOL
         if n == 12960:  # the case of the issue: 40 stacked frames there, 39 real
