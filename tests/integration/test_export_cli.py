@@ -258,3 +258,26 @@ def test_push_failures_are_one_line_and_keep_the_export(tmp_path):
     for name in ("a", "b"):
         weights = load_file(str(tmp_path / name / "model.safetensors"))
         assert weights and (tmp_path / name / "README.md").is_file()
+
+
+def test_option_mistakes_are_one_line_errors(tmp_path, capsys):
+    md = _model_dir(tmp_path, "hubert_tiny")
+    out = str(tmp_path / "out")
+    cases = [
+        (["--dry-run"], "give --push too"),
+        (["--private"], "--private only applies with --push"),
+        (["--push", "me/x", "--create-pr", "--revision", "b"], "drop --revision"),
+        (["--summary", str(tmp_path / "nope")], "does not exist"),
+        (["--bare", "--kmeans", str(tmp_path)], "bare export has no side directory"),
+    ]
+    for extra, message in cases:
+        assert main(["export", "hf", str(md), out, *extra]) == 1, extra
+        err = capsys.readouterr().err.strip()
+        assert err.count("\n") == 0 and message in err, (extra, err)
+    assert not (tmp_path / "out").exists()
+    # an experiment dir is pointed to its model dir
+    exp = tmp_path / "exp"
+    save_model_dir(create_model("hubert_tiny"), exp / "final")
+    assert main(["export", "hf", str(exp), out]) == 1
+    assert f"export its model dir {exp / 'final'}" in capsys.readouterr().err
+    assert main(["export", "hf", str(exp / "final"), out]) == 0  # the recommended dir works
