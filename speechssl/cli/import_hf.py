@@ -46,9 +46,12 @@ def resolve_source(src: str, revision: str | None = None) -> tuple[Path, str | N
 
 
 def _import_hf(args: argparse.Namespace) -> int:
+    from speechssl.errors import CheckpointError
     from speechssl.interop.hf import import_transformers_dir
     from speechssl.models.io import save_model_dir
 
+    if Path(args.out).exists() and not args.overwrite:
+        raise CheckpointError(f"{args.out}: exists (pass --overwrite to replace it)")
     root, hub_id = resolve_source(args.src, args.revision)
     result = import_transformers_dir(root)
     model = result.model

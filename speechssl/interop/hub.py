@@ -143,7 +143,6 @@ def collect_card_facts(
     ``probe.json``), which must exist when given."""
     extra = desc.get("extra") or {}
     training = extra.get("training") or {}
-    imported = extra.get("imported_from") or {}
     facts = CardFacts(
         model_name=str(desc.get("name")),
         family=str(desc.get("family")),
@@ -152,7 +151,7 @@ def collect_card_facts(
         bare=bare,
         license=license,
         repo_id=repo_id,
-        base_model=base_model or imported.get("hub_id"),
+        base_model=base_model,
         datasets=list(datasets),
     )
     cfg = desc.get("config") or {}

@@ -187,6 +187,50 @@ def test_hub_id_from_the_local_cache(tmp_path):
     assert missing.returncode == 1
     lines = missing.stderr.strip().splitlines()
     assert len(lines) == 1 and "not in the local Hugging Face cache" in lines[0]
+    assert not (tmp_path / "out2").exists()
+
+
+# a third subprocess (~10 s when the machine is busy): slow suite
+@pytest.mark.slow
+def test_hub_id_download_failure_is_one_line(tmp_path):
+    """Online, not cached, and the hub cannot be reached (nothing listens on the port)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_CACHE": str(tmp_path / "cache"),
+           "HF_ENDPOINT": f"http://127.0.0.1:{port}", "OMP_NUM_THREADS": "1"}  # fmt: skip
+    env.pop("HF_HUB_OFFLINE", None)
+    down = subprocess.run(
+        [sys.executable, "-m", "speechssl.cli.main", "import", "hf", "me/not-cached", "out"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert down.returncode == 1
+    lines = down.stderr.strip().splitlines()
+    assert len(lines) == 1 and "me/not-cached: download failed" in lines[0], down.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_sharded_checkpoint_and_existing_out(tmp_path, capsys):
+    """save_pretrained's sharded layout (model.safetensors.index.json) imports the same
+    weights; an existing OUT is refused unless --overwrite (which works)."""
+    one, sharded = tmp_path / "one", tmp_path / "sharded"
+    hf = _saved("hubert", one)
+    hf.save_pretrained(sharded, max_shard_size="100KB")
+    assert (sharded / "model.safetensors.index.json").is_file()
+    assert main(["import", "hf", str(one), str(tmp_path / "a")]) == 0
+    assert main(["import", "hf", str(sharded), str(tmp_path / "b")]) == 0
+    a, b = load_model_dir(tmp_path / "a").state_dict(), load_model_dir(tmp_path / "b").state_dict()
+    fresh = json.loads((tmp_path / "a" / "model.json").read_text())["extra"]["imported_from"]
+    assert fresh["initialised"] and a.keys() == b.keys()
+    # HuBERT's heads are not in transformers: initialised (randomly) in each import
+    assert all(torch.equal(a[k], b[k]) for k in a if k not in fresh["initialised"])
+    capsys.readouterr()
+    assert main(["import", "hf", str(one), str(tmp_path / "a")]) == 1
+    err = capsys.readouterr().err
+    assert "exists" in err and "--overwrite" in err
+    assert main(["import", "hf", str(one), str(tmp_path / "a"), "--overwrite"]) == 0
 
 
 def test_published_sizes_map_to_their_presets():
