@@ -246,3 +246,22 @@ def test_published_sizes_map_to_their_presets():
     small = HubertConfig(**SIZES).to_dict()
     name, cfg, exact = _preset_for("hubert", fam.config_from_hf(small, {}), {})
     assert name != "hubert_base" and cfg.encoder.num_layers == 2 and not exact
+
+
+def test_import_then_export_with_card_and_dry_run(tmp_path, capsys):
+    """The publishing round trip from the command line (continued pretraining in between
+    is `speechssl-train model.init_from=DIR`): import -> export with a card -> dry-run push."""
+    from huggingface_hub import ModelCard
+
+    _saved("wav2vec2", tmp_path / "hf")
+    assert main(["import", "hf", str(tmp_path / "hf"), str(tmp_path / "ours")]) == 0
+    out = tmp_path / "export"
+    args = ["export", "hf", str(tmp_path / "ours"), str(out), "--push", "me/w2v", "--dry-run",
+            "--base-model", "someone/wav2vec2-small"]  # fmt: skip
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert "would upload to me/w2v" in printed and "speechssl/heads.safetensors" in printed
+    card = ModelCard.load(out / "README.md")
+    assert card.data.base_model == "someone/wav2vec2-small"
+    assert "wav2vec2: 2 layers x 64, 4 heads, FFN 96" in card.text
+    assert "AutoModelForPreTraining" in card.text  # the default export keeps the heads
