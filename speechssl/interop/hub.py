@@ -17,15 +17,12 @@ then ``upload_folder``); the token comes from ``HF_TOKEN`` or the login cache, a
 from __future__ import annotations
 
 import json
-import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from speechssl.errors import CheckpointError, HubError
-
-log = logging.getLogger(__name__)
 
 #: the HF model classes whose ``from_pretrained`` the card's snippet calls
 _SNIPPET_AUTO = {"Wav2Vec2ForPreTraining": "AutoModelForPreTraining"}

@@ -328,11 +328,6 @@ def import_from_transformers(path: str | os.PathLike[str], **overrides: Any) -> 
     return import_transformers_dir(path, **overrides).model
 
 
-def is_export(path: str | os.PathLike[str]) -> bool:
-    """True if ``path`` is a non-bare speechssl export (it has the side description)."""
-    return (Path(path) / SIDECAR / DESCRIPTION_NAME).is_file()
-
-
 __all__ = [
     "FAMILIES",
     "INTEROPS",
@@ -344,6 +339,5 @@ __all__ = [
     "import_from_transformers",
     "import_transformers_dir",
     "interop_for",
-    "is_export",
     "to_transformers_state",
 ]

@@ -30,7 +30,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
-from speechssl.errors import CheckpointError, ConfigError
+from speechssl.errors import CheckpointError
 from speechssl.models.base import PretrainModel
 from speechssl.models.io import state_dict_for_saving
 from speechssl.utils.atomic import atomic_dir
@@ -382,8 +382,3 @@ def read_json(path: Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise CheckpointError(f"{path}: not a JSON object")
     return data
-
-
-def check_exportable(family: FamilyInterop, model: PretrainModel) -> None:
-    if model.family != family.family:
-        raise ConfigError(f"{family.family} exporter got a {model.family!r} model")
