@@ -11,6 +11,7 @@
 #   iterN/report/             unit-quality report of iteration N's labels (on --report-set)
 #   iterN/train/              pretraining experiment of iteration N (final/: the model)
 #   summary/                  results table, training curves (PNG), pointers to final models
+#   export/hf/                transformers export of the last model (--hf-export / --hub-repo)
 #   logs/                     one log per stage and per job; .stages/: done sentinels
 . "$(dirname "${BASH_SOURCE[0]}")/utils/common.sh"
 . "$recipe_utils_dir/common_stages.sh"
@@ -60,6 +61,7 @@ opt train_nodes 1 "nodes for pretraining"
 opt train_nproc 1 "processes (GPUs) per node for pretraining"
 opt ref_world_size 32 "GPUs of the published setup: gradient accumulation = this / (nodes x nproc); 0: no accumulation"
 opt summary_expect_higher "" "metric (e.g. pnmi) the last iteration's units must beat the first's in the summary; empty: no check"
+export_options
 
 add_data_stages # 1 data, 2 validate
 add_stage 3 dump_iter1 "dump iteration 1's features (MFCC or a model layer)"
@@ -71,6 +73,7 @@ add_stage 8 kmeans_iter2 "fit k-means on the layer features" 'num_iterations >= 
 add_stage 9 labels_iter2 "apply iteration 2's k-means (labels) and report unit quality" 'num_iterations >= 2'
 add_stage 10 train_iter2 "pretrain iteration 2" 'num_iterations >= 2'
 add_stage 11 summary "results table (unit quality per iteration), training curves, final models"
+add_stage 12 export "export the last model to transformers with a model card (push with --hub-repo)" 'do_export'
 
 # ---------------------------------------------------------------------------- helpers
 
@@ -177,6 +180,8 @@ stage_summary() {
   run_cmd speechssl recipe summary "${args[@]}"
 }
 
+stage_export() { export_hf_model "$exp_dir/iter$num_iterations/train/final"; }
+
 # ---------------------------------------------------------------------------- main
 
 # where jobs run: cmd.sh of the corpus directory sets the *_cmd launchers
@@ -196,6 +201,7 @@ fi
 [[ -n $dump_dir ]] || dump_dir=$exp_dir/dump
 [[ -n $report_set ]] || report_set=${valid_set:-$train_set}
 logs=$exp_dir/logs
+set_export_wanted
 grad_accum=$(grad_accum_for "$ref_world_size" "$train_nodes" "$train_nproc")
 
 run_stages "$exp_dir"

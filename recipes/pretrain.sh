@@ -9,6 +9,7 @@
 # Layout of --exp-dir:
 #   train/      the pretraining experiment (final/: the model, log.jsonl, checkpoints)
 #   summary/    results table, training curves (PNG)
+#   export/hf/  transformers export of the model (--hf-export / --hub-repo)
 #   logs/       one log per stage and per job; .stages/: done sentinels
 . "$(dirname "${BASH_SOURCE[0]}")/utils/common.sh"
 . "$recipe_utils_dir/common_stages.sh"
@@ -29,10 +30,12 @@ opt train_config_dir conf/train "extra Hydra config dir for speechssl-train, use
 opt train_nodes 1 "nodes for pretraining"
 opt train_nproc 1 "processes (GPUs) per node for pretraining"
 opt ref_world_size "" "GPUs of the published setup: gradient accumulation = this / (nodes x nproc); 0: none"
+export_options
 
 add_data_stages # 1 data, 2 validate
 add_stage 3 train "pretrain"
 add_stage 4 summary "results table (final training metrics), training curves, final model"
+add_stage 5 export "export the model to transformers with a model card (push with --hub-repo)" 'do_export'
 
 stage_train() {
   local args=()
@@ -51,6 +54,8 @@ stage_summary() {
   run_cmd speechssl recipe summary --out "$exp_dir/summary" --train "$family=$exp_dir/train"
 }
 
+stage_export() { export_hf_model "$exp_dir/train/final"; }
+
 if [[ -f cmd.sh ]]; then
   # shellcheck source=/dev/null
   . ./cmd.sh
@@ -64,6 +69,7 @@ parse_options --config "$family_conf" "$@"
 [[ -n $exp_dir ]] || exp_dir=exp/$family
 require_integers steps ref_world_size train_nodes train_nproc
 logs=$exp_dir/logs
+set_export_wanted
 grad_accum=$(grad_accum_for "$ref_world_size" "$train_nodes" "$train_nproc")
 
 run_stages "$exp_dir"

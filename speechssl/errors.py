@@ -58,3 +58,8 @@ class CheckpointError(SpeechSSLError):
 class TrainingError(SpeechSSLError):
     """Training cannot go on (e.g. the loss stayed non-finite); the message says why and
     where the state was saved."""
+
+
+class HubError(SpeechSSLError):
+    """Talking to the Hugging Face hub failed (offline, network, refused); the message
+    names the repo and the reason, never the token."""

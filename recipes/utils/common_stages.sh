@@ -57,3 +57,27 @@ show_results() {
     cat "$1"
   fi
 }
+
+# ------------------------------------------------------------- export (final, optional stage)
+
+export_options() {
+  opt hf_export false "final stage: export the last model as a transformers dir with a model card (EXP_DIR/export/hf)"
+  opt hub_repo "" "hub repo id the final stage pushes the export to (implies --hf-export true; token from HF_TOKEN or the huggingface_hub login)"
+  opt hf_export_opts "" "extra options for 'speechssl export hf' (e.g. '--license apache-2.0 --private')"
+}
+
+set_export_wanted() {
+  # do_export=1 if the export stage runs (--hf-export true or a --hub-repo), else 0
+  [[ $hf_export == true || $hf_export == false ]] || die "--hf-export must be true or false, got '$hf_export'"
+  # shellcheck disable=SC2034  # read by the export stage's condition
+  if [[ $hf_export == true || -n $hub_repo ]]; then do_export=1; else do_export=0; fi
+}
+
+export_hf_model() {
+  # export_hf_model MODEL_DIR: write EXP_DIR/export/hf (card with the summary's tables), push
+  # it with --hub-repo; --overwrite because a stage that is not done is redone whole
+  local args=("$1" "$exp_dir/export/hf" --overwrite --summary "$exp_dir/summary")
+  if [[ -n $hub_repo ]]; then args+=(--push "$hub_repo"); fi
+  # shellcheck disable=SC2086  # option strings are lists of words
+  run_cmd speechssl export hf "${args[@]}" $hf_export_opts
+}

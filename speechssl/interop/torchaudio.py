@@ -14,7 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from speechssl.errors import ConfigError
-from speechssl.interop.hf_export import fuse_qkv
+from speechssl.interop.hf.common import fuse_qkv
 from speechssl.models.io import load_weights
 from speechssl.models.waveform import WaveformEncoderModel
 

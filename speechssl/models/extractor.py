@@ -2,7 +2,7 @@
 
 Registered with the feature-extractor registry at import. ``--checkpoint`` is a model
 directory (``speechssl.models.io``: a trainer checkpoint ``step-*``, ``final``, or a saved
-model) or a ``transformers`` export (``speechssl.interop.transformers``); ``--layer L``
+model) or a ``transformers`` export (``speechssl.interop.hf``); ``--layer L``
 picks ``extract().hidden_states[L]``: 0 is the encoder input, ``L >= 1`` the output of
 transformer layer ``L`` (HuBERT's "layer 6" / "layer 9" features are ``--layer 6`` / ``9``).
 The model runs in evaluation mode, stops after layer ``L``, and its first-layer GroupNorm
@@ -32,7 +32,7 @@ def load_any_model(path: str | os.PathLike[str]) -> PretrainModel:
     if (root / CONFIG_NAME).is_file():
         return load_model_dir(root)
     if (root / "config.json").is_file():
-        from speechssl.interop.transformers import import_from_transformers
+        from speechssl.interop.hf import import_from_transformers
 
         return import_from_transformers(root)
     raise CheckpointError(f"{root}: neither a model dir ({CONFIG_NAME}) nor a transformers export")

@@ -22,7 +22,7 @@ The model is a front end plus core parts:
 
 The ``base`` preset is w2v-BERT 2.0's architecture (fairseq2 ``w2vbert`` "600m" and the
 ``transformers`` ``Wav2Vec2BertConfig`` defaults); the encoder exports to
-``transformers.Wav2Vec2BertModel`` (:mod:`speechssl.interop.transformers_families`).
+``transformers.Wav2Vec2BertModel`` (:mod:`speechssl.interop.hf.w2v_bert`).
 """
 
 from __future__ import annotations

@@ -9,12 +9,11 @@ from model_fixtures import load_synth
 from transformers import AutoFeatureExtractor, AutoModel
 
 from speechssl.errors import CheckpointError, ConfigError
-from speechssl.interop.transformers_families import (
-    export_data2vec_audio,
-    export_family_to_transformers,
-    export_w2v_bert,
+from speechssl.interop.hf import (
+    export_to_transformers,
     hf_config_for,
-    import_family_from_transformers,
+    import_from_transformers,
+    import_transformers_dir,
 )
 from speechssl.models import create_model, model_config
 
@@ -77,7 +76,7 @@ def test_export_loads_without_missing_keys_and_matches_hidden_states(
 ):
     waves, lengths, _ = audio
     model = _randomized(name, **overrides)
-    out = export_family_to_transformers(model, tmp_path / "export")
+    out = export_to_transformers(model, tmp_path / "export")
     hf, info = AutoModel.from_pretrained(out, output_loading_info=True)
     assert type(hf).__name__ == hf_class
     assert not info["missing_keys"] and not info["unexpected_keys"], info
@@ -101,7 +100,7 @@ def test_export_loads_without_missing_keys_and_matches_hidden_states(
 def test_data2vec_padding_aware_positions_differ_only_on_padded_batches(audio, tmp_path):
     waves, lengths, _ = audio
     model = _randomized("data2vec_audio_tiny")  # padding_aware_positions=True (default)
-    hf = AutoModel.from_pretrained(export_data2vec_audio(model, tmp_path / "e")).eval()
+    hf = AutoModel.from_pretrained(export_to_transformers(model, tmp_path / "e")).eval()
     single = (waves[:1, : int(lengths[0])], lengths[:1])
     with torch.no_grad():
         ours = model.extract(*single)
@@ -124,7 +123,7 @@ def test_w2v_bert_front_end_matches_the_exported_feature_extractor(audio, tmp_pa
     export) up to float32-vs-float64 rounding of the fbank."""
     waves, lengths, _ = audio
     model = create_model("w2v_bert_tiny").eval()
-    extractor = AutoFeatureExtractor.from_pretrained(export_w2v_bert(model, tmp_path / "e"))
+    extractor = AutoFeatureExtractor.from_pretrained(export_to_transformers(model, tmp_path / "e"))
     ref = extractor(
         [waves[i, : int(lengths[i])].numpy() for i in range(3)],
         sampling_rate=16000,
@@ -142,33 +141,36 @@ def test_w2v_bert_front_end_matches_the_exported_feature_extractor(audio, tmp_pa
 def test_import_restores_the_pretraining_model(name, tmp_path):
     model = _randomized(name)
     model.after_optimizer_step(7)
-    path = export_family_to_transformers(model, tmp_path / "e")
-    back = import_family_from_transformers(path)
+    path = export_to_transformers(model, tmp_path / "e")
+    back = import_from_transformers(path)
     assert back.model_name == name and back.config == model.config
     ours, theirs = model.state_dict(), back.state_dict()
     assert ours.keys() == theirs.keys()
     for key in ours:
         assert torch.equal(ours[key], theirs[key]), key
     with pytest.raises(CheckpointError, match="exists"):
-        export_family_to_transformers(model, path)
+        export_to_transformers(model, path)
+    # without the side directory it is a plain transformers checkpoint: the encoder
+    # weights load, the heads start fresh and are named
     (path / "speechssl" / "model.json").unlink()
-    with pytest.raises(CheckpointError, match="not a speechssl export"):
-        import_family_from_transformers(path)
+    plain = import_transformers_dir(path)
+    assert plain.fresh and all(k not in plain.fresh for k in ours if k.startswith("encoder."))
+    for key, value in plain.model.state_dict().items():
+        if key.startswith("encoder.layers."):
+            assert torch.equal(value, ours[key]), key
 
 
 def test_unsupported_settings_are_refused(tmp_path):
     with pytest.raises(ConfigError, match="causal"):
-        export_w2v_bert(
+        export_to_transformers(
             create_model("w2v_bert_tiny", encoder={"causal_depthwise": False}), tmp_path / "a"
         )
     with pytest.raises(ConfigError, match="layer_norm"):
-        export_data2vec_audio(
+        export_to_transformers(
             create_model("data2vec_audio_tiny", extractor={"mode": "group_norm"}), tmp_path / "b"
         )
-    with pytest.raises(ConfigError, match="w2v_bert"):
-        export_w2v_bert(create_model("data2vec_audio_tiny"), tmp_path / "c")
-    with pytest.raises(ConfigError, match="own exporter"):
-        export_family_to_transformers(create_model("hubert_tiny"), tmp_path / "d")
+    with pytest.raises(ConfigError, match="supports"):
+        export_to_transformers(create_model("hubert_vision_tiny"), tmp_path / "d")
     assert not any(tmp_path.iterdir())
 
 
@@ -215,7 +217,7 @@ def test_base_export_parity(name, audio, tmp_path):
     )
     model.eval()
     hf, info = AutoModel.from_pretrained(
-        export_family_to_transformers(model, tmp_path / "e"), output_loading_info=True
+        export_to_transformers(model, tmp_path / "e"), output_loading_info=True
     )
     assert not info["missing_keys"] and not info["unexpected_keys"]
     with torch.no_grad():
@@ -232,7 +234,7 @@ def test_feature_dump_loads_family_exports(audio, tmp_path):
 
     waves, lengths, ids = audio
     model = _randomized("w2v_bert_tiny")
-    path = export_w2v_bert(model, tmp_path / "e")
+    path = export_to_transformers(model, tmp_path / "e")
     loaded = load_any_model(path)
     assert loaded.model_name == "w2v_bert_tiny"
     extractor = ModelLayerExtractor(loaded, 2, str(path), torch.device("cpu"))
@@ -246,9 +248,8 @@ def test_feature_dump_loads_family_exports(audio, tmp_path):
 
 
 def test_generic_transformers_entry_points_dispatch_here(tmp_path):
-    """``speechssl.interop.transformers.export_to_transformers`` / ``import_from_transformers``
-    (the HuBERT / wav2vec 2.0 entry points) hand these families to this exporter."""
-    from speechssl.interop.transformers import export_to_transformers, import_from_transformers
+    """``speechssl.interop.hf.export_to_transformers`` / ``import_from_transformers``
+    dispatch these families by ``model.family``."""
 
     model = _randomized("data2vec_audio_tiny")
     path = export_to_transformers(model, tmp_path / "e")

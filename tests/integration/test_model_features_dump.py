@@ -9,7 +9,7 @@ from speechssl.cli.main import main
 from speechssl.data.audio import LoadOptions
 from speechssl.data.kaldi_dir import KaldiDataDir, load_utterance
 from speechssl.features.store import FeatureStore
-from speechssl.interop.transformers import export_to_transformers
+from speechssl.interop.hf import export_to_transformers
 from speechssl.models import create_model
 from speechssl.models.io import save_model_dir
 

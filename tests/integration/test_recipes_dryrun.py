@@ -89,7 +89,7 @@ def test_synth_hubert_plan(tmp_path: Path) -> None:
     assert res.returncode == 0, res.stderr
     assert not exp.exists()  # a dry run writes nothing
     plan = stages(res.stdout)
-    assert sorted(plan) == list(range(1, 12))
+    assert sorted(plan) == list(range(1, 13))  # stage 12 (export) is listed, not used
     assert plan[1] == [
         ["../local/data.sh", "--data-root", "../data", "--hours", "1.0", "--nj", "2"]
     ]
@@ -128,8 +128,8 @@ def test_one_iteration_and_teacher_features(tmp_path: Path) -> None:
     res = run(script, "--dry-run", "true", "--exp-dir", tmp_path, "--num-iterations", "1")
     assert res.returncode == 0, res.stderr
     assert "# stage 7 (dump_iter2): dump a layer of the iteration-1 model [not used: " in res.stdout
-    assert sorted(stages(res.stdout)) == [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11]
-    assert all(stages(res.stdout)[n] == [] for n in (7, 8, 9, 10))
+    assert sorted(stages(res.stdout)) == [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12]
+    assert all(stages(res.stdout)[n] == [] for n in (7, 8, 9, 10, 12))
 
     res = run(script, "--dry-run", "true", "--iter1-features", "model")
     assert res.returncode == 1
@@ -166,7 +166,7 @@ def test_label_free_templates(tmp_path: Path) -> None:
     res = run(EGS / "synth" / "wav2vec2" / "run.sh", "--dry-run", "true", "--exp-dir", tmp_path)
     assert res.returncode == 0, res.stderr
     plan = stages(res.stdout)
-    assert sorted(plan) == [1, 2, 3, 4]
+    assert sorted(plan) == [1, 2, 3, 4, 5] and plan[5] == []  # 5: export, not asked for
     train = opts(inner(plan[3][0]))
     assert train["model"] == "wav2vec2_tiny" and train["trainer.max_steps"] == "300"
     assert "data.labels" not in train

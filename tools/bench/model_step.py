@@ -39,8 +39,8 @@ import torch.nn.functional as F
 import torchaudio
 
 from speechssl.data.batch import AudioBatch
+from speechssl.interop.hf import hf_config, to_transformers_state
 from speechssl.interop.torchaudio import load_torchaudio_weights
-from speechssl.interop.transformers import hf_config, to_transformers_state
 from speechssl.models import create_model
 from speechssl.models.flops import peak_bf16_tflops, train_step_flops
 
