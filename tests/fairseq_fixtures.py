@@ -46,14 +46,16 @@ def _lin(prefix: str, out_dim: int, in_dim: int, bias: bool = True) -> dict[str,
     return out
 
 
-SMALL_CONV = ((32, 10, 5), (32, 3, 2), (32, 3, 2), (32, 2, 2))
+#: fairseq's base conv layout (20 ms frames) with 32 channels
+SMALL_CONV = ((32, 10, 5),) + ((32, 3, 2),) * 4 + ((32, 2, 2),) * 2
+SMALL_CONV_TEXT = "[(32, 10, 5)] + [(32, 3, 2)] * 4 + [(32, 2, 2)] * 2"
 
 
 def fairseq_arch(**changes: Any) -> dict[str, Any]:
     """A small fairseq model config (``Wav2Vec2Config`` / ``HubertConfig`` field names)."""
     cfg = {
         "extractor_mode": "default",
-        "conv_feature_layers": "[(32, 10, 5)] + [(32, 3, 2)] * 2 + [(32, 2, 2)]",
+        "conv_feature_layers": SMALL_CONV_TEXT,
         "conv_bias": False,
         "encoder_embed_dim": 48,
         "encoder_layers": 2,
@@ -89,8 +91,8 @@ def fairseq_arch(**changes: Any) -> dict[str, Any]:
 
 def fairseq_state(family: str, arch: dict[str, Any], label_rows: int = 0) -> OrderedDict:
     """Random weights under fairseq's names and shapes for ``arch``."""
-    convs = [(32, 10, 5), (32, 3, 2), (32, 3, 2), (32, 2, 2)]
-    assert arch["conv_feature_layers"] == "[(32, 10, 5)] + [(32, 3, 2)] * 2 + [(32, 2, 2)]"
+    convs = SMALL_CONV
+    assert arch["conv_feature_layers"] == SMALL_CONV_TEXT
     d, f = arch["encoder_embed_dim"], arch["encoder_ffn_embed_dim"]
     k, g = arch["conv_pos"], arch["conv_pos_groups"]
     s: dict[str, torch.Tensor] = {}

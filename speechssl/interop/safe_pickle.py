@@ -244,15 +244,13 @@ def to_plain(obj: Any) -> Any:
         return {k: to_plain(v) for k, v in vars(obj).items()}
     if isinstance(obj, dict):
         return {k: to_plain(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return (
-            type(obj)(to_plain(v) for v in obj)
-            if isinstance(obj, list)
-            else tuple(to_plain(v) for v in obj)
-        )
+    if isinstance(obj, list):
+        return [to_plain(v) for v in obj]
+    if isinstance(obj, tuple):
+        return tuple(to_plain(v) for v in obj)
     if type(obj).__module__ == "numpy":
         try:
-            return obj.item()  # type: ignore[union-attr]
+            return obj.item()
         except (AttributeError, ValueError):
             return obj
     return obj

@@ -17,6 +17,7 @@ import pytest
 import torch
 import torchaudio
 from fairseq_fixtures import (
+    SMALL_CONV,
     FakeFairseqModules,
     fairseq_arch,
     fairseq_state,
@@ -44,7 +45,7 @@ def audio(synth_corpus):
 
 
 def _torchaudio_peer(arch: dict, fairseq_sd: dict) -> torch.nn.Module:
-    convs = [(32, 10, 5), (32, 3, 2), (32, 3, 2), (32, 2, 2)]
+    convs = [list(c) for c in SMALL_CONV]
     ta = torchaudio.models.wav2vec2_model(
         extractor_mode="layer_norm" if arch["extractor_mode"] == "layer_norm" else "group_norm",
         extractor_conv_layer_config=convs,
@@ -106,7 +107,7 @@ def test_pretrained_import_matches_torchaudio(family, layout, style, tmp_path, a
     cfg = model.config
     assert (cfg.encoder.num_layers, cfg.encoder.dim, cfg.encoder.num_heads) == (2, 48, 4)
     assert cfg.encoder.ffn_dim == 96 and cfg.encoder.layer_drop == 0.05
-    assert cfg.extractor.conv_layers == ((32, 10, 5), (32, 3, 2), (32, 3, 2), (32, 2, 2))
+    assert cfg.extractor.conv_layers == SMALL_CONV
     assert cfg.extractor.normalize_waveform == (style == "large")
     assert cfg.encoder.layer_norm_first == (style == "large")
     assert desc["extra"]["imported_from"]["checkpoint"] == "checkpoint_best.pt"
