@@ -229,3 +229,105 @@ def write_fairseq_checkpoint(
             cfg=OmegaConf.create({"model": model_cfg, "task": task, "criterion": criterion}),
         )
     torch.save(ckpt, str(path))
+
+
+# fairseq2 ------------------------------------------------------------------------------
+# fairseq -> fairseq2 names, as fairseq2's own converter states them
+# (fairseq2/models/wav2vec2/_checkpoint.py, convert_wav2vec2_checkpoint): post-LN models
+# move fairseq's encoder.layer_norm to encoder_frontend.layer_norm, and the quantizer gets
+# a num_updates buffer
+FAIRSEQ_TO_FAIRSEQ2 = [
+    (r"^encoder\.layers\.([0-9]+)\.self_attn\.out_proj\.", r"encoder.layers.\1.self_attn.output_proj."),
+    (r"^encoder\.layers\.([0-9]+)\.fc1\.", r"encoder.layers.\1.ffn.inner_proj."),
+    (r"^encoder\.layers\.([0-9]+)\.fc2\.", r"encoder.layers.\1.ffn.output_proj."),
+    (r"^encoder\.layers\.([0-9]+)\.final_layer_norm\.", r"encoder.layers.\1.ffn_layer_norm."),
+    (r"^encoder\.pos_conv\.0\.", r"encoder_frontend.pos_encoder.conv."),
+    (r"^feature_extractor\.conv_layers\.([0-9]+)\.0\.", r"encoder_frontend.feature_extractor.layers.\1.conv."),
+    (r"^feature_extractor\.conv_layers\.([0-9]+)\.2\.1\.", r"encoder_frontend.feature_extractor.layers.\1.layer_norm."),
+    (r"^feature_extractor\.conv_layers\.0\.2\.", r"encoder_frontend.feature_extractor.layers.0.group_norm."),
+    (r"^layer_norm\.", r"encoder_frontend.post_extract_layer_norm."),
+    (r"^post_extract_proj\.", r"encoder_frontend.model_dim_proj."),
+    (r"^mask_emb", r"masker.temporal_mask_embed"),
+    (r"^quantizer\.vars", r"quantizer.entries"),
+    (r"^quantizer\.weight_proj\.", r"quantizer.entry_proj."),
+    (r"^project_q\.", r"final_target_proj."),
+]  # fmt: skip
+
+
+def fairseq2_wav2vec2_state(fairseq_sd: dict[str, torch.Tensor], pre_ln: bool) -> OrderedDict:
+    import re
+
+    out: OrderedDict = OrderedDict()
+    for key, value in fairseq_sd.items():
+        if key.startswith("encoder.layer_norm.") and not pre_ln:
+            out[key.replace("encoder.", "encoder_frontend.", 1)] = value
+            continue
+        for pattern, repl in FAIRSEQ_TO_FAIRSEQ2:
+            if re.match(pattern, key):
+                key = re.sub(pattern, repl, key)
+                break
+        out[key] = value
+    out["quantizer.num_updates"] = torch.tensor(777)
+    return out
+
+
+# our w2v-BERT names -> fairseq2 W2VBertModel names (fairseq2/models/w2vbert/_model.py:
+# w2v2_model + final_bert_proj; fairseq2/models/conformer/_block.py: ffn1_layer_norm, ffn1,
+# self_attn_layer_norm, self_attn, conv_layer_norm, conv, ffn2_layer_norm, ffn2, layer_norm;
+# _convolution.py: pointwise_conv1, depthwise_conv, layer_norm, pointwise_conv2;
+# StandardFeedForwardNetwork: inner_proj, output_proj; StandardMultiheadAttention: q/k/v_proj,
+# output_proj, sdpa.rel_k_embed (Shaw relative positions))
+OURS_TO_FAIRSEQ2_W2VBERT = [
+    (r"frontend\.layer_norm\.", "w2v2_model.encoder_frontend.post_extract_layer_norm."),
+    (r"frontend\.projection\.", "w2v2_model.encoder_frontend.model_dim_proj."),
+    (r"masker\.mask_embedding", "w2v2_model.masker.temporal_mask_embed"),
+    (r"encoder\.layers\.(\d+)\.(ffn[12])\.fc1\.", r"w2v2_model.encoder.layers.\1.\2.inner_proj."),
+    (r"encoder\.layers\.(\d+)\.(ffn[12])\.fc2\.", r"w2v2_model.encoder.layers.\1.\2.output_proj."),
+    (r"encoder\.layers\.(\d+)\.self_attn\.out_proj\.", r"w2v2_model.encoder.layers.\1.self_attn.output_proj."),
+    (r"encoder\.layers\.(\d+)\.self_attn\.distance_embedding\.", r"w2v2_model.encoder.layers.\1.self_attn.sdpa.rel_k_embed."),
+    (r"encoder\.layers\.(\d+)\.conv_module\.layer_norm\.", r"w2v2_model.encoder.layers.\1.conv_layer_norm."),
+    (r"encoder\.layers\.(\d+)\.conv_module\.depthwise_layer_norm\.", r"w2v2_model.encoder.layers.\1.conv.layer_norm."),
+    (r"encoder\.layers\.(\d+)\.conv_module\.", r"w2v2_model.encoder.layers.\1.conv."),
+    (r"encoder\.layers\.(\d+)\.final_layer_norm\.", r"w2v2_model.encoder.layers.\1.layer_norm."),
+    (r"encoder\.layers\.", "w2v2_model.encoder.layers."),
+    (r"quantizer\.codevectors", "w2v2_model.quantizer.entries"),
+    (r"quantizer\.weight_proj\.", "w2v2_model.quantizer.entry_proj."),
+    (r"project_q\.", "w2v2_model.final_target_proj."),
+    (r"final_proj\.", "w2v2_model.final_proj."),
+]  # fmt: skip
+
+
+def fairseq2_w2v_bert_state(ours: dict[str, torch.Tensor], num_targets: int) -> OrderedDict:
+    """A fairseq2 ``W2VBertModel`` state dict holding the weights of our w2v-BERT state."""
+    import re
+
+    out: OrderedDict = OrderedDict()
+    heads: dict[str, list[torch.Tensor]] = {"weight": [], "bias": []}
+    for key, value in ours.items():
+        if key == "num_updates":
+            out["w2v2_model.quantizer.num_updates"] = value.clone()
+            continue
+        m = re.fullmatch(r"mlm_head\.classifiers\.(\d+)\.(weight|bias)", key)
+        if m:
+            heads[m.group(2)].append(value)
+            continue
+        m = re.fullmatch(r"encoder\.layers\.(\d+)\.self_attn\.qkv\.(weight|bias)", key)
+        if m:
+            for name, part in zip("qkv", value.chunk(3, dim=0), strict=True):
+                out[
+                    f"w2v2_model.encoder.layers.{m.group(1)}.self_attn.{name}_proj.{m.group(2)}"
+                ] = part
+            continue
+        for pattern, repl in OURS_TO_FAIRSEQ2_W2VBERT:
+            if re.match(pattern, key):
+                key = re.sub(pattern, repl, key, count=1)
+                break
+        else:
+            raise AssertionError(f"no fairseq2 name for {key}")
+        out[key] = value
+    assert len(heads["weight"]) == num_targets
+    # final_bert_proj: logits viewed as [..., V, G], so row v * G + g scores codebook g
+    for kind, parts in heads.items():
+        stacked = torch.stack(parts, dim=1)  # [V, G, ...]
+        out[f"final_bert_proj.{kind}"] = stacked.reshape(-1, *stacked.shape[2:])
+    return out

@@ -35,7 +35,7 @@ def _run_fairseq2(args: argparse.Namespace) -> int:
     from speechssl.interop.fairseq2 import import_fairseq2_to_dir
 
     report = import_fairseq2_to_dir(
-        args.ckpt, args.out, family=args.family, overwrite=args.overwrite
+        args.ckpt, args.out, family=args.family, num_heads=args.num_heads, overwrite=args.overwrite
     )
     _print_report(report, args.out)
     return 0
@@ -72,6 +72,12 @@ def add_verbs(verbs: argparse._SubParsersAction) -> None:
         choices=["auto", "wav2vec2", "w2v_bert"],
         default="auto",
         help="model family (default: recognised from the weight names)",
+    )
+    f2.add_argument(
+        "--num-heads",
+        type=int,
+        default=None,
+        help="wav2vec 2.0 attention heads (not in the weights; default: dim / 64)",
     )
     f2.add_argument("--overwrite", action="store_true", help="replace an existing OUT")
     f2.set_defaults(func=_run_fairseq2)
