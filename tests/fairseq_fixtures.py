@@ -193,8 +193,9 @@ def write_fairseq_checkpoint(
     num_updates: int = 1234,
 ) -> None:
     """``torch.save`` a checkpoint as fairseq's ``save_state`` does: ``layout="cfg"``
-    (omegaconf ``DictConfig`` under ``cfg``, ``args`` None) or ``layout="args"``
-    (``argparse.Namespace`` under ``args``, fairseq < 0.10)."""
+    (omegaconf ``DictConfig`` under ``cfg``, ``args`` None), ``"cfg_dict"`` (the same as
+    plain containers) or ``layout="args"`` (``argparse.Namespace`` under ``args``, fairseq
+    < 0.10)."""
     from omegaconf import OmegaConf
 
     name = family if not finetuned else f"{'wav2vec' if family == 'wav2vec2' else 'hubert'}_ctc"
@@ -224,10 +225,10 @@ def write_fairseq_checkpoint(
             ns = argparse.Namespace(arch=family, **arch, **flat)
         ckpt.update(args=ns, cfg=None)
     else:
-        ckpt.update(
-            args=None,
-            cfg=OmegaConf.create({"model": model_cfg, "task": task, "criterion": criterion}),
-        )
+        cfg = {"model": model_cfg, "task": task, "criterion": criterion}
+        # "cfg": the omegaconf config (fairseq 0.10); "cfg_dict": OmegaConf.to_container of
+        # it, as fairseq 0.12's save_state writes
+        ckpt.update(args=None, cfg=cfg if layout == "cfg_dict" else OmegaConf.create(cfg))
     torch.save(ckpt, str(path))
 
 

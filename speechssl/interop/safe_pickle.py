@@ -84,7 +84,7 @@ STAND_IN_NAMES: tuple[str, ...] = (
 )
 #: fairseq config dataclasses and enums (``object_type`` of a DictConfig, enum values) are
 #: stood in for as well; the pattern matches only names under ``fairseq.``
-STAND_IN_PATTERN = re.compile(r"fairseq(\.[A-Za-z_]\w*)+\.[A-Z]\w*(Config|Enum|Type|Choices)?")
+STAND_IN_PATTERN = re.compile(r"fairseq(\.[A-Za-z_]\w*)+\.(\w*(Config|Enum|Type)|Choices)")
 
 _STAND_INS: dict[str, type[ForeignObject]] = {n: _stand_in(n) for n in STAND_IN_NAMES}
 

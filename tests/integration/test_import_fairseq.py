@@ -131,7 +131,7 @@ def test_pretrained_import_matches_torchaudio(family, layout, style, tmp_path, a
 
 
 @pytest.mark.parametrize("family", ["hubert", "wav2vec2"])
-@pytest.mark.parametrize("layout", ["cfg", "args"])
+@pytest.mark.parametrize("layout", ["cfg", "cfg_dict", "args"])
 def test_finetuned_import_keeps_the_encoder_and_reports(family, layout, tmp_path, audio, capsys):
     torch.manual_seed(1)
     arch = fairseq_arch()
