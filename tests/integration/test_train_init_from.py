@@ -37,20 +37,26 @@ def _overrides(synth_corpus, labels, exp) -> list[str]:
     ]
 
 
-def test_continue_from_an_import_then_from_final(imported, synth_corpus, synth_km_labels, tmp_path):
-    exp = tmp_path / "exp1"
-    # no model= preset: the architecture is the import's (2 layers of 48)
+@pytest.fixture(scope="module")
+def continued(imported, synth_corpus, synth_km_labels, tmp_path_factory):
+    """A 2-step run started from the import with no model= preset (lr 1e-7)."""
+    cwd = tmp_path_factory.mktemp("continued")
+    exp = cwd / "exp1"
     res = run_train(
         [*_overrides(synth_corpus, synth_km_labels["train"], exp), f"model.init_from={imported}",
          "optim.lr=1e-7", "optim.weight_decay=0.0"],
-        cwd=tmp_path,
+        cwd=cwd,
     )  # fmt: skip
     assert res.returncode == 0, res.stderr[-2000:]
-    log = res.stdout + res.stderr
+    return exp, res.stdout + res.stderr
+
+
+def test_continue_from_an_import(imported, continued):
+    exp, log = continued
     # k=5 label embeddings in the import, k=20 labels here: re-created, and the log says so
     assert "initialised fresh: head.label_embeddings" in log
     desc = json.loads((exp / "final" / "model.json").read_text())
-    assert desc["name"] == "hubert"
+    assert desc["name"] == "hubert"  # the architecture is the import's (2 layers of 48)
     assert desc["config"]["encoder"]["num_layers"] == 2
     assert desc["config"]["encoder"]["dim"] == 48
     assert desc["config"]["num_classes"] == [20]
@@ -67,7 +73,9 @@ def test_continue_from_an_import_then_from_final(imported, synth_corpus, synth_k
         assert torch.allclose(before[name], after[name], atol=1e-5), name
     assert after["head.label_embeddings"].shape == (20, 24)
 
-    # a new run from the first run's final/: everything fits, nothing is re-created
+
+def test_new_run_from_an_earlier_final(continued, synth_corpus, synth_km_labels, tmp_path):
+    exp, _ = continued
     exp2 = tmp_path / "exp2"
     res = run_train(
         [*_overrides(synth_corpus, synth_km_labels["train"], exp2),
@@ -75,9 +83,10 @@ def test_continue_from_an_import_then_from_final(imported, synth_corpus, synth_k
         cwd=tmp_path,
     )  # fmt: skip
     assert res.returncode == 0, res.stderr[-2000:]
-    assert "initialised fresh: none" in res.stdout + res.stderr
+    assert "initialised fresh: none" in res.stdout + res.stderr  # same labels: all fits
     desc2 = json.loads((exp2 / "final" / "model.json").read_text())
     assert desc2["config"]["mask"]["mask_prob"] == 0.5
+    assert desc2["config"]["encoder"]["num_layers"] == 2
 
 
 @pytest.mark.parametrize(
