@@ -109,3 +109,25 @@ def test_conflicts_are_refused(imported, synth_corpus, synth_km_labels, tmp_path
     assert message in res.stderr
     assert "Traceback" not in res.stderr and res.stderr.count("\n") == 1
     assert not (tmp_path / "exp" / "final").exists()
+
+
+def test_wav2vec2_continues_from_a_fairseq2_import(synth_corpus, tmp_path):
+    """A label-free family: the quantizer and projections come from the import too."""
+    from fairseq_fixtures import fairseq2_wav2vec2_state
+
+    torch.manual_seed(4)
+    arch = fairseq_arch(encoder_layerdrop=0.0)
+    state = fairseq2_wav2vec2_state(fairseq_state("wav2vec2", arch), pre_ln=False)
+    torch.save({"model": state}, tmp_path / "w2v2.pt")
+    model_dir = tmp_path / "model"
+    assert (
+        main(["import", "fairseq2", str(tmp_path / "w2v2.pt"), str(model_dir), "--num-heads", "4"])
+        == 0
+    )
+    exp = tmp_path / "exp"
+    over = [o for o in _overrides(synth_corpus, "", exp) if not o.startswith("data.labels")]
+    res = run_train([*over, f"model.init_from={model_dir}"], cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "initialised fresh: none" in res.stdout + res.stderr
+    desc = json.loads((exp / "final" / "model.json").read_text())
+    assert desc["name"] == "wav2vec2" and desc["config"]["codebook_vars"] == 16
