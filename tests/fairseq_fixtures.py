@@ -77,6 +77,7 @@ def fairseq_arch(**changes: Any) -> dict[str, Any]:
         "mask_prob": 0.65,
         "mask_length": 10,
         "feature_grad_mult": 0.1,
+        "quantize_targets": True,
         "latent_vars": 16,
         "latent_groups": 2,
         "latent_dim": 0,

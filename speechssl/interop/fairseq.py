@@ -247,8 +247,13 @@ UNSUPPORTED: tuple[tuple[str, Any], ...] = (
 )
 
 
-def _check_supported(cfg: dict[str, Any], where: str) -> None:
-    for key, supported in UNSUPPORTED:
+#: wav2vec 2.0 only: targets are quantized (speechssl's wav2vec 2.0 always quantizes them)
+WAV2VEC2_REQUIRED: tuple[tuple[str, Any], ...] = (("quantize_targets", True),)
+
+
+def _check_supported(cfg: dict[str, Any], where: str, family: str) -> None:
+    rules = UNSUPPORTED + (WAV2VEC2_REQUIRED if family == "wav2vec2" else ())
+    for key, supported in rules:
         value = cfg.get(key)
         if value is not None and value != supported:
             raise CheckpointError(
@@ -262,7 +267,7 @@ def fairseq_config_overrides(
 ) -> dict[str, Any]:
     """Our config fields (nested overrides of the family's config) from fairseq's."""
     m, where = ckpt.model_cfg, str(ckpt.path)
-    _check_supported(m, where)
+    _check_supported(m, where, ckpt.family)
     dim = int(_get(m, "encoder_embed_dim", 768))
     final_dim = int(_get(m, "final_dim", 0)) or dim
     mode = str(_get(m, "extractor_mode", "default"))

@@ -182,7 +182,8 @@ def load_foreign_checkpoint(path: str | os.PathLike[str]) -> Any:
     if not p.is_file():
         raise CheckpointError(f"{p}: no such checkpoint file")
     names: list[str] = []
-    if _is_zip(p):
+    zipped = _is_zip(p)
+    if zipped:
         try:
             names = list(torch.serialization.get_unsafe_globals_in_checkpoint(str(p)))
         except (
@@ -203,7 +204,8 @@ def load_foreign_checkpoint(path: str | os.PathLike[str]) -> Any:
         names = list(_STAND_INS)
     try:
         with _safe(names):
-            return torch.load(str(p), map_location="cpu", weights_only=True)
+            # zip files are memory-mapped: a large checkpoint is not read into RAM twice
+            return torch.load(str(p), map_location="cpu", weights_only=True, mmap=zipped)
     except pickle.UnpicklingError as exc:
         match = _GLOBAL_IN_MESSAGE.search(str(exc))
         if match:

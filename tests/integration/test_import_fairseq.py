@@ -218,11 +218,14 @@ def test_bad_weights_are_named(tmp_path):
             import_fairseq(ckpt)
 
 
-def test_unsupported_fairseq_options_are_refused(tmp_path):
-    arch = fairseq_arch(layer_type="conformer")
+@pytest.mark.parametrize(
+    ("option", "value"), [("layer_type", "conformer"), ("quantize_targets", False)]
+)
+def test_unsupported_fairseq_options_are_refused(option, value, tmp_path):
+    arch = fairseq_arch(**{option: value})
     ckpt = tmp_path / "c.pt"
     write_fairseq_checkpoint(ckpt, "wav2vec2", arch, fairseq_state("wav2vec2", fairseq_arch()))
-    with pytest.raises(CheckpointError, match="layer_type='conformer' is not supported"):
+    with pytest.raises(CheckpointError, match=f"{option}={value!r} is not supported"):
         import_fairseq(ckpt)
 
 
