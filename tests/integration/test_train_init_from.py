@@ -98,12 +98,14 @@ def test_new_run_from_an_earlier_final(continued, synth_corpus, synth_km_labels,
             "model.overrides.encoder.num_layers=3 conflicts",
         ),
         (["model.init_from=/nonexistent/model"], "not a model directory"),
+        (["resume={imported}"], "a model dir (weights only"),
     ],
-    ids=["preset", "architecture", "missing"],
+    ids=["preset", "architecture", "missing", "resume-a-model-dir"],
 )
 def test_conflicts_are_refused(imported, synth_corpus, synth_km_labels, tmp_path, extra, message):
     over = [*_overrides(synth_corpus, synth_km_labels["train"], tmp_path / "exp")]
     over.append(f"model.init_from={imported}")
+    extra = [e.format(imported=imported) for e in extra]
     res = run_train([*over, *extra], cwd=tmp_path)
     assert res.returncode == 1
     assert message in res.stderr
