@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from speechssl.errors import ConfigError
+from speechssl.errors import CheckpointError, ConfigError
 from speechssl.models.base import PretrainModel
 from speechssl.models.io import load_model_dir, read_model_description
 from speechssl.models.registry import apply_overrides, get_spec
@@ -88,7 +88,7 @@ def describe_init_source(path: str | os.PathLike[str]) -> dict[str, Any]:
     """``model.json`` of ``path`` (a :class:`ConfigError` when it is not a model dir)."""
     try:
         return read_model_description(path)
-    except Exception as exc:  # CheckpointError: say which option pointed there
+    except CheckpointError as exc:  # say which option pointed there
         raise ConfigError(f"model.init_from={path}: {exc}") from None
 
 
@@ -145,7 +145,7 @@ def init_from_dir(model: PretrainModel, path: str | os.PathLike[str]) -> InitRep
     desc = describe_init_source(path)
     try:
         source_model = load_model_dir(path)
-    except Exception as exc:
+    except (CheckpointError, ConfigError) as exc:
         raise ConfigError(f"model.init_from={where}: {exc}") from None
     src = source_model.state_dict()
     own = model.state_dict()
