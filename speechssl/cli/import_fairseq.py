@@ -63,7 +63,9 @@ def add_verbs(verbs: argparse._SubParsersAction) -> None:
         "({'model': state_dict, ...}; fairseq2's names: encoder_frontend.*, encoder.layers.N."
         "self_attn.{q,k,v,output}_proj, ...) into a speechssl model dir. fairseq2 keeps the "
         "architecture outside the checkpoint, so it is read from the weights' shapes "
-        "(dims, layers, heads, conv stack) plus the family's defaults. " + _SAFETY,
+        "(dims, layers, FFN, conv channels and kernels, quantizer) plus fairseq2's conventions "
+        "for what the weights do not hold (conv strides, wav2vec 2.0 heads, ...; each is "
+        "listed in the output). " + _SAFETY,
     )
     f2.add_argument("ckpt", help="fairseq2 checkpoint file (torch.save pickle)")
     f2.add_argument("out", help="speechssl model dir to write")
