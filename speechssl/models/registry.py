@@ -84,8 +84,24 @@ def list_models(modality: str | None = None) -> list[str]:
     return [n for n in MODELS.names() if MODELS.get(n).modality == modality]
 
 
-def get_spec(name: str) -> ModelSpec:
+def family_spec(family: str) -> ModelSpec:
+    """A family's own name (``hubert``) as a model name: its ``base`` preset's builder and
+    config class, size ``custom``. Imported models whose architecture matches no preset
+    are saved under it (their ``model.json`` holds the full config), so a 2-layer import is
+    called ``hubert``, not ``hubert_base``."""
     _ensure_families()
+    members = [MODELS.get(n) for n in MODELS.names() if MODELS.get(n).family == family]
+    if not members:
+        raise ConfigError(f"unknown model family {family!r}")
+    base = next((m for m in members if m.size == "base"), members[0])
+    return ModelSpec(family, family, base.make_config, base.build, "custom", base.modality)
+
+
+def get_spec(name: str) -> ModelSpec:
+    """The preset ``name``, or for a family name (``hubert``) :func:`family_spec`."""
+    _ensure_families()
+    if name not in MODELS and any(MODELS.get(n).family == name for n in MODELS.names()):
+        return family_spec(name)
     return MODELS.get(name)
 
 
@@ -153,3 +169,28 @@ def create_model(name: str, **overrides: Any) -> PretrainModel:
     model.model_name = name
     model.family = spec.family
     return model
+
+
+def _architecture(config: Any) -> tuple[Any, ...]:
+    """The shape-defining fields of an audio config (conv stack, encoder shape)."""
+    parts: list[Any] = []
+    for group, names in (
+        ("extractor", ("conv_layers", "mode", "conv_bias")),
+        ("encoder", ("dim", "num_layers", "num_heads", "ffn_dim", "layer_norm_first",
+                     "pos_conv_kernel", "pos_conv_groups")),
+    ):  # fmt: skip
+        sub = getattr(config, group, None)
+        parts.append(tuple(getattr(sub, n, None) for n in names))
+    return tuple(parts)
+
+
+def name_for_config(family: str, config: Any) -> str:
+    """The name a model of ``family`` with ``config`` goes by: the preset whose conv stack and
+    encoder shape it has (``hubert_base``), else the family's name (``hubert``)."""
+    _ensure_families()
+    arch = _architecture(config)
+    for name in MODELS.names():
+        spec = MODELS.get(name)
+        if spec.family == family and _architecture(spec.make_config()) == arch:
+            return name
+    return family_spec(family).name

@@ -568,7 +568,14 @@ class CheckpointManager:
                     "use resume=auto to continue, or a new trainer.exp_dir"
                 )
             return None
-        return Path(resume)
+        chosen = Path(resume)
+        if (chosen / "model.json").is_file() and not (chosen / META_FILE).is_file():
+            # a model dir (an import, a run's final/): weights only, nothing to resume
+            raise ConfigError(
+                f"resume={resume}: a model dir (weights only: no optimizer, schedule or data "
+                f"position to resume); start from its weights with model.init_from={resume}"
+            )
+        return chosen
 
     def load(self, path: Path) -> None:
         """Restore every part from ``path`` (verified by :meth:`resolve_resume`)."""

@@ -237,7 +237,20 @@ def compose(overrides: Sequence[str], config_dir: str | None = None) -> Any:
     task = OmegaConf.to_container(cfg, resolve=False)
     refuse_targets(task)
     refuse_unknown_keys(task, TrainConfig)
+    if cfg.model.get("init_from") and not _names_a_model(overrides):
+        # the architecture comes from model.init_from: the default preset does not apply
+        cfg.model.name = ""
     return cfg
+
+
+def _names_a_model(overrides: Sequence[str]) -> bool:
+    """Whether the command line picks a model preset (``model=X``) or ``model.name``."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    for override in OverridesParser.create().parse_overrides(list(overrides)):
+        if override.key_or_group in ("model", "model.name") and not override.is_delete():
+            return True
+    return False
 
 
 def group_options(config_dir: str | None = None) -> dict[str, list[str]]:

@@ -27,9 +27,15 @@ class ModelConfig:
     """Which model to pretrain (group ``model``)."""
 
     name: str = "hubert_tiny"
-    """Registry name of the model (``speechssl.models.registry``)."""
+    """Registry name of the model (``speechssl.models.registry``); with ``init_from`` and no
+    ``model=`` it is taken from that model dir."""
     overrides: dict[str, Any] = field(default_factory=dict)
     """Fields of the model's own dataclass config to change (``+model.overrides.K=V``)."""
+    init_from: str | None = None
+    """A speechssl model dir (from ``speechssl import ...`` or a run's ``final/``) to start
+    from: its architecture and weights. Heads it lacks or whose size follows the labels
+    (HuBERT's label embeddings for a new k) start fresh and are logged; overrides may change
+    training settings (masking, dropout, loss weights) but not the architecture."""
 
 
 @dataclass(kw_only=True)

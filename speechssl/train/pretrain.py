@@ -82,6 +82,16 @@ class PretrainTask:
         self.device = env.device
         self.seed = tc.seed
         self.model_name = cfg.model.name
+        self.init_desc: dict[str, Any] | None = None
+        if cfg.model.init_from:
+            from speechssl.models.init import describe_init_source, resolve_name
+
+            self.init_desc = describe_init_source(cfg.model.init_from)
+            self.model_name = resolve_name(self.init_desc, cfg.model.name, cfg.model.init_from)
+        elif not cfg.model.name:
+            raise ConfigError(
+                "model.name is empty: pick a preset (model=NAME) or model.init_from=DIR"
+            )
         if (
             tc.precision == "bf16"
             and self.device.type == "cuda"
@@ -91,9 +101,14 @@ class PretrainTask:
         given_streams = train_corpus is not None and bool(train_corpus.streams)
         self.stream_names = [] if given_streams else stream_names_for(dc.labels)
         _seed_everything(tc.seed)  # the same initial weights on every rank
-        self.model: nn.Module = create_model(
-            cfg.model.name, **self._model_overrides(given_streams)
-        ).to(self.device)
+        model = create_model(self.model_name, **self._model_overrides(given_streams))
+        if cfg.model.init_from:
+            from speechssl.models.init import init_from_dir
+
+            report = init_from_dir(model, cfg.model.init_from)
+            if env.is_main:
+                log.info("%s", report.summary())
+        self.model: nn.Module = model.to(self.device)
         self.sample_rate = int(dc.sample_rate or getattr(self.model, "sample_rate", 16000))
         self.reports: dict[str, FilterReport] = {}
         self.load_skipped: dict[str, list[tuple[str, str]]] = {}
@@ -181,20 +196,25 @@ class PretrainTask:
         from speechssl.models.registry import model_config
 
         overrides = dict(self.cfg.model.overrides)
+        if self.init_desc is not None:
+            from speechssl.models.init import config_overrides
+
+            overrides = config_overrides(self.init_desc, overrides, str(self.cfg.model.init_from))
         labels = self.cfg.data.labels
-        config = model_config(self.cfg.model.name, **overrides)
+        config = model_config(self.model_name, **overrides)
         if not labels:
             if hasattr(config, "num_classes") and not given_streams:
                 raise ConfigError(
-                    f"model {self.cfg.model.name} predicts unit labels: give data.labels=[DIR,...] "
+                    f"model {self.model_name} predicts unit labels: give data.labels=[DIR,...] "
                     "(label dirs from speechssl kmeans apply)"
                 )
             return overrides
-        if hasattr(config, "num_classes") and "num_classes" not in overrides:
+        given = dict(self.cfg.model.overrides)  # the user's, not the model dir's
+        if hasattr(config, "num_classes") and "num_classes" not in given:
             from speechssl.units.labels import LabelsMeta
 
             overrides["num_classes"] = tuple(LabelsMeta.read(d).k for d in labels)
-        if hasattr(config, "label_streams") and "label_streams" not in overrides:
+        if hasattr(config, "label_streams") and "label_streams" not in given:
             overrides["label_streams"] = tuple(self.stream_names)
         return overrides
 
@@ -297,6 +317,7 @@ class PretrainTask:
             )  # fmt: skip
         return {
             "exp_dir": str(self.cfg.trainer.exp_dir),
+            "init_from": self.cfg.model.init_from,
             "step": step,
             "data": self.cfg.data.dir,
             "labels": labels,
