@@ -130,8 +130,9 @@ class GatedRelativeSelfAttention(SelfAttention):
             bias = bias.masked_fill(~attn_mask, float("-inf"))
         qkv = self.qkv(x).view(n, s, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)
+        # under autocast q is in the low precision; a float mask must match it
         y = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=bias, dropout_p=self.dropout if self.training else 0.0
+            q, k, v, attn_mask=bias.to(q.dtype), dropout_p=self.dropout if self.training else 0.0
         )
         return self.out_proj(y.transpose(1, 2).reshape(n, s, self.dim))
 
