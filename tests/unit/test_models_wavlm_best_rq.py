@@ -179,3 +179,30 @@ def test_best_rq_targets_come_from_the_frozen_quantizer(synth_corpus: Path, tmp_
     path = save_model_dir(model, tmp_path / "m")
     loaded = load_model_dir(path)
     assert torch.equal(loaded.targets(stacked, nframes), targets)
+
+
+def test_wavlm_base_is_transformers_default_architecture() -> None:
+    """``wavlm_base`` has the architecture of ``transformers``' ``WavLMConfig`` defaults
+    (microsoft/wavlm-base's), compared field by field without building the model."""
+    from transformers import WavLMConfig
+
+    hf = WavLMConfig()
+    cfg = model_config("wavlm_base")
+    enc, ext = cfg.encoder, cfg.extractor
+    assert (enc.dim, enc.num_layers, enc.num_heads, enc.ffn_dim) == (
+        hf.hidden_size, hf.num_hidden_layers, hf.num_attention_heads, hf.intermediate_size
+    )  # fmt: skip
+    assert [c for c, _, _ in ext.conv_layers] == list(hf.conv_dim)
+    assert [k for _, k, _ in ext.conv_layers] == list(hf.conv_kernel)
+    assert [s for _, _, s in ext.conv_layers] == list(hf.conv_stride)
+    assert ext.conv_bias == hf.conv_bias and ext.mode == "group_norm"
+    assert hf.feat_extract_norm == "group" and not hf.do_stable_layer_norm
+    assert not enc.layer_norm_first
+    assert (enc.pos_conv_kernel, enc.pos_conv_groups) == (
+        hf.num_conv_pos_embeddings, hf.num_conv_pos_embedding_groups
+    )  # fmt: skip
+    assert (enc.num_buckets, enc.max_distance) == (hf.num_buckets, hf.max_bucket_distance)
+    large = model_config("wavlm_large")
+    assert large.encoder.layer_norm_first and large.extractor.mode == "layer_norm"
+    assert (large.encoder.dim, large.encoder.num_layers) == (1024, 24)
+    assert model_config("wavlm_base_plus") == cfg
