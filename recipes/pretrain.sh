@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # shellcheck disable=SC2034,SC2154  # option variables are set by opt/parse_options
-# Label-free pretraining (wav2vec 2.0, w2v-BERT, data2vec), corpus-agnostic: data ->
+# Label-free pretraining (wav2vec 2.0, w2v-BERT, data2vec, BEST-RQ), corpus-agnostic: data ->
 # validate -> pretrain -> summary. recipes/wav2vec2.sh, w2v_bert.sh and data2vec.sh call it
 # with --family set; the family's defaults (--model, --steps, --ref-world-size) are read from
 # recipes/conf/FAMILY.conf before the command line, so any of them can be overridden; an egs/<corpus>/<method>/run.sh calls those from its own directory
@@ -20,7 +20,7 @@ setting on LibriSpeech 960 h, from recipes/conf/FAMILY.conf (table in recipes/RE
 
 stage_options
 data_options
-opt family "" "method family: wav2vec2, w2v_bert or data2vec (defaults from recipes/conf/FAMILY.conf)"
+opt family "" "method family: wav2vec2, w2v_bert, data2vec or best_rq (defaults from recipes/conf/FAMILY.conf)"
 opt exp_dir "" "experiment directory (empty: exp/FAMILY)"
 opt train_cmd launch_local.sh "launcher for pretraining (see cmd.sh)"
 opt model "" "model (speechssl/configs/model/NAME.yaml or TRAIN_CONFIG_DIR/model/)"
@@ -63,7 +63,7 @@ fi
 parse_options "$@"
 family_conf=${recipe_utils_dir%/utils}/conf/$family.conf
 [[ -n $family && -f $family_conf ]] ||
-  die "--family must be wav2vec2, w2v_bert or data2vec (a recipes/conf/FAMILY.conf), got '$family'"
+  die "--family must be wav2vec2, w2v_bert, data2vec or best_rq (a recipes/conf/FAMILY.conf), got '$family'"
 # the family's defaults first, then the command line again, so every flag given wins
 parse_options --config "$family_conf" "$@"
 [[ -n $exp_dir ]] || exp_dir=exp/$family

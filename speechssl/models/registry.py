@@ -25,6 +25,8 @@ FAMILY_MODULES: list[str] = [
     "speechssl.models.wav2vec2",
     "speechssl.models.w2v_bert",
     "speechssl.models.data2vec",
+    "speechssl.models.wavlm",
+    "speechssl.models.best_rq",
     "speechssl.models.vision",
 ]
 

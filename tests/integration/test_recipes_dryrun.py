@@ -219,7 +219,10 @@ def test_every_family_preset_named_by_the_recipes_exists() -> None:
 def test_pretrain_without_a_known_family_is_refused(family: list[str], message: str) -> None:
     res = run(REPO / "recipes" / "pretrain.sh", *family, "--dry-run", "true")
     assert res.returncode == 1
-    assert "--family must be wav2vec2, w2v_bert or data2vec" in res.stderr and message in res.stderr
+    assert (
+        "--family must be wav2vec2, w2v_bert, data2vec or best_rq" in res.stderr
+        and message in res.stderr
+    )
 
 
 def test_librispeech_hubert_published_settings(tmp_path: Path) -> None:
@@ -296,3 +299,28 @@ def test_librilight_hubert_large_plan_and_slurm_lines(tmp_path: Path) -> None:
     lines = res.stdout.splitlines()
     assert len(lines) == 1000
     assert "--gpus-per-node=1" in lines[999] and "--rank 999" in lines[999]
+
+
+def test_wavlm_and_best_rq_templates_default_to_their_presets(tmp_path: Path) -> None:
+    # WavLM reuses the HuBERT stages with WavLM models; a flag given still wins
+    res = run(
+        REPO / "recipes" / "wavlm.sh", "--dry-run", "true", "--stage", "6", "--stop-stage", "6",
+        "--exp-dir", tmp_path / "w",
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    train = opts(inner(stages(res.stdout)[6][0]))
+    assert train["model"] == "wavlm_base" and train["trainer.max_steps"] == "250000"
+    assert (REPO / "speechssl" / "configs" / "model" / "wavlm_base.yaml").is_file()
+    res = run(
+        REPO / "recipes" / "wavlm.sh", "--dry-run", "true", "--stage", "6", "--stop-stage", "6",
+        "--exp-dir", tmp_path / "w", "--iter1-model", "wavlm_large",
+    )  # fmt: skip
+    assert opts(inner(stages(res.stdout)[6][0]))["model"] == "wavlm_large"
+    res = run(
+        REPO / "recipes" / "best_rq.sh", "--dry-run", "true", "--stage", "3", "--stop-stage", "3",
+        "--exp-dir", tmp_path / "b",
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    train = opts(inner(stages(res.stdout)[3][0]))
+    assert train["model"] == "best_rq_base" and "data.labels" not in train
+    assert (REPO / "speechssl" / "configs" / "model" / "best_rq_base.yaml").is_file()

@@ -70,6 +70,21 @@ def test_synth_hubert_one_iteration(synth_corpus: Path, tmp_path: Path) -> None:
     assert "stage 7 (dump_iter2): not used" in res.stderr
 
 
+def test_synth_wavlm_one_iteration(synth_corpus: Path, tmp_path: Path) -> None:
+    """WavLM through the HuBERT stages (recipes/wavlm.sh), cut like the HuBERT test above."""
+    exp = tmp_path / "exp"
+    argv = hubert_args(synth_corpus, exp, "--valid-set", "")
+    argv[1] = str(EGS / "wavlm" / "run.sh")
+    res = run(argv)
+    assert res.returncode == 0, res.stderr[-3000:]
+    check_summary(exp, 1)
+    assert "| iter1 | mfcc | 8 |" in res.stdout
+    desc = json.loads((exp / "iter1" / "train" / "final" / "model.json").read_text())
+    assert desc["name"] == "wavlm_tiny" and desc["config"]["mixing"]["mix_prob"] == 0.2
+    logged = [json.loads(line) for line in (exp / "iter1" / "train" / "log.jsonl").open()]
+    assert any("mixed_fraction" in r for r in logged if r.get("kind") == "train")
+
+
 @pytest.mark.slow
 def test_synth_hubert_two_iterations(synth_corpus: Path, tmp_path: Path) -> None:
     exp = tmp_path / "exp"
@@ -82,7 +97,7 @@ def test_synth_hubert_two_iterations(synth_corpus: Path, tmp_path: Path) -> None
 
 
 # default suite: CI runs a shortened recipe of every method (HuBERT's one-iteration test above)
-@pytest.mark.parametrize("method", ["wav2vec2", "w2v_bert"])
+@pytest.mark.parametrize("method", ["wav2vec2", "w2v_bert", "best_rq"])
 def test_synth_label_free_recipes(method: str, synth_corpus: Path, tmp_path: Path) -> None:
     exp = tmp_path / "exp"
     res = run(

@@ -60,10 +60,14 @@ def _config_classes(obj, seen=None):
 
 
 def _field_docstrings(cls) -> set[str]:
-    """Names of the fields of dataclass ``cls`` followed by a string literal."""
+    """Names of the fields of dataclass ``cls`` followed by a string literal (in ``cls`` or
+    in the dataclass it extends, where an inherited field is documented)."""
+    out = set()
+    for base in cls.__mro__[1:]:
+        if dataclasses.is_dataclass(base):
+            out |= _field_docstrings(base)
     tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
     body = tree.body[0].body
-    out = set()
     for node, nxt in itertools.pairwise(body):
         if (
             isinstance(node, ast.AnnAssign)
@@ -189,7 +193,9 @@ def test_tiny_model_learns_on_real_audio(name, corpus):
         ]
         assert int(model.teacher.num_updates) == 8 and len(moved) > 10
     else:
-        assert after.loss.terms["rpq/masked"] < 0.8 * before.loss.terms["rpq/masked"]
+        # HuBERT/WavLM name the term by label stream; BEST-RQ's targets are its own
+        term = "rpq/masked" if "rpq/masked" in after.loss.terms else "masked"
+        assert after.loss.terms[term] < 0.8 * before.loss.terms[term]
         assert after.metrics["acc_masked"] > before.metrics["acc_masked"] + 0.1
 
 
