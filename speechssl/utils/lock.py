@@ -60,8 +60,13 @@ def _busy(root: Path, what: str, holder: str) -> LockedError:
 
 
 @contextlib.contextmanager
-def exclusive_lock(directory: str | os.PathLike[str], what: str) -> Iterator[Path]:
+def exclusive_lock(
+    directory: str | os.PathLike[str], what: str, name: str = LOCK_FILE
+) -> Iterator[Path]:
     """Hold the exclusive lock of ``directory`` (created if missing) for the ``with`` body.
+
+    ``name`` is the lock file inside ``directory`` (``.lock``; a feature store locks each
+    shard with a file of its own, so the ranks of one store are written at once).
 
     Raises :class:`LockedError` at once (no waiting) when another process holds it, or when
     this process already holds it; the message names ``what`` (e.g. "training exp dir"), the
@@ -70,7 +75,7 @@ def exclusive_lock(directory: str | os.PathLike[str], what: str) -> Iterator[Pat
     """
     root = Path(directory)
     root.mkdir(parents=True, exist_ok=True)
-    path = root / LOCK_FILE
+    path = root / name
     with _held_guard:
         # stat (not open) the file: opening and closing it here would drop a held lock
         with contextlib.suppress(FileNotFoundError):
