@@ -583,8 +583,18 @@ class CheckpointManager:
         return Path(resume)
 
     def load(self, path: Path) -> None:
-        """Restore every part from ``path`` (verified by :meth:`resolve_resume`)."""
+        """Restore every part from ``path`` (verified by :meth:`resolve_resume`); NaN/inf
+        weights are refused even when the checksums match (a file rewritten consistently)."""
+        from speechssl.models.io import nonfinite_weights
+
         weights, state, _ = load_checkpoint(path, verify=False)
+        bad = nonfinite_weights(weights)
+        if bad:
+            raise CheckpointError(
+                f"{path / MODEL_FILE}: NaN or infinite values in {', '.join(bad[:5])}; such "
+                "weights are never resumed from (the file was modified or written by another "
+                "tool)"
+            )
         try:
             if self.fsdp:
                 from torch.distributed.checkpoint.state_dict import (

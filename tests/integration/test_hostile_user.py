@@ -247,6 +247,32 @@ def test_nan_weights_with_matching_checksums_are_refused(
         load_model_dir(model)
 
 
+def test_resume_from_nan_weights_with_matching_checksums_is_refused(
+    trained: dict[str, object], tmp_path: Path
+) -> None:
+    exp = tmp_path / "exp"
+    shutil.copytree(Path(str(trained["exp"])), exp)
+    step = exp / "checkpoints" / ckpt.step_dir_name(2)
+    weights = dict(load_file(str(step / ckpt.MODEL_FILE)))
+    name = next(k for k, v in weights.items() if v.is_floating_point() and v.numel() > 1)
+    weights[name][-1] = float("inf")
+    save_file(weights, str(step / ckpt.MODEL_FILE), metadata={"format": "pt"})
+    meta = json.loads((step / ckpt.META_FILE).read_text())
+    meta["files"][ckpt.MODEL_FILE] = file_record(step / ckpt.MODEL_FILE)
+    (step / ckpt.META_FILE).write_text(json.dumps(meta))
+    res = run_train([*_args_for(trained, exp), "trainer.max_steps=4"], cwd=tmp_path)
+    assert res.returncode == 1
+    line = _error_line(res.stderr, "speechssl-train: error: ")
+    assert f"NaN or infinite values in {name}" in line and "never resumed from" in line
+    assert not (exp / "checkpoints" / ckpt.step_dir_name(4)).exists()
+
+
+def _args_for(trained: dict[str, object], exp: Path) -> list[str]:
+    """The trained run's command line, pointed at another exp dir."""
+    args: list[str] = trained["args"]  # type: ignore[assignment]
+    return [f"trainer.exp_dir={exp}" if a.startswith("trainer.exp_dir=") else a for a in args]
+
+
 # --- malicious pickles --------------------------------------------------------------------
 
 
@@ -272,9 +298,7 @@ def test_malicious_trainer_state_with_matching_checksums_never_runs(
     meta = json.loads((step / ckpt.META_FILE).read_text())
     meta["files"][ckpt.STATE_FILE] = file_record(step / ckpt.STATE_FILE)
     (step / ckpt.META_FILE).write_text(json.dumps(meta))
-    args = [a if not a.startswith("trainer.exp_dir=") else f"trainer.exp_dir={exp}"
-            for a in trained["args"]]  # type: ignore[attr-defined]  # fmt: skip
-    res = run_train([*args, "trainer.max_steps=4"], cwd=tmp_path)
+    res = run_train([*_args_for(trained, exp), "trainer.max_steps=4"], cwd=tmp_path)
     assert res.returncode == 1
     line = _error_line(res.stderr, "speechssl-train: error: ")
     assert f"{ckpt.STATE_FILE}: cannot read trainer state" in line
