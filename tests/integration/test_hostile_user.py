@@ -144,20 +144,25 @@ HOLD_SHARD = (
 )
 
 
+def _hold(directory: Path, lock_name: str) -> subprocess.Popen[str]:
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_SHARD, str(directory), lock_name],
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+    assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+    return holder
+
+
 def test_second_writer_of_a_store_shard_is_refused_naming_the_holder(
     small_dir: Path, tmp_path: Path, capsys
 ) -> None:
     out = tmp_path / "store"
     args = ["--data", str(small_dir), "--kind", "mfcc", "--out", str(out), "--nshard", "2"]
-    holder = subprocess.Popen(
-        [sys.executable, "-c", HOLD_SHARD, str(out), shard_lock_name(1, 2)],
-        stdout=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
-    )
+    holder = _hold(out, shard_lock_name(1, 2))
     try:
-        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
-        assert _dump(*args) == 1
+        assert _dump(*args) == 1  # used to crash with a raw FileNotFoundError (temp files)
         line = _error_line(capsys.readouterr().err)
         assert f"shard 1 of 2 of a feature store is in use by PID {holder.pid} on " in line
         assert _dump(*args, "--rank", "0") == 0  # another rank of the same store is free
@@ -167,6 +172,40 @@ def test_second_writer_of_a_store_shard_is_refused_naming_the_holder(
     assert not list(out.glob(".shard-00001-*.tmp-*"))  # the refused writer touched nothing
     assert _dump(*args) == 0  # the holder is gone: free at once
     assert len(FeatureStore(out)) == len(utt_ids(small_dir))
+
+
+def test_second_writer_of_a_label_shard_is_refused_naming_the_holder(
+    synth_km_labels: dict[str, Path], tmp_path: Path, capsys
+) -> None:
+    units = synth_km_labels["dev"].parents[2]
+    out = tmp_path / "labels"
+    args = ["kmeans", "apply", "--kmeans", str(units / "km"), "--features",
+            str(units / "mfcc" / "dev"), "--out", str(out), "--device", "cpu"]  # fmt: skip
+    holder = _hold(out, ".shard-00000-of-00001.lock")
+    try:
+        assert main(args) == 1
+        line = _error_line(capsys.readouterr().err, "speechssl kmeans: error: ")
+        assert f"shard 0 of 1 of a label dir is in use by PID {holder.pid} on " in line
+    finally:
+        holder.kill()
+        holder.wait()
+    assert main(args) == 0
+    assert (out / "shard-00000-of-00001.done.json").is_file()
+
+
+def test_labels_from_an_empty_data_dir_are_an_error(
+    synth_km_labels: dict[str, Path], tmp_path: Path, capsys
+) -> None:
+    data = tmp_path / "empty"
+    data.mkdir()
+    for name in ("wav.scp", "utt2spk", "spk2utt"):
+        (data / name).write_text("")
+    km = synth_km_labels["dev"].parents[2] / "km"
+    args = ["kmeans", "apply", "--kmeans", str(km), "--data", str(data), "--out",
+            str(tmp_path / "labels"), "--device", "cpu"]  # fmt: skip
+    assert main(args) == 1
+    line = _error_line(capsys.readouterr().err, "speechssl kmeans: error: ")
+    assert "has no utterances" in line and not (tmp_path / "labels").exists()
 
 
 # --- a trained run shared by the probes below (secrets in its environment) ----------------
