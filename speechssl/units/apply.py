@@ -27,7 +27,7 @@ import torch
 from speechssl.data.kaldi_dir import KaldiDataDir
 from speechssl.errors import ConfigError, DataDirError, ItemError
 from speechssl.features.dump import DumpOptions, ExtractorRequest, iter_features, shard_range
-from speechssl.features.store import FeatureStore, shard_stem
+from speechssl.features.store import FeatureStore, shard_stem, utterance_digest
 from speechssl.units.kmeans import KMeansModel
 from speechssl.units.labels import (
     LabelShardWriter,
@@ -279,7 +279,11 @@ def apply_to_audio(
     if not ddir.utt_ids():
         raise DataDirError(str(data_dir), "the data dir has no utterances (utt2spk is empty)")
     described = extractor.describe()
-    source = {"data_dir": str(Path(data_dir).resolve()), "extractor": described}
+    source = {
+        "data_dir": str(Path(data_dir).resolve()),
+        "extractor": described,
+        "utterances": utterance_digest(ddir.utt_ids()),  # a changed set is refused on rerun
+    }
     meta = _labels_meta(
         model_dir, model, nshard, request.kind, described, extractor.frame_rate,
         frame_window_s, source, [],

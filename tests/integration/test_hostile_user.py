@@ -133,6 +133,25 @@ def test_store_refuses_a_changed_utterance_set_and_overwrite_redoes_it(
     assert json.loads(capsys.readouterr().out)["shards"] == {"0": "complete", "1": "complete"}
 
 
+def test_labels_from_audio_refuse_a_changed_utterance_set(
+    synth_km_labels: dict[str, Path], small_dir: Path, tmp_path: Path, capsys
+) -> None:
+    km = synth_km_labels["dev"].parents[2] / "km"
+    out = tmp_path / "labels"
+    args = ["kmeans", "apply", "--kmeans", str(km), "--data", str(small_dir), "--out",
+            str(out), "--device", "cpu"]  # fmt: skip
+    assert main(args) == 0
+    gone = utt_ids(small_dir)[0]
+    _drop_utterance(small_dir, gone)
+    capsys.readouterr()
+    assert main(args) == 1  # used to report the shard complete, with `gone` still labelled
+    line = _error_line(capsys.readouterr().err, "speechssl kmeans: error: ")
+    assert "different settings (source)" in line and "--overwrite" in line
+    assert main([*args, "--overwrite"]) == 0
+    txt = (out / "shard-00000-of-00001.txt").read_text().split("\n")
+    assert gone not in {x.split(" ", 1)[0] for x in txt if x}
+
+
 # --- concurrent writers --------------------------------------------------------------------
 
 HOLD_SHARD = (
