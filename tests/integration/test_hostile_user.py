@@ -331,6 +331,26 @@ def _args_for(trained: dict[str, object], exp: Path) -> list[str]:
     return [f"trainer.exp_dir={exp}" if a.startswith("trainer.exp_dir=") else a for a in args]
 
 
+def test_dump_from_a_transformers_export_with_a_nan_weight_is_refused(
+    synth_corpus: Path, tmp_path: Path, capsys
+) -> None:
+    from speechssl.interop.transformers import export_to_transformers
+    from speechssl.models import create_model
+
+    export = tmp_path / "export"
+    export_to_transformers(create_model("hubert_tiny", **{"encoder.num_layers": 2}), export)
+    weights = dict(load_file(str(export / "model.safetensors")))
+    name = next(k for k, v in weights.items() if v.is_floating_point() and v.ndim == 2)
+    weights[name][0, 0] = float("nan")
+    save_file(weights, str(export / "model.safetensors"), metadata={"format": "pt"})
+    args = ["--data", str(synth_corpus / "dev"), "--kind", "model", "--checkpoint", str(export),
+            "--layer", "1", "--device", "cpu", "--out", str(tmp_path / "s")]  # fmt: skip
+    assert _dump(*args) == 1
+    line = _error_line(capsys.readouterr().err)
+    assert "NaN or infinite values in " in line and str(export) in line
+    assert not list((tmp_path / "s").glob("shard-*"))
+
+
 # --- malicious pickles --------------------------------------------------------------------
 
 
