@@ -384,10 +384,12 @@ def test_malicious_trainer_state_with_matching_checksums_never_runs(
     assert not target.exists()
 
 
-def _evil_pt(tmp_path: Path) -> tuple[Path, Path]:
+@pytest.fixture(scope="module")
+def evil_pt(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """``evil.pt``: a pickle whose payload creates ``pwned/`` when torch.load unpickles it."""
-    target = tmp_path / "pwned"
-    evil = tmp_path / "evil.pt"
+    root = tmp_path_factory.mktemp("evil")
+    target = root / "pwned"
+    evil = root / "evil.pt"
     with open(evil, "wb") as fh:
         pickle.dump(_Payload(target), fh)
     # the payload is live: a plain unpickling runs it (in a child, to keep this process clean)
@@ -399,9 +401,9 @@ def _evil_pt(tmp_path: Path) -> tuple[Path, Path]:
 
 
 def test_torch_load_through_a_hydra_callback_is_refused_from_the_command_line(
-    tmp_path: Path,
+    evil_pt: tuple[Path, Path], tmp_path: Path
 ) -> None:
-    evil, target = _evil_pt(tmp_path)
+    evil, target = evil_pt
     callback = f"+hydra.callbacks.e={{_target_: torch.load, f: {evil}, weights_only: false}}"
     res = run_train(["data.dir=d", f"trainer.exp_dir={tmp_path / 'e'}", callback], cwd=tmp_path)
     assert res.returncode == 1
@@ -410,9 +412,9 @@ def test_torch_load_through_a_hydra_callback_is_refused_from_the_command_line(
 
 
 def test_torch_load_through_a_hydra_callback_is_refused_from_a_config_dir(
-    tmp_path: Path,
+    evil_pt: tuple[Path, Path], tmp_path: Path
 ) -> None:
-    evil, target = _evil_pt(tmp_path)
+    evil, target = evil_pt
     user = tmp_path / "conf" / "model"
     user.mkdir(parents=True)
     (user / "evil.yaml").write_text(
