@@ -40,12 +40,14 @@ from speechssl.data.kaldi_dir import KaldiDataDir, load_utterance
 from speechssl.errors import ConfigError, DataDirError, ItemError
 from speechssl.features.extractors import FeatureExtractor, create_extractor
 from speechssl.features.store import (
+    META_FILE,
     ShardWriter,
     StoreMeta,
     shard_is_complete,
     shard_stem,
     write_meta,
 )
+from speechssl.utils.files import check_output_dir
 from speechssl.utils.lock import exclusive_lock
 
 log = logging.getLogger(__name__)
@@ -300,6 +302,7 @@ def prepare_store(
     utts = data_dir.utt_ids()
     if not utts:
         raise DataDirError(str(data), "the data dir has no utterances (utt2spk is empty)")
+    check_output_dir(out, META_FILE, "feature store")
     extractor = request.build()
     meta = store_meta(extractor, request.kind, opts, Path(data))
     write_meta(out, meta, overwrite=overwrite, utts=utts)

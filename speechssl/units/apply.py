@@ -40,6 +40,7 @@ from speechssl.units.labels import (
 )
 from speechssl.units.stream import StoreStream, extractor_option, store_fingerprint
 from speechssl.utils.device import resolve_device
+from speechssl.utils.files import check_output_dir
 from speechssl.utils.lock import exclusive_lock
 
 log = logging.getLogger(__name__)
@@ -212,6 +213,7 @@ def apply_to_store(
         store.meta.frame_rate, frame_window_s, source, store.skipped(),
     )  # fmt: skip
     out = Path(out_dir)
+    check_output_dir(out, "meta.json", "label dir")
     with shard_lock(out, rank, nshard):
         done = _start_shard(out, meta, rank, overwrite)
         if done is not None:
@@ -289,6 +291,7 @@ def apply_to_audio(
         frame_window_s, source, [],
     )  # fmt: skip
     out = Path(out_dir)
+    check_output_dir(out, "meta.json", "label dir")
     with shard_lock(out, rank, nshard):
         done = _start_shard(out, meta, rank, overwrite)
         if done is not None:

@@ -152,6 +152,29 @@ def test_labels_from_audio_refuse_a_changed_utterance_set(
     assert gone not in {x.split(" ", 1)[0] for x in txt if x}
 
 
+@pytest.mark.parametrize("command", ["dump", "fit", "apply"])
+def test_a_data_dir_given_as_output_is_refused_and_left_intact(
+    synth_km_labels: dict[str, Path], small_dir: Path, command: str, capsys
+) -> None:
+    """``--out DATA``: the dump and apply used to mix their files into the data dir, and
+    ``kmeans fit --overwrite`` replaced the whole dir with the model (wav.scp gone)."""
+    units = synth_km_labels["dev"].parents[2]
+    store, out = str(units / "mfcc" / "dev"), str(small_dir)
+    args = {
+        "dump": ["features", "dump", "--data", out, "--kind", "mfcc", "--out", out],
+        "fit": ["kmeans", "fit", "--features", store, "--k", "4", "--out", out, "--overwrite",
+                "--device", "cpu"],
+        "apply": ["kmeans", "apply", "--kmeans", str(units / "km"), "--features", store,
+                  "--out", out, "--device", "cpu"],
+    }[command]  # fmt: skip
+    before = {p.name: p.read_bytes() for p in small_dir.iterdir()}
+    assert main(args) == 1
+    group = "features" if command == "dump" else "kmeans"
+    line = _error_line(capsys.readouterr().err, f"speechssl {group}: error: ")
+    assert f"{small_dir}: exists and is not a " in line and "wav.scp" in line
+    assert {p.name: p.read_bytes() for p in small_dir.iterdir()} == before
+
+
 # --- concurrent writers --------------------------------------------------------------------
 
 HOLD_SHARD = (
