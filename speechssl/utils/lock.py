@@ -25,6 +25,7 @@ import fcntl
 import json
 import os
 import socket
+import stat
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -40,7 +41,8 @@ _held_guard = threading.Lock()
 
 
 class LockedError(SpeechSSLError):
-    """Another process (or another part of this one) holds the lock of a directory."""
+    """Another process (or another part of this one) holds the lock of a directory, or its
+    lock file is not one speechssl wrote (a symbolic link, a directory, a FIFO)."""
 
 
 def _holder(path: Path) -> str:
@@ -82,9 +84,23 @@ def exclusive_lock(
             st = os.stat(path)
             if (st.st_dev, st.st_ino) in _held:
                 raise _busy(root, what, f"this process (PID {os.getpid()})")
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            # never through a symbolic link: the holder truncates and rewrites the file
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o644)
+        except OSError as exc:
+            if exc.errno not in (errno.ELOOP, errno.EISDIR, errno.ENXIO):
+                raise
+            raise LockedError(
+                f"{path}: the lock file is a symbolic link or not a regular file; "
+                "remove it (only speechssl writes this file)"
+            ) from None
         try:
             st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                raise LockedError(
+                    f"{path}: the lock file is not a regular file; remove it (only speechssl "
+                    "writes this file)"
+                )
             key = (st.st_dev, st.st_ino)
             if key in _held:  # created between the stat and the open: still ours
                 raise _busy(root, what, f"this process (PID {os.getpid()})")

@@ -120,3 +120,23 @@ def test_sha256_file_and_device(tmp_path: Path) -> None:
     assert sha256_file(f) == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
     assert resolve_device("cpu").type == "cpu"
     assert resolve_device("auto").type in {"cpu", "cuda"}
+
+
+@pytest.mark.parametrize("kind", ["symlink", "fifo", "dir"])
+def test_a_planted_lock_file_is_refused_and_its_target_untouched(tmp_path: Path, kind: str) -> None:
+    """The holder truncates and rewrites ``.lock``: through a planted symbolic link that
+    would have emptied the link's target (any file the user can write)."""
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious\n")
+    lock = tmp_path / "exp" / ".lock"
+    lock.parent.mkdir()
+    if kind == "symlink":
+        lock.symlink_to(victim)
+    elif kind == "fifo":
+        os.mkfifo(lock)
+    else:
+        lock.mkdir()
+    refused = pytest.raises(LockedError, match=r"\.lock: the lock file is .*remove it")
+    with refused, exclusive_lock(lock.parent, "training exp dir"):
+        pass
+    assert victim.read_text() == "precious\n"
