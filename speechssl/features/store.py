@@ -163,6 +163,12 @@ def write_meta(
     if old is not None:
         if old.to_json() == meta.to_json():
             return
+        if not old.utterances and meta.utterances and _same_but_utterances(old, meta):
+            raise FeatureStoreError(
+                f"{root}: the store records no utterance list (written by an older speechssl), "
+                "so its shards cannot be checked against the data dir; rerun with --overwrite "
+                "to redo it"
+            )
         if old.utterances != meta.utterances and _same_but_utterances(old, meta):
             raise FeatureStoreError(
                 f"{root}: the store was made from other utterances "

@@ -99,3 +99,11 @@ def test_shards_written_under_replaced_settings_are_incomplete(tmp_path):
         w.add("a", np.ones((2, 3)))
         w.add("b", np.ones((1, 3)))
     assert len(FeatureStore(tmp_path)) == 2
+
+
+def test_a_store_from_before_utterance_lists_is_redone_only_when_told(tmp_path):
+    write_meta(tmp_path, _meta(1))  # no list recorded, as older stores
+    with pytest.raises(FeatureStoreError, match=r"records no utterance list .* --overwrite"):
+        write_meta(tmp_path, _meta(1), utts=["a"])
+    write_meta(tmp_path, _meta(1), overwrite=True, utts=["a"])
+    assert (tmp_path / "utterances.txt").read_text() == "a\n"
