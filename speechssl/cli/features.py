@@ -22,7 +22,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
             "Compute features of every utterance of a Kaldi data dir and write them to a "
             "sharded, memory-mappable feature store (speechssl.features.store). Shards are "
             "contiguous ranges of the sorted utterance list; a rerun skips complete shards "
-            "and redoes partial ones; a store made with different settings is refused. "
+            "and redoes partial ones; a store made with different settings, or from a data dir "
+            "whose utterances changed since, is refused unless --overwrite. Each shard is "
+            "locked while it is written (a second writer of it is refused, naming the holder). "
             "Kaldi options use Kaldi's names (e.g. --num-mel-bins 80 --snip-edges=false)."
         ),
     )
@@ -37,6 +39,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     dump.add_argument("--device", default=None, help="torch device (default: cuda if present)")
     dump.add_argument("--batch-seconds", type=float, default=200.0, help="padded audio per batch")
     dump.add_argument("--allow-pipes", action="store_true", help="allow 'cmd |' wav.scp entries")
+    dump.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="redo the store: replace one made with other settings or utterances, and "
+        "rewrite complete shards",
+    )
     from speechssl.features.flags import add_kaldi_arguments
 
     add_kaldi_arguments(dump.add_argument_group("Kaldi feature options (fbank, mfcc, spectrogram)"))
@@ -75,13 +83,16 @@ def run_dump(args: argparse.Namespace) -> int:
     )
     skip = {"data", "kind", "out", "nshard", "rank", "nj", "dtype", "tolerant", "device"}
     skip |= {"batch_seconds", "allow_pipes", "func", "group", "verb", "verbose", "_group_parser"}
+    skip |= {"overwrite"}
     options: dict[str, Any] = {k: v for k, v in vars(args).items() if k not in skip}
     request = ExtractorRequest(kind=args.kind, options=options, device=_device(args.device))
     if args.nj is not None:
-        results = dump_features_parallel(args.data, args.out, request, opts, args.nj)
+        results = dump_features_parallel(
+            args.data, args.out, request, opts, args.nj, args.overwrite
+        )
     else:
         ranks = None if args.rank is None else [args.rank]
-        results = dump_features(args.data, args.out, request, opts, ranks)
+        results = dump_features(args.data, args.out, request, opts, ranks, args.overwrite)
     inputs = sum(r.inputs for r in results)
     written = sum(r.written for r in results)
     skipped = [s for r in results for s in r.skipped]

@@ -4,8 +4,16 @@ Sharding is fairseq's: the ``LC_ALL=C`` sorted utterance list is split into ``ns
 contiguous ranges (``round(total * r / nshard)``), so any rank can be (re)run on any machine
 and the union of shards is always the same. Within a shard, utterances are batched by
 length (longest first) and written in that order; the shard index maps each utterance to its
-rows. A shard is complete when its ``done.json`` exists (see
-:mod:`speechssl.features.store`): a rerun skips complete shards and redoes partial ones.
+rows. A shard is complete when its ``done.json`` exists and names the store's current
+``meta.json`` (see :mod:`speechssl.features.store`): a rerun skips complete shards and redoes
+partial ones; ``overwrite`` redoes them all. ``meta.json`` records the settings and the
+utterance list the store was made from; a rerun with other settings, or after the data dir
+gained or lost utterances, is refused unless ``overwrite``. A data dir with no utterances is
+an error.
+
+Each shard is written under its own exclusive lock (``.shard-R-of-N.lock``,
+:func:`speechssl.utils.lock.exclusive_lock`): the ranks of one store may run at once, but a
+second writer of the same shard is refused naming the holder's PID and host.
 
 Strict mode stops at the first bad utterance, naming it; the shard being written is
 discarded. Tolerant mode skips bad utterances (missing, corrupt, empty, NaN, too short, ...),
@@ -29,15 +37,18 @@ import torch
 
 from speechssl.data.audio import AudioError, LoadOptions
 from speechssl.data.kaldi_dir import KaldiDataDir, load_utterance
-from speechssl.errors import ConfigError, ItemError
+from speechssl.errors import ConfigError, DataDirError, ItemError
 from speechssl.features.extractors import FeatureExtractor, create_extractor
 from speechssl.features.store import (
+    META_FILE,
     ShardWriter,
     StoreMeta,
     shard_is_complete,
     shard_stem,
     write_meta,
 )
+from speechssl.utils.files import check_output_dir
+from speechssl.utils.lock import exclusive_lock
 
 log = logging.getLogger(__name__)
 
@@ -107,6 +118,11 @@ class ShardResult:
     skipped: list[dict[str, str]] = field(default_factory=list)
     frames: int = 0
     seconds: float = 0.0
+
+
+def shard_lock_name(rank: int, nshard: int) -> str:
+    """The lock file (inside the store) that one writer of shard ``rank`` holds."""
+    return f".{shard_stem(rank, nshard)}.lock"
 
 
 def store_meta(extractor: FeatureExtractor, kind: str, opts: DumpOptions, data: Path) -> StoreMeta:
@@ -198,12 +214,28 @@ def dump_shard(
     opts: DumpOptions,
     rank: int,
     extractor: FeatureExtractor | None = None,
+    overwrite: bool = False,
 ) -> ShardResult:
-    """Write shard ``rank`` of ``opts.nshard`` (no-op if it is already complete)."""
+    """Write shard ``rank`` of ``opts.nshard`` (no-op if it is already complete, unless
+    ``overwrite``), holding the shard's lock (:class:`~speechssl.utils.lock.LockedError`
+    if another process writes it)."""
     out_dir = Path(out)
-    if shard_is_complete(out_dir, rank, opts.nshard):
-        log.info("shard %d/%d is complete; skipping", rank, opts.nshard)
-        return ShardResult(rank=rank, status="complete")
+    what = f"shard {rank} of {opts.nshard} of a feature store"
+    with exclusive_lock(out_dir, what, name=shard_lock_name(rank, opts.nshard)):
+        if not overwrite and shard_is_complete(out_dir, rank, opts.nshard):
+            log.info("shard %d/%d is complete; skipping", rank, opts.nshard)
+            return ShardResult(rank=rank, status="complete")
+        return _write_shard(data, out_dir, request, opts, rank, extractor)
+
+
+def _write_shard(
+    data: str | os.PathLike[str],
+    out_dir: Path,
+    request: ExtractorRequest,
+    opts: DumpOptions,
+    rank: int,
+    extractor: FeatureExtractor | None,
+) -> ShardResult:
     start_time = time.perf_counter()
     data_dir = KaldiDataDir(data, allow_pipes=opts.allow_pipes)
     extractor = extractor or request.build()
@@ -261,12 +293,19 @@ def prepare_store(
     out: str | os.PathLike[str],
     request: ExtractorRequest,
     opts: DumpOptions,
+    overwrite: bool = False,
 ) -> FeatureExtractor:
-    """Build the extractor and write (or check) ``meta.json``: a store made with other
-    settings is refused rather than mixed."""
-    KaldiDataDir(data, allow_pipes=opts.allow_pipes)  # fail early on a missing dir
+    """Build the extractor and write (or check) ``meta.json`` and ``utterances.txt``: a store
+    made with other settings or from other utterances is refused rather than mixed (unless
+    ``overwrite``: then it is redone), and a data dir without utterances is an error."""
+    data_dir = KaldiDataDir(data, allow_pipes=opts.allow_pipes)  # fail early on a missing dir
+    utts = data_dir.utt_ids()
+    if not utts:
+        raise DataDirError(str(data), "the data dir has no utterances (utt2spk is empty)")
+    check_output_dir(out, META_FILE, "feature store")
     extractor = request.build()
-    write_meta(out, store_meta(extractor, request.kind, opts, Path(data)))
+    meta = store_meta(extractor, request.kind, opts, Path(data))
+    write_meta(out, meta, overwrite=overwrite, utts=utts)
     return extractor
 
 
@@ -276,18 +315,26 @@ def dump_features(
     request: ExtractorRequest,
     opts: DumpOptions,
     ranks: Sequence[int] | None = None,
+    overwrite: bool = False,
 ) -> list[ShardResult]:
-    """Dump the given ranks (default: all) one after another in this process."""
-    extractor = prepare_store(data, out, request, opts)
+    """Dump the given ranks (default: all) one after another in this process; ``overwrite``
+    replaces a store made with other settings or utterances and redoes complete shards."""
+    extractor = prepare_store(data, out, request, opts, overwrite)
     todo = range(opts.nshard) if ranks is None else ranks
-    return [dump_shard(data, out, request, opts, r, extractor) for r in todo]
+    return [dump_shard(data, out, request, opts, r, extractor, overwrite) for r in todo]
 
 
 def _worker(
-    data: str, out: str, request: ExtractorRequest, opts: DumpOptions, rank: int, threads: int
+    data: str,
+    out: str,
+    request: ExtractorRequest,
+    opts: DumpOptions,
+    rank: int,
+    threads: int,
+    overwrite: bool,
 ) -> ShardResult:
     torch.set_num_threads(threads)
-    return dump_shard(data, out, request, opts, rank)
+    return dump_shard(data, out, request, opts, rank, overwrite=overwrite)
 
 
 def dump_features_parallel(
@@ -296,19 +343,21 @@ def dump_features_parallel(
     request: ExtractorRequest,
     opts: DumpOptions,
     nj: int,
+    overwrite: bool = False,
 ) -> list[ShardResult]:
     """``--nj N``: ``nshard = N`` shards written by N local processes at once."""
     if nj < 1:
         raise ConfigError(f"--nj must be >= 1, got {nj}")
     if opts.nshard != nj:
         raise ConfigError(f"--nj {nj} writes {nj} shards, but nshard is {opts.nshard}")
-    prepare_store(data, out, request, opts)
+    prepare_store(data, out, request, opts, overwrite)
     threads = max(1, (os.cpu_count() or 1) // nj)
     if nj == 1:
-        return [_worker(str(data), str(out), request, opts, 0, threads)]
+        return [_worker(str(data), str(out), request, opts, 0, threads, overwrite)]
     with ProcessPoolExecutor(max_workers=nj, mp_context=get_context("spawn")) as pool:
         futures = [
-            pool.submit(_worker, str(data), str(out), request, opts, r, threads) for r in range(nj)
+            pool.submit(_worker, str(data), str(out), request, opts, r, threads, overwrite)
+            for r in range(nj)
         ]
         results: list[ShardResult] = []
         errors: list[BaseException] = []

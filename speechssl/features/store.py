@@ -5,12 +5,17 @@ trained model (``kind="model"``), so k-means and label dumping read one format.
 
 Layout of a store directory::
 
-    meta.json                          format, kind, dim, dtype, frame rate, nshard, extractor
+    meta.json                          format, kind, dim, dtype, frame rate, nshard, extractor,
+                                       source dir, count + SHA-256 of the utterance list
+    utterances.txt                     the sorted utterance ids the store was made from
     shard-00000-of-00004.bin           raw little-endian rows [frames, dim] (float32 or float16)
     shard-00000-of-00004.index         "utt offset num_frames" per utterance, in write order
     shard-00000-of-00004.done.json     written last: utterances, frames, bytes, skipped items
 
-A shard is complete iff its ``done.json`` exists and the ``.bin`` size matches it. A writer
+A shard is complete iff its ``done.json`` exists, the ``.bin`` size matches it and it names
+the SHA-256 of the store's current ``meta.json`` (so shards written under other settings or
+from another utterance list, e.g. before ``features dump --overwrite``, count as incomplete
+and are redone). A writer
 writes ``.bin`` and ``.index`` under temporary names, renames both, then writes ``done.json``
 atomically; a crash at any point leaves the shard incomplete and a rerun redoes it. Readers
 memory-map shards, so nothing is loaded into RAM until it is touched.
@@ -18,6 +23,7 @@ memory-map shards, so nothing is loaded into RAM until it is touched.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from collections.abc import Iterator, Sequence
@@ -28,9 +34,11 @@ from typing import Any
 import numpy as np
 
 from speechssl.errors import SpeechSSLError
-from speechssl.utils.atomic import atomic_write_json
+from speechssl.utils.atomic import atomic_write_json, atomic_write_text
 
 FORMAT = "speechssl-features/1"
+META_FILE = "meta.json"
+UTT_LIST = "utterances.txt"
 _DTYPES: dict[str, np.dtype[Any]] = {"float32": np.dtype("<f4"), "float16": np.dtype("<f2")}
 
 
@@ -55,6 +63,8 @@ class StoreMeta:
         extractor: options that produced the features (feature options, or model name,
             checkpoint and layer); compared on rerun so stale output is never mixed in.
         source: the data directory the features came from.
+        utterances: ``{"count": N, "sha256": ...}`` of the sorted utterance ids the store
+            was made from (:func:`utterance_digest`; the ids are in ``utterances.txt``).
     """
 
     kind: str
@@ -64,6 +74,7 @@ class StoreMeta:
     nshard: int
     extractor: dict[str, Any] = field(default_factory=dict)
     source: str = ""
+    utterances: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -75,6 +86,7 @@ class StoreMeta:
             "nshard": self.nshard,
             "extractor": self.extractor,
             "source": self.source,
+            "utterances": self.utterances,
         }
 
     @staticmethod
@@ -91,25 +103,113 @@ class StoreMeta:
             nshard=int(obj["nshard"]),
             extractor=dict(obj.get("extractor", {})),
             source=str(obj.get("source", "")),
+            utterances=dict(obj.get("utterances") or {}),
         )
 
 
-def write_meta(root: str | os.PathLike[str], meta: StoreMeta, overwrite: bool = False) -> None:
-    """Write ``meta.json``; if one exists it must agree (else error unless ``overwrite``)."""
-    path = Path(root) / "meta.json"
-    if path.exists() and not overwrite:
-        old = StoreMeta.from_json(json.loads(path.read_text()), str(path))
-        if old.to_json() != meta.to_json():
+def utterance_digest(utts: Sequence[str]) -> dict[str, Any]:
+    """``{"count", "sha256"}`` of an utterance list (one id per line, in the given order)."""
+    digest = hashlib.sha256()
+    for u in utts:
+        digest.update(u.encode("utf-8") + b"\n")
+    return {"count": len(utts), "sha256": digest.hexdigest()}
+
+
+def read_meta(root: str | os.PathLike[str]) -> StoreMeta | None:
+    """The store's ``meta.json``, or None when there is none."""
+    path = Path(root) / META_FILE
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        return None
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise FeatureStoreError(f"{path}: not valid JSON ({exc.msg})") from None
+    return StoreMeta.from_json(obj, str(path))
+
+
+def meta_sha256(root: str | os.PathLike[str]) -> str | None:
+    """SHA-256 of the store's ``meta.json`` bytes (None without one): what each shard's
+    ``done.json`` names, so a shard made under other settings is never taken as complete."""
+    try:
+        return hashlib.sha256((Path(root) / META_FILE).read_bytes()).hexdigest()
+    except FileNotFoundError:
+        return None
+
+
+def read_utterance_list(root: str | os.PathLike[str]) -> list[str] | None:
+    """The utterance ids a store was made from (``utterances.txt``), None if not recorded."""
+    try:
+        return (Path(root) / UTT_LIST).read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        return None
+
+
+def write_meta(
+    root: str | os.PathLike[str],
+    meta: StoreMeta,
+    overwrite: bool = False,
+    utts: Sequence[str] | None = None,
+) -> None:
+    """Write ``meta.json`` (and ``utterances.txt`` from ``utts``, whose digest is then
+    recorded in ``meta.utterances``); if one exists it must agree (else error unless
+    ``overwrite``). Rewriting it makes every shard written before incomplete."""
+    root = Path(root)
+    path = root / META_FILE
+    if utts is not None:
+        meta.utterances = utterance_digest(utts)
+    old = None if overwrite else read_meta(root)
+    if old is not None:
+        if old.to_json() == meta.to_json():
+            return
+        if not old.utterances and meta.utterances and _same_but_utterances(old, meta):
             raise FeatureStoreError(
-                f"{path} exists with different settings; use a new output directory or "
-                f"overwrite (old: {old.to_json()}, new: {meta.to_json()})"
+                f"{root}: the store records no utterance list (written by an older speechssl), "
+                "so its shards cannot be checked against the data dir; rerun with --overwrite "
+                "to redo it"
             )
-        return
+        if old.utterances != meta.utterances and _same_but_utterances(old, meta):
+            raise FeatureStoreError(
+                f"{root}: the store was made from other utterances "
+                f"({_utterance_change(root, old, utts)}); rerun with --overwrite to redo it "
+                "from the data dir as it is now, or use a new output directory"
+            )
+        raise FeatureStoreError(
+            f"{path} exists with different settings; rerun with --overwrite to redo the store "
+            f"or use a new output directory (old: {old.to_json()}, new: {meta.to_json()})"
+        )
+    if utts is not None:
+        atomic_write_text(root / UTT_LIST, "".join(f"{u}\n" for u in utts))
     atomic_write_json(path, meta.to_json())
 
 
+def _same_but_utterances(a: StoreMeta, b: StoreMeta) -> bool:
+    return {**a.to_json(), "utterances": None} == {**b.to_json(), "utterances": None}
+
+
+def _utterance_change(root: Path, old: StoreMeta, utts: Sequence[str] | None) -> str:
+    then, now = old.utterances.get("count", "?"), len(utts) if utts is not None else "?"
+    listed = read_utterance_list(root)
+    if listed is None or utts is None:
+        return f"{then} utterances then, {now} now"
+    gone = sorted(set(listed) - set(utts))
+    new = sorted(set(utts) - set(listed))
+
+    def few(xs: list[str]) -> str:
+        return ", ".join(xs[:3]) + (f" and {len(xs) - 3} more" if len(xs) > 3 else "")
+
+    parts = [f"{then} utterances then, {now} now"]
+    if gone:
+        parts.append(f"no longer in the data dir: {few(gone)}")
+    if new:
+        parts.append(f"new: {few(new)}")
+    return "; ".join(parts)
+
+
 def shard_is_complete(root: str | os.PathLike[str], rank: int, nshard: int) -> bool:
-    """True iff the shard's ``done.json`` exists and its ``.bin`` has the recorded size."""
+    """True iff the shard's ``done.json`` exists, names the current ``meta.json`` and its
+    ``.bin`` has the recorded size."""
     stem = Path(root) / shard_stem(rank, nshard)
     done = stem.with_name(stem.name + ".done.json")
     binp = stem.with_name(stem.name + ".bin")
@@ -120,6 +220,8 @@ def shard_is_complete(root: str | os.PathLike[str], rank: int, nshard: int) -> b
         info = json.loads(done.read_text())
     except (OSError, json.JSONDecodeError):
         return False
+    if info.get("meta_sha256") != meta_sha256(root):
+        return False
     return bool(binp.stat().st_size == int(info.get("bytes", -1)))
 
 
@@ -128,6 +230,8 @@ class ShardWriter:
 
     ``skip(utt, reason)`` records an utterance that could not be processed, so the shard's
     ``done.json`` accounts for every input: ``utterances + len(skipped) == inputs``.
+    Write the store's ``meta.json`` before the writer starts: ``done.json`` names its
+    SHA-256 as read now, so a shard whose settings were replaced meanwhile is incomplete.
     """
 
     def __init__(
@@ -138,6 +242,7 @@ class ShardWriter:
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
         self.rank, self.nshard, self.dim = rank, nshard, dim
+        self._meta_sha256 = meta_sha256(self.root)
         self.np_dtype = _DTYPES[dtype]
         stem = shard_stem(rank, nshard)
         self._final_bin = self.root / f"{stem}.bin"
@@ -191,6 +296,7 @@ class ShardWriter:
             "frames": self._offset,
             "bytes": self._offset * self.dim * self.np_dtype.itemsize,
             "skipped": self.skipped,
+            "meta_sha256": self._meta_sha256,
             **(extra or {}),
         }
         atomic_write_json(self._done, info)
@@ -246,7 +352,10 @@ class FeatureStore:
         if missing and not allow_incomplete:
             names = ", ".join(shard_stem(r, self.meta.nshard) for r in missing[:10])
             more = f" and {len(missing) - 10} more" if len(missing) > 10 else ""
-            raise FeatureStoreError(f"{self.root}: incomplete shards: {names}{more}")
+            raise FeatureStoreError(
+                f"{self.root}: incomplete shards: {names}{more} (killed while writing, or "
+                "written under other settings; rerun features dump to redo them)"
+            )
         self.ranks = [r for r in range(self.meta.nshard) if r not in set(missing)]
         self._shards: dict[int, _Shard] = {}
         self._where: dict[str, tuple[int, int]] | None = None

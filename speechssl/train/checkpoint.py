@@ -37,10 +37,12 @@ import json
 import logging
 import math
 import os
+import pickle
 import random
 import re
 import shutil
 import time
+import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -344,9 +346,19 @@ def load_checkpoint(
     except (SafetensorError, OSError, ValueError) as exc:
         raise CheckpointError(f"{root / MODEL_FILE}: cannot read weights ({exc})") from None
     try:
-        trainer_state = torch.load(root / STATE_FILE, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch.load raises many kinds (pickle, zip, runtime)
-        raise CheckpointError(f"{root / STATE_FILE}: cannot read trainer state ({exc})") from None
+        with warnings.catch_warnings():  # torch warns about foreign pickle protocols
+            warnings.simplefilter("ignore")
+            trainer_state = torch.load(root / STATE_FILE, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise CheckpointError(
+            f"{root / STATE_FILE}: cannot read trainer state: it holds Python objects that a "
+            "weights-only load refuses (a foreign or tampered file; nothing in it was run)"
+        ) from None
+    except Exception as exc:  # torch.load raises many kinds (zip, runtime)
+        reason = " ".join(str(exc).split())[:300]  # one line, however torch words it
+        raise CheckpointError(
+            f"{root / STATE_FILE}: cannot read trainer state ({reason})"
+        ) from None
     if not isinstance(trainer_state, dict):
         raise CheckpointError(f"{root / STATE_FILE}: trainer state is not a dict")
     return model_state, trainer_state, meta
@@ -578,8 +590,18 @@ class CheckpointManager:
         return chosen
 
     def load(self, path: Path) -> None:
-        """Restore every part from ``path`` (verified by :meth:`resolve_resume`)."""
+        """Restore every part from ``path`` (verified by :meth:`resolve_resume`); NaN/inf
+        weights are refused even when the checksums match (a file rewritten consistently)."""
+        from speechssl.models.io import nonfinite_weights
+
         weights, state, _ = load_checkpoint(path, verify=False)
+        bad = nonfinite_weights(weights)
+        if bad:
+            raise CheckpointError(
+                f"{path / MODEL_FILE}: NaN or infinite values in {', '.join(bad[:5])}; such "
+                "weights are never resumed from (the file was modified or written by another "
+                "tool)"
+            )
         try:
             if self.fsdp:
                 from torch.distributed.checkpoint.state_dict import (

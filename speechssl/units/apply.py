@@ -12,6 +12,7 @@ naming the utterance, or with ``tolerant`` skipped and recorded in the shard's
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -24,9 +25,9 @@ import numpy as np
 import torch
 
 from speechssl.data.kaldi_dir import KaldiDataDir
-from speechssl.errors import ConfigError, ItemError
+from speechssl.errors import ConfigError, DataDirError, ItemError
 from speechssl.features.dump import DumpOptions, ExtractorRequest, iter_features, shard_range
-from speechssl.features.store import FeatureStore, shard_stem
+from speechssl.features.store import FeatureStore, shard_stem, utterance_digest
 from speechssl.units.kmeans import KMeansModel
 from speechssl.units.labels import (
     LabelShardWriter,
@@ -39,6 +40,8 @@ from speechssl.units.labels import (
 )
 from speechssl.units.stream import StoreStream, extractor_option, store_fingerprint
 from speechssl.utils.device import resolve_device
+from speechssl.utils.files import check_output_dir
+from speechssl.utils.lock import exclusive_lock
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +101,14 @@ def _labels_meta(
         },
         source_skipped=source_skipped,
     )
+
+
+def shard_lock(out: Path, rank: int, nshard: int) -> contextlib.AbstractContextManager[Path]:
+    """The exclusive lock one writer of label shard ``rank`` holds while it checks and
+    writes the shard: a second writer of it is refused naming the holder, other ranks of the
+    same label dir are written at once."""
+    what = f"shard {rank} of {nshard} of a label dir"
+    return exclusive_lock(out, what, name=f".{shard_stem(rank, nshard)}.lock")
 
 
 def _start_shard(out: Path, meta: LabelsMeta, rank: int, overwrite: bool) -> dict[str, Any] | None:
@@ -202,14 +213,16 @@ def apply_to_store(
         store.meta.frame_rate, frame_window_s, source, store.skipped(),
     )  # fmt: skip
     out = Path(out_dir)
-    done = _start_shard(out, meta, rank, overwrite)
-    if done is not None:
-        return done
-    lo, hi = shard_range(len(store), nshard, rank)
-    stream = StoreStream(store, block_frames=block_frames, utt_ranges=(lo, hi))
-    return _write_label_shard(
-        _store_utterances(model, stream), out, meta, rank, lambda _: {"utt_range": [lo, hi]}
-    )
+    check_output_dir(out, "meta.json", "label dir")
+    with shard_lock(out, rank, nshard):
+        done = _start_shard(out, meta, rank, overwrite)
+        if done is not None:
+            return done
+        lo, hi = shard_range(len(store), nshard, rank)
+        stream = StoreStream(store, block_frames=block_frames, utt_ranges=(lo, hi))
+        return _write_label_shard(
+            _store_utterances(model, stream), out, meta, rank, lambda _: {"utt_range": [lo, hi]}
+        )
 
 
 def _flat_options(tree: Mapping[str, Any]) -> dict[str, Any]:
@@ -265,38 +278,46 @@ def apply_to_audio(
     request = training_extractor(model, dev)
     extractor = request.build()
     ddir = KaldiDataDir(data_dir)
+    if not ddir.utt_ids():
+        raise DataDirError(str(data_dir), "the data dir has no utterances (utt2spk is empty)")
     described = extractor.describe()
-    source = {"data_dir": str(Path(data_dir).resolve()), "extractor": described}
+    source = {
+        "data_dir": str(Path(data_dir).resolve()),
+        "extractor": described,
+        "utterances": utterance_digest(ddir.utt_ids()),  # a changed set is refused on rerun
+    }
     meta = _labels_meta(
         model_dir, model, nshard, request.kind, described, extractor.frame_rate,
         frame_window_s, source, [],
     )  # fmt: skip
     out = Path(out_dir)
-    done = _start_shard(out, meta, rank, overwrite)
-    if done is not None:
-        return done
-    utts = ddir.utt_ids()
-    lo, hi = shard_range(len(utts), nshard, rank)
-    mine = utts[lo:hi]
-    skipped: list[dict[str, str]] = []
+    check_output_dir(out, "meta.json", "label dir")
+    with shard_lock(out, rank, nshard):
+        done = _start_shard(out, meta, rank, overwrite)
+        if done is not None:
+            return done
+        utts = ddir.utt_ids()
+        lo, hi = shard_range(len(utts), nshard, rank)
+        mine = utts[lo:hi]
+        skipped: list[dict[str, str]] = []
 
-    def bad(utt: str, err: ItemError) -> None:
-        if not tolerant:
-            raise err
-        log.warning("skipping %s", err)
-        skipped.append({"utt": utt, "reason": f"{type(err).kind}: {err.reason}"})
+        def bad(utt: str, err: ItemError) -> None:
+            if not tolerant:
+                raise err
+            log.warning("skipping %s", err)
+            skipped.append({"utt": utt, "reason": f"{type(err).kind}: {err.reason}"})
 
-    opts = DumpOptions(nshard=nshard, tolerant=tolerant, batch_seconds=batch_seconds)
-    labelled = (
-        (utt, model.labels(feats).cpu().numpy())
-        for utt, feats, _ in iter_features(ddir, mine, extractor, opts, bad)
-    )
+        opts = DumpOptions(nshard=nshard, tolerant=tolerant, batch_seconds=batch_seconds)
+        labelled = (
+            (utt, model.labels(feats).cpu().numpy())
+            for utt, feats, _ in iter_features(ddir, mine, extractor, opts, bad)
+        )
 
-    def extra(written: int) -> dict[str, Any]:
-        if written + len(skipped) != len(mine):  # a bug, never bad input
-            raise AssertionError(f"{written} labelled + {len(skipped)} skipped != {len(mine)}")
-        return {"inputs": len(mine), "skipped": skipped}
+        def extra(written: int) -> dict[str, Any]:
+            if written + len(skipped) != len(mine):  # a bug, never bad input
+                raise AssertionError(f"{written} labelled + {len(skipped)} skipped != {len(mine)}")
+            return {"inputs": len(mine), "skipped": skipped}
 
-    summary = _write_label_shard(labelled, out, meta, rank, extra)
-    summary["skipped_audio"] = len(skipped)
-    return summary
+        summary = _write_label_shard(labelled, out, meta, rank, extra)
+        summary["skipped_audio"] = len(skipped)
+        return summary

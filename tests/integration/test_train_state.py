@@ -59,7 +59,7 @@ def test_second_run_is_refused_naming_the_holder_and_lock_survives_sigkill(
     assert first.poll() is None  # the holder is untouched
     first.send_signal(signal.SIGKILL)
     first.wait(30)
-    # the kernel released the flock with the process: the next run proceeds
+    # the kernel released the lock with the process: the next run proceeds
     third = run_train([*args, "trainer.max_steps=2"], cwd=tmp_path)
     assert third.returncode == 0, third.stderr[-3000:]
 

@@ -91,9 +91,9 @@ def test_labels_straight_from_audio(synth_corpus, tmp_path, capsys, monkeypatch)
     # features stream into labels: nothing but the label files is written, here or in TMPDIR
     names = {p.name for p in (tmp_path / "from_audio").iterdir()}
     stems = [f"shard-0000{r}-of-00002" for r in range(2)]
-    assert names == {"meta.json"} | {
+    assert names == {"meta.json"} | {f".{s}.lock" for s in stems} | {
         f"{s}.{e}" for s in stems for e in ("bin", "index", "txt", "done.json")
-    }
+    }  # plus each shard's (empty-but-for-the-holder) lock file
     assert not list(scratch.iterdir())
 
     # corrupt audio: an error naming the utterance; tolerant mode records it, and loading

@@ -72,3 +72,38 @@ def test_bad_features_rejected(tmp_path):
             w.add("u1", np.ones((2, 4)))
         with pytest.raises(FeatureStoreError, match="u2: features contain NaN"):
             w.add("u2", np.full((2, 3), np.nan))
+
+
+def test_utterance_list_is_recorded_and_a_changed_one_is_refused(tmp_path):
+    write_meta(tmp_path, _meta(1), utts=["a", "b", "c"])
+    assert (tmp_path / "utterances.txt").read_text() == "a\nb\nc\n"
+    recorded = json.loads((tmp_path / "meta.json").read_text())["utterances"]
+    assert recorded["count"] == 3 and len(recorded["sha256"]) == 64
+    write_meta(tmp_path, _meta(1), utts=["a", "b", "c"])  # same list: accepted as is
+    with pytest.raises(FeatureStoreError, match=r"3 utterances then, 3 now; no longer in the "
+                       r"data dir: b; new: d\); rerun with --overwrite"):  # fmt: skip
+        write_meta(tmp_path, _meta(1), utts=["a", "c", "d"])
+    assert (tmp_path / "utterances.txt").read_text() == "a\nb\nc\n"  # refused: untouched
+
+
+def test_shards_written_under_replaced_settings_are_incomplete(tmp_path):
+    write_meta(tmp_path, _meta(1), utts=["a"])
+    with ShardWriter(tmp_path, 0, 1, dim=3, dtype="float32") as w:
+        w.add("a", np.ones((2, 3)))
+    assert shard_is_complete(tmp_path, 0, 1)
+    write_meta(tmp_path, _meta(1), overwrite=True, utts=["a", "b"])  # --overwrite
+    assert not shard_is_complete(tmp_path, 0, 1)  # made from the old list: redone, not kept
+    with pytest.raises(FeatureStoreError, match="incomplete shards: shard-00000-of-00001"):
+        FeatureStore(tmp_path)
+    with ShardWriter(tmp_path, 0, 1, dim=3, dtype="float32") as w:
+        w.add("a", np.ones((2, 3)))
+        w.add("b", np.ones((1, 3)))
+    assert len(FeatureStore(tmp_path)) == 2
+
+
+def test_a_store_from_before_utterance_lists_is_redone_only_when_told(tmp_path):
+    write_meta(tmp_path, _meta(1))  # no list recorded, as older stores
+    with pytest.raises(FeatureStoreError, match=r"records no utterance list .* --overwrite"):
+        write_meta(tmp_path, _meta(1), utts=["a"])
+    write_meta(tmp_path, _meta(1), overwrite=True, utts=["a"])
+    assert (tmp_path / "utterances.txt").read_text() == "a\n"

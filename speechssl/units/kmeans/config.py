@@ -30,6 +30,7 @@ from typing import Any
 
 from speechssl.errors import ConfigError
 from speechssl.units.kmeans.model import MODEL_META
+from speechssl.utils.files import check_output_dir
 
 NORMALIZATIONS = ("none", "global_mv")
 MODES = ("auto", "lloyd", "minibatch")
@@ -167,6 +168,7 @@ class KMeansConfig:
         is one with other settings or data (the caller may overwrite it if told to)."""
         path = Path(model_dir) / MODEL_META
         if not path.exists():
+            check_output_dir(model_dir, MODEL_META, "k-means model dir")  # before the fit
             return False
         try:
             old = json.loads(path.read_text())

@@ -24,7 +24,7 @@ from torch import Tensor
 from speechssl.errors import ConfigError, ItemError
 from speechssl.units.kmeans.lloyd import assign_nearest, chunk_rows, default_chunk_elems
 from speechssl.utils.atomic import atomic_dir
-from speechssl.utils.files import sha256_file
+from speechssl.utils.files import check_output_dir, sha256_file
 
 MODEL_FORMAT = "speechssl-kmeans/1"
 MODEL_WEIGHTS = "kmeans.safetensors"
@@ -153,6 +153,8 @@ class KMeansModel:
         from safetensors.torch import save_file
 
         check_tensors(str(out_dir), self.centroids, self.mean, self.std)
+        # --overwrite replaces a k-means model dir, never a data dir or anything else
+        check_output_dir(out_dir, MODEL_META, "k-means model dir")
         tensors = {"centroids": self.centroids.detach().float().cpu().contiguous()}
         tensors["centroid_norms"] = (tensors["centroids"] ** 2).sum(1)
         if self.mean is not None and self.std is not None:
