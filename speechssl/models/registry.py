@@ -2,15 +2,14 @@
 
 ``create_model("hubert_tiny", encoder={"num_layers": 3})`` or, from flat command-line style
 overrides, ``create_model("hubert_tiny", **{"encoder.num_layers": 3})``. Configs never name
-classes to import; a family registers its presets when its module is imported
-(:data:`FAMILY_MODULES` lists them, so ``create_model`` works without importing anything
-first).
+classes to import; a family registers its presets when its module is imported, and the
+package ``speechssl.models`` imports every family module, so importing this module (which
+imports the package first) is enough for ``create_model``.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import importlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -18,15 +17,6 @@ from typing import Any
 from speechssl.errors import ConfigError
 from speechssl.models.base import PretrainModel
 from speechssl.registry import Registry
-
-#: modules that register model presets when imported
-FAMILY_MODULES: list[str] = [
-    "speechssl.models.hubert",
-    "speechssl.models.wav2vec2",
-    "speechssl.models.w2v_bert",
-    "speechssl.models.data2vec",
-    "speechssl.models.vision",
-]
 
 #: what a model's ``forward``/``extract`` take: ``audio`` (``AudioBatch``, waveforms) or
 #: ``image`` (``speechssl.data.images.ImageBatch``, ``[N, C, H, W]`` images)
@@ -71,21 +61,14 @@ def register_model(
     MODELS.add(name, ModelSpec(name, family, make_config, build, size, modality))
 
 
-def _ensure_families() -> None:
-    for module in FAMILY_MODULES:
-        importlib.import_module(module)
-
-
 def list_models(modality: str | None = None) -> list[str]:
     """Registered presets (only those of ``modality`` when given)."""
-    _ensure_families()
     if modality is None:
         return MODELS.names()
     return [n for n in MODELS.names() if MODELS.get(n).modality == modality]
 
 
 def get_spec(name: str) -> ModelSpec:
-    _ensure_families()
     return MODELS.get(name)
 
 
