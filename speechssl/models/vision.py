@@ -62,7 +62,7 @@ class VisionEncodeResult:
     encoder: EncoderOutput
 
 
-class VisionEncoderModel(PretrainModel):
+class VisionEncoderModel(PretrainModel[ImageBatch]):
     """Patch front end + block masker + transformer encoder, plus ``extract``."""
 
     frame_rate = 0.0
@@ -200,7 +200,7 @@ class Data2VecVisionModel(EMARegressionMixin, VisionEncoderModel):
         self.config = config
         self.init_regression_parts(config.encoder.dim, teacher, objective)
 
-    def forward(  # type: ignore[override]  # image models take ImageBatch, not AudioBatch
+    def forward(
         self,
         batch: ImageBatch,
         *,
@@ -336,7 +336,7 @@ class PatchHubertModel(VisionEncoderModel):
             out[name] = labels
         return out
 
-    def forward(  # type: ignore[override]  # image models take ImageBatch, not AudioBatch
+    def forward(
         self,
         batch: ImageBatch,
         *,
