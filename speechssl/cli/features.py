@@ -22,7 +22,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
             "Compute features of every utterance of a Kaldi data dir and write them to a "
             "sharded, memory-mappable feature store (speechssl.features.store). Shards are "
             "contiguous ranges of the sorted utterance list; a rerun skips complete shards "
-            "and redoes partial ones; a store made with different settings is refused. "
+            "and redoes partial ones; a store made with different settings is refused "
+            "(--overwrite replaces it). "
             "Kaldi options use Kaldi's names (e.g. --num-mel-bins 80 --snip-edges=false)."
         ),
     )
@@ -37,13 +38,29 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     dump.add_argument("--device", default=None, help="torch device (default: cuda if present)")
     dump.add_argument("--batch-seconds", type=float, default=200.0, help="padded audio per batch")
     dump.add_argument("--allow-pipes", action="store_true", help="allow 'cmd |' wav.scp entries")
+    dump.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace a store made with other settings and redo complete shards",
+    )
+    dump.add_argument(
+        "--channels",
+        default="error",
+        metavar="POLICY",
+        help="multi-channel audio: error (default), select:N (channel N, 0-based) or mean",
+    )
     from speechssl.features.flags import add_kaldi_arguments
 
-    add_kaldi_arguments(dump.add_argument_group("Kaldi feature options (fbank, mfcc, spectrogram)"))
+    kaldi = dump.add_argument_group("Kaldi feature options (fbank, mfcc, spectrogram)")
+    extractor_options = add_kaldi_arguments(kaldi)
     model = dump.add_argument_group("--kind model options")
-    model.add_argument("--checkpoint", default=None, help="trained model checkpoint")
-    model.add_argument("--layer", type=int, default=None, help="hidden layer to dump")
-    dump.set_defaults(func=run_dump)
+    extractor_options += [
+        model.add_argument("--checkpoint", default=None, help="trained model checkpoint").dest,
+        model.add_argument("--layer", type=int, default=None, help="hidden layer to dump").dest,
+    ]
+    # the extractor gets exactly the options of these two groups (its factory refuses the
+    # ones that do not apply to its kind)
+    dump.set_defaults(func=run_dump, extractor_options=tuple(extractor_options))
 
 
 def _device(name: str | None) -> str:
@@ -72,10 +89,10 @@ def run_dump(args: argparse.Namespace) -> int:
         tolerant=args.tolerant,
         batch_seconds=args.batch_seconds,
         allow_pipes=args.allow_pipes,
+        channels=args.channels,
+        overwrite=args.overwrite,
     )
-    skip = {"data", "kind", "out", "nshard", "rank", "nj", "dtype", "tolerant", "device"}
-    skip |= {"batch_seconds", "allow_pipes", "func", "group", "verb", "verbose", "_group_parser"}
-    options: dict[str, Any] = {k: v for k, v in vars(args).items() if k not in skip}
+    options: dict[str, Any] = {name: getattr(args, name) for name in args.extractor_options}
     request = ExtractorRequest(kind=args.kind, options=options, device=_device(args.device))
     if args.nj is not None:
         results = dump_features_parallel(args.data, args.out, request, opts, args.nj)

@@ -15,6 +15,7 @@ equals the shard's input count.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
@@ -27,7 +28,7 @@ from typing import Any
 
 import torch
 
-from speechssl.data.audio import AudioError, LoadOptions
+from speechssl.data.audio import AudioChannelError, AudioError, LoadOptions, parse_channel_policy
 from speechssl.data.kaldi_dir import KaldiDataDir, load_utterance
 from speechssl.errors import ConfigError, ItemError
 from speechssl.features.extractors import FeatureExtractor, create_extractor
@@ -86,8 +87,20 @@ class DumpOptions:
     """Most utterances per batch."""
     allow_pipes: bool = False
     """Allow ``cmd |`` entries in wav.scp."""
+    overwrite: bool = False
+    """Replace a store made with other settings and redo complete shards too (without it a
+    rerun skips complete shards and refuses other settings)."""
+    channels: str = "error"
+    """Multi-channel audio: ``error``, ``select:N`` (0-based) or ``mean`` (recorded in the
+    store's meta.json when not ``error``, so a rerun with another policy is refused)."""
 
     def __post_init__(self) -> None:
+        try:
+            parse_channel_policy(self.channels)
+        except ConfigError:
+            raise ConfigError(
+                f"--channels must be error, mean or select:N (N >= 0), got {self.channels!r}"
+            ) from None
         if self.nshard < 1:
             raise ConfigError(f"nshard must be >= 1, got {self.nshard}")
         if self.dtype not in ("float32", "float16"):
@@ -110,15 +123,22 @@ class ShardResult:
 
 
 def store_meta(extractor: FeatureExtractor, kind: str, opts: DumpOptions, data: Path) -> StoreMeta:
+    described = extractor.describe()
+    if opts.channels != "error":  # what the features are of (the default adds nothing)
+        described = {**described, "channels": opts.channels}
     return StoreMeta(
         kind=kind,
         dim=extractor.dim,
         dtype=opts.dtype,
         frame_rate=extractor.frame_rate,
         nshard=opts.nshard,
-        extractor=extractor.describe(),
+        extractor=described,
         source=str(data.resolve()),
     )
+
+
+#: the ``features dump`` options that resolve a multi-channel error (appended to its message)
+CHANNELS_HINT = "for features dump use --channels select:N (0-based) or --channels mean"
 
 
 def _remove_debris(out: Path, rank: int, nshard: int) -> None:
@@ -155,7 +175,7 @@ def iter_features(
 ) -> Iterator[tuple[str, torch.Tensor, float]]:
     """``(utt, features [frames, dim] float32 on CPU, seconds of audio)`` for each good
     utterance of ``utts``, in batch order; bad ones go to ``on_bad``."""
-    load_opts = LoadOptions(sample_rate=extractor.sample_rate)
+    load_opts = LoadOptions(sample_rate=extractor.sample_rate, channels=opts.channels)
     sized: list[tuple[str, float]] = []
     for utt in utts:
         try:
@@ -201,8 +221,8 @@ def dump_shard(
 ) -> ShardResult:
     """Write shard ``rank`` of ``opts.nshard`` (no-op if it is already complete)."""
     out_dir = Path(out)
-    if shard_is_complete(out_dir, rank, opts.nshard):
-        log.info("shard %d/%d is complete; skipping", rank, opts.nshard)
+    if not opts.overwrite and shard_is_complete(out_dir, rank, opts.nshard):
+        log.info("shard %d/%d is complete; skipping (--overwrite redoes it)", rank, opts.nshard)
         return ShardResult(rank=rank, status="complete")
     start_time = time.perf_counter()
     data_dir = KaldiDataDir(data, allow_pipes=opts.allow_pipes)
@@ -215,6 +235,8 @@ def dump_shard(
     result = ShardResult(rank=rank, status="written", inputs=len(mine))
 
     def bad(utt: str, err: ItemError) -> None:
+        if isinstance(err, AudioChannelError):
+            err = AudioChannelError(err.item, f"{err.reason}; {CHANNELS_HINT}", err.where)
         if not opts.tolerant:
             raise err
         log.warning("skipping %s", err)
@@ -263,10 +285,18 @@ def prepare_store(
     opts: DumpOptions,
 ) -> FeatureExtractor:
     """Build the extractor and write (or check) ``meta.json``: a store made with other
-    settings is refused rather than mixed."""
+    settings is refused rather than mixed (replaced with ``opts.overwrite``, shards of
+    another shard count removed)."""
     KaldiDataDir(data, allow_pipes=opts.allow_pipes)  # fail early on a missing dir
     extractor = request.build()
-    write_meta(out, store_meta(extractor, request.kind, opts, Path(data)))
+    old_meta = Path(out) / "meta.json"
+    if opts.overwrite and old_meta.exists():
+        old_nshard = StoreMeta.from_json(json.loads(old_meta.read_text()), str(old_meta)).nshard
+        if old_nshard != opts.nshard:
+            for path in Path(out).glob(f"shard-*-of-{old_nshard:05d}.*"):
+                path.unlink()
+    meta = store_meta(extractor, request.kind, opts, Path(data))
+    write_meta(out, meta, overwrite=opts.overwrite)
     return extractor
 
 
