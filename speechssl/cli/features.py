@@ -63,14 +63,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     dump.set_defaults(func=run_dump, extractor_options=tuple(extractor_options))
 
 
-def _device(name: str | None) -> str:
-    import torch
-
-    if name:
-        return name
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
 def run_dump(args: argparse.Namespace) -> int:
     from speechssl.errors import ConfigError
     from speechssl.features.dump import (
@@ -79,6 +71,7 @@ def run_dump(args: argparse.Namespace) -> int:
         dump_features,
         dump_features_parallel,
     )
+    from speechssl.utils.device import resolve_device
 
     if args.nj is not None and (args.nshard is not None or args.rank is not None):
         raise ConfigError("use either --nshard/--rank or --nj, not both")
@@ -93,7 +86,9 @@ def run_dump(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
     )
     options: dict[str, Any] = {name: getattr(args, name) for name in args.extractor_options}
-    request = ExtractorRequest(kind=args.kind, options=options, device=_device(args.device))
+    request = ExtractorRequest(
+        kind=args.kind, options=options, device=str(resolve_device(args.device))
+    )
     if args.nj is not None:
         results = dump_features_parallel(args.data, args.out, request, opts, args.nj)
     else:
