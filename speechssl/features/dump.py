@@ -19,7 +19,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from multiprocessing import get_context
@@ -31,7 +31,7 @@ import torch
 from speechssl.data.audio import AudioChannelError, AudioError, LoadOptions, parse_channel_policy
 from speechssl.data.kaldi_dir import KaldiDataDir, load_utterance
 from speechssl.errors import ConfigError, ItemError
-from speechssl.features.extractors import FeatureExtractor, create_extractor
+from speechssl.features.extractors import FeatureExtractor, create_extractor, extractor_settings
 from speechssl.features.store import (
     ShardWriter,
     StoreMeta,
@@ -58,14 +58,23 @@ def shard_range(total: int, nshard: int, rank: int) -> tuple[int, int]:
 
 @dataclass(frozen=True, kw_only=True)
 class ExtractorRequest:
-    """A picklable recipe for an extractor (worker processes build their own)."""
+    """A picklable recipe for an extractor (worker processes build their own).
+
+    Command-line ``options`` are turned into the kind's typed settings on construction
+    (for the Kaldi kinds a validated ``KaldiExtractor`` holding ``FbankOptions`` /
+    ``MfccOptions`` / ``SpectrogramOptions``), so bad options fail here, once, and workers
+    receive typed settings, not flag dicts.
+    """
 
     kind: str
     """Registered extractor name."""
-    options: Mapping[str, Any] = field(default_factory=dict)
-    """Parsed options for the extractor's factory."""
+    options: Any = field(default_factory=dict)
+    """The kind's settings (given as command-line options, or already typed)."""
     device: str = "cpu"
     """Torch device to compute on."""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "options", extractor_settings(self.kind, self.options))
 
     def build(self) -> FeatureExtractor:
         return create_extractor(self.kind, self.options, self.device)

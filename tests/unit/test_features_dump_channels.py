@@ -115,3 +115,25 @@ def test_a_bad_policy_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[
     assert capsys.readouterr().err.strip() == (
         "speechssl features: error: --channels must be error, mean or select:N (N >= 0), got 'left'"
     )
+
+
+def test_labels_straight_from_audio_read_it_as_the_store_was(
+    stereo_dir: tuple[Path, dict[str, Path]], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # the channel policy is part of what the k-means model's features were; `kmeans apply
+    # --data` (no store) must read the stereo file the same way, not refuse it
+    from speechssl.units.labels import UnitLabels
+
+    data, _ = stereo_dir
+    store, km = tmp_path / "store", tmp_path / "km"
+    assert _dump(data, store, "--channels", "mean") == 0
+    assert main(["kmeans", "fit", "--features", str(store), "--k", "3", "--out", str(km),
+                 "--device", "cpu"]) == 0  # fmt: skip
+    for how, source in (("store", ["--features", str(store)]), ("audio", ["--data", str(data)])):
+        assert main(["kmeans", "apply", "--kmeans", str(km), *source, "--out",
+                     str(tmp_path / f"labels_{how}"), "--device", "cpu"]) == 0  # fmt: skip
+    capsys.readouterr()
+    from_store = UnitLabels.load(tmp_path / "labels_store")
+    from_audio = UnitLabels.load(tmp_path / "labels_audio")
+    for utt in ("a", "b"):
+        np.testing.assert_array_equal(from_audio[utt], from_store[utt])
