@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from speechssl.data.audio import AudioChannelError
 from speechssl.data.kaldi_dir import KaldiDataDir
 from speechssl.errors import ConfigError, ItemError
 from speechssl.features.dump import DumpOptions, ExtractorRequest, iter_features, shard_range
@@ -288,6 +289,13 @@ def apply_to_audio(
     skipped: list[dict[str, str]] = []
 
     def bad(utt: str, err: ItemError) -> None:
+        if isinstance(err, AudioChannelError):  # the policy is the store's, not ours to pick
+            hint = (
+                f"labels from audio read it as the k-means model's store was dumped "
+                f"(--channels {channels}); dump and fit one with features dump --channels "
+                "select:N or --channels mean"
+            )
+            err = AudioChannelError(err.item, f"{err.reason}; {hint}", err.where)
         if not tolerant:
             raise err
         log.warning("skipping %s", err)

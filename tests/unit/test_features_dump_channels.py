@@ -137,3 +137,25 @@ def test_labels_straight_from_audio_read_it_as_the_store_was(
     from_audio = UnitLabels.load(tmp_path / "labels_audio")
     for utt in ("a", "b"):
         np.testing.assert_array_equal(from_audio[utt], from_store[utt])
+
+
+def test_labels_from_audio_name_the_way_to_read_a_stereo_file(
+    stereo_dir: tuple[Path, dict[str, Path]], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # a k-means model fitted on a store dumped with the default --channels error cannot label
+    # a stereo file straight from audio; the error names the options that make it work (the
+    # test above shows them working)
+    data, refs = stereo_dir
+    store, km = tmp_path / "store", tmp_path / "km"
+    assert _dump(refs["b0"], store) == 0
+    assert main(["kmeans", "fit", "--features", str(store), "--k", "2", "--out", str(km),
+                 "--device", "cpu"]) == 0  # fmt: skip
+    capsys.readouterr()
+    assert main(["kmeans", "apply", "--kmeans", str(km), "--data", str(data), "--out",
+                 str(tmp_path / "labels"), "--device", "cpu"]) == 1  # fmt: skip
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("speechssl kmeans: error: b (") and "2 channels" in line
+    assert line.endswith(
+        "labels from audio read it as the k-means model's store was dumped (--channels error); "
+        "dump and fit one with features dump --channels select:N or --channels mean"
+    )
