@@ -23,7 +23,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
             "sharded, memory-mappable feature store (speechssl.features.store). Shards are "
             "contiguous ranges of the sorted utterance list; a rerun skips complete shards "
             "and redoes partial ones; a store made with different settings, or from a data dir "
-            "whose utterances changed since, is refused unless --overwrite. Each shard is "
+            "whose utterances changed since, is refused (--overwrite redoes it). Each shard is "
             "locked while it is written (a second writer of it is refused, naming the holder). "
             "Kaldi options use Kaldi's names (e.g. --num-mel-bins 80 --snip-edges=false)."
         ),
@@ -45,21 +45,24 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="redo the store: replace one made with other settings or utterances, and "
         "rewrite complete shards",
     )
+    dump.add_argument(
+        "--channels",
+        default="error",
+        metavar="POLICY",
+        help="multi-channel audio: error (default), select:N (channel N, 0-based) or mean",
+    )
     from speechssl.features.flags import add_kaldi_arguments
 
-    add_kaldi_arguments(dump.add_argument_group("Kaldi feature options (fbank, mfcc, spectrogram)"))
+    kaldi = dump.add_argument_group("Kaldi feature options (fbank, mfcc, spectrogram)")
+    extractor_options = add_kaldi_arguments(kaldi)
     model = dump.add_argument_group("--kind model options")
-    model.add_argument("--checkpoint", default=None, help="trained model checkpoint")
-    model.add_argument("--layer", type=int, default=None, help="hidden layer to dump")
-    dump.set_defaults(func=run_dump)
-
-
-def _device(name: str | None) -> str:
-    import torch
-
-    if name:
-        return name
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    extractor_options += [
+        model.add_argument("--checkpoint", default=None, help="trained model checkpoint").dest,
+        model.add_argument("--layer", type=int, default=None, help="hidden layer to dump").dest,
+    ]
+    # the extractor gets exactly the options of these two groups (its factory refuses the
+    # ones that do not apply to its kind)
+    dump.set_defaults(func=run_dump, extractor_options=tuple(extractor_options))
 
 
 def run_dump(args: argparse.Namespace) -> int:
@@ -70,6 +73,7 @@ def run_dump(args: argparse.Namespace) -> int:
         dump_features,
         dump_features_parallel,
     )
+    from speechssl.utils.device import resolve_device
 
     if args.nj is not None and (args.nshard is not None or args.rank is not None):
         raise ConfigError("use either --nshard/--rank or --nj, not both")
@@ -80,19 +84,18 @@ def run_dump(args: argparse.Namespace) -> int:
         tolerant=args.tolerant,
         batch_seconds=args.batch_seconds,
         allow_pipes=args.allow_pipes,
+        channels=args.channels,
+        overwrite=args.overwrite,
     )
-    skip = {"data", "kind", "out", "nshard", "rank", "nj", "dtype", "tolerant", "device"}
-    skip |= {"batch_seconds", "allow_pipes", "func", "group", "verb", "verbose", "_group_parser"}
-    skip |= {"overwrite"}
-    options: dict[str, Any] = {k: v for k, v in vars(args).items() if k not in skip}
-    request = ExtractorRequest(kind=args.kind, options=options, device=_device(args.device))
+    options: dict[str, Any] = {name: getattr(args, name) for name in args.extractor_options}
+    request = ExtractorRequest(
+        kind=args.kind, options=options, device=str(resolve_device(args.device))
+    )
     if args.nj is not None:
-        results = dump_features_parallel(
-            args.data, args.out, request, opts, args.nj, args.overwrite
-        )
+        results = dump_features_parallel(args.data, args.out, request, opts, args.nj)
     else:
         ranks = None if args.rank is None else [args.rank]
-        results = dump_features(args.data, args.out, request, opts, ranks, args.overwrite)
+        results = dump_features(args.data, args.out, request, opts, ranks)
     inputs = sum(r.inputs for r in results)
     written = sum(r.written for r in results)
     skipped = [s for r in results for s in r.skipped]

@@ -1,26 +1,23 @@
-"""Image batches and patch units: the image counterparts of ``AudioBatch`` and frame labels.
+"""Image batches and the patch layout: the image counterparts of ``AudioBatch`` and frames.
 
 * :class:`ImageBatch` - what vision pretraining models take (``images [N, C, H, W]``, optional
   per-patch unit labels, image ids);
-* :func:`write_patch_store` - raw patch vectors of a set of images written as a feature
-  store (one "utterance" per image, one "frame" per patch), so ``speechssl.units`` k-means
-  fits patch units exactly as it fits frame units;
-* :func:`patch_unit_labels` - the nearest k-means unit of every patch, ``[N, P]``.
+* :func:`patchify` / :func:`image_patches` - the one definition of the patch layout;
+* :func:`digits_images` - scikit-learn's bundled 8x8 digits as a tiny image corpus.
+
+Patch *units* (patches written as a feature store, k-means labels per patch) live in
+:mod:`speechssl.units.patches`, above the feature store.
 """
 
 from __future__ import annotations
 
-import os
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from speechssl.data.batch import LABEL_PAD
 from speechssl.errors import ItemError
-from speechssl.features.store import ShardWriter, StoreMeta, write_meta
 
 
 class ImageError(ItemError):
@@ -84,56 +81,6 @@ def image_patches(images: Tensor, patch_size: int) -> Tensor:
     return patchify(images, patch_size)
 
 
-def write_patch_store(
-    root: str | os.PathLike[str],
-    images: Tensor,
-    image_ids: Sequence[str],
-    patch_size: int,
-    *,
-    dtype: str = "float32",
-    overwrite: bool = False,
-) -> None:
-    """Write every image's raw patches as one entry of a single-shard feature store.
-
-    Images with non-finite pixels are skipped and recorded in the shard (``written +
-    skipped == len(images)``); ids must be unique.
-    """
-    if len(image_ids) != images.shape[0]:
-        raise ImageError("batch", f"{images.shape[0]} images but {len(image_ids)} ids")
-    patches = image_patches(images.float(), patch_size)
-    dim = int(patches.shape[-1])
-    write_meta(
-        root,
-        StoreMeta(
-            kind="patches",
-            dim=dim,
-            dtype=dtype,
-            frame_rate=0.0,
-            nshard=1,
-            extractor={"patch_size": patch_size, "image_shape": list(images.shape[1:])},
-        ),
-        overwrite=overwrite,
-    )
-    with ShardWriter(root, 0, 1, dim=dim, dtype=dtype) as writer:
-        for image_id, p in zip(image_ids, patches, strict=True):
-            if not bool(torch.isfinite(p).all()):
-                writer.skip(image_id, "non-finite pixels")
-                continue
-            writer.add(image_id, p.numpy())
-
-
-def patch_unit_labels(kmeans: object, images: Tensor, patch_size: int) -> Tensor:
-    """``[N, P]`` long: the nearest unit of each patch under ``kmeans`` (a
-    :class:`speechssl.units.kmeans.KMeansModel`); images with non-finite pixels get
-    ``LABEL_PAD`` everywhere."""
-    patches = image_patches(images.float(), patch_size)
-    n, p, d = patches.shape
-    labels, _ = kmeans.assign(patches.reshape(n * p, d))  # type: ignore[attr-defined]
-    labels = labels.view(n, p).long()
-    bad = ~torch.isfinite(patches).all(dim=-1).all(dim=-1)
-    return labels.masked_fill(bad.unsqueeze(1), LABEL_PAD)
-
-
 def digits_images(scale: float = 16.0) -> tuple[Tensor, np.ndarray]:
     """scikit-learn's bundled 8x8 handwritten digits as ``([1797, 1, 8, 8] float32 in [0, 1],
     class labels)``; needs scikit-learn (a dev dependency)."""
@@ -149,7 +96,5 @@ __all__ = [
     "ImageError",
     "digits_images",
     "image_patches",
-    "patch_unit_labels",
     "patchify",
-    "write_patch_store",
 ]

@@ -6,7 +6,7 @@ and the union of shards is always the same. Within a shard, utterances are batch
 length (longest first) and written in that order; the shard index maps each utterance to its
 rows. A shard is complete when its ``done.json`` exists and names the store's current
 ``meta.json`` (see :mod:`speechssl.features.store`): a rerun skips complete shards and redoes
-partial ones; ``overwrite`` redoes them all. ``meta.json`` records the settings and the
+partial ones; ``DumpOptions.overwrite`` redoes them all. ``meta.json`` records the settings and the
 utterance list the store was made from; a rerun with other settings, or after the data dir
 gained or lost utterances, is refused unless ``overwrite``. A data dir with no utterances is
 an error.
@@ -23,10 +23,11 @@ equals the shard's input count.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from multiprocessing import get_context
@@ -35,10 +36,10 @@ from typing import Any
 
 import torch
 
-from speechssl.data.audio import AudioError, LoadOptions
+from speechssl.data.audio import AudioChannelError, AudioError, LoadOptions, parse_channel_policy
 from speechssl.data.kaldi_dir import KaldiDataDir, load_utterance
 from speechssl.errors import ConfigError, DataDirError, ItemError
-from speechssl.features.extractors import FeatureExtractor, create_extractor
+from speechssl.features.extractors import FeatureExtractor, create_extractor, extractor_settings
 from speechssl.features.store import (
     META_FILE,
     ShardWriter,
@@ -68,14 +69,23 @@ def shard_range(total: int, nshard: int, rank: int) -> tuple[int, int]:
 
 @dataclass(frozen=True, kw_only=True)
 class ExtractorRequest:
-    """A picklable recipe for an extractor (worker processes build their own)."""
+    """A picklable recipe for an extractor (worker processes build their own).
+
+    Command-line ``options`` are turned into the kind's typed settings on construction
+    (for the Kaldi kinds a validated ``KaldiExtractor`` holding ``FbankOptions`` /
+    ``MfccOptions`` / ``SpectrogramOptions``), so bad options fail here, once, and workers
+    receive typed settings, not flag dicts.
+    """
 
     kind: str
     """Registered extractor name."""
-    options: Mapping[str, Any] = field(default_factory=dict)
-    """Parsed options for the extractor's factory."""
+    options: Any = field(default_factory=dict)
+    """The kind's settings (given as command-line options, or already typed)."""
     device: str = "cpu"
     """Torch device to compute on."""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "options", extractor_settings(self.kind, self.options))
 
     def build(self) -> FeatureExtractor:
         return create_extractor(self.kind, self.options, self.device)
@@ -97,8 +107,20 @@ class DumpOptions:
     """Most utterances per batch."""
     allow_pipes: bool = False
     """Allow ``cmd |`` entries in wav.scp."""
+    overwrite: bool = False
+    """Replace a store made with other settings and redo complete shards too (without it a
+    rerun skips complete shards and refuses other settings)."""
+    channels: str = "error"
+    """Multi-channel audio: ``error``, ``select:N`` (0-based) or ``mean`` (recorded in the
+    store's meta.json when not ``error``, so a rerun with another policy is refused)."""
 
     def __post_init__(self) -> None:
+        try:
+            parse_channel_policy(self.channels)
+        except ConfigError:
+            raise ConfigError(
+                f"--channels must be error, mean or select:N (N >= 0), got {self.channels!r}"
+            ) from None
         if self.nshard < 1:
             raise ConfigError(f"nshard must be >= 1, got {self.nshard}")
         if self.dtype not in ("float32", "float16"):
@@ -126,15 +148,22 @@ def shard_lock_name(rank: int, nshard: int) -> str:
 
 
 def store_meta(extractor: FeatureExtractor, kind: str, opts: DumpOptions, data: Path) -> StoreMeta:
+    described = extractor.describe()
+    if opts.channels != "error":  # what the features are of (the default adds nothing)
+        described = {**described, "channels": opts.channels}
     return StoreMeta(
         kind=kind,
         dim=extractor.dim,
         dtype=opts.dtype,
         frame_rate=extractor.frame_rate,
         nshard=opts.nshard,
-        extractor=extractor.describe(),
+        extractor=described,
         source=str(data.resolve()),
     )
+
+
+#: the ``features dump`` options that resolve a multi-channel error (appended to its message)
+CHANNELS_HINT = "for features dump use --channels select:N (0-based) or --channels mean"
 
 
 def _remove_debris(out: Path, rank: int, nshard: int) -> None:
@@ -171,7 +200,7 @@ def iter_features(
 ) -> Iterator[tuple[str, torch.Tensor, float]]:
     """``(utt, features [frames, dim] float32 on CPU, seconds of audio)`` for each good
     utterance of ``utts``, in batch order; bad ones go to ``on_bad``."""
-    load_opts = LoadOptions(sample_rate=extractor.sample_rate)
+    load_opts = LoadOptions(sample_rate=extractor.sample_rate, channels=opts.channels)
     sized: list[tuple[str, float]] = []
     for utt in utts:
         try:
@@ -214,16 +243,15 @@ def dump_shard(
     opts: DumpOptions,
     rank: int,
     extractor: FeatureExtractor | None = None,
-    overwrite: bool = False,
 ) -> ShardResult:
     """Write shard ``rank`` of ``opts.nshard`` (no-op if it is already complete, unless
-    ``overwrite``), holding the shard's lock (:class:`~speechssl.utils.lock.LockedError`
+    ``opts.overwrite``), holding the shard's lock (:class:`~speechssl.utils.lock.LockedError`
     if another process writes it)."""
     out_dir = Path(out)
     what = f"shard {rank} of {opts.nshard} of a feature store"
     with exclusive_lock(out_dir, what, name=shard_lock_name(rank, opts.nshard)):
-        if not overwrite and shard_is_complete(out_dir, rank, opts.nshard):
-            log.info("shard %d/%d is complete; skipping", rank, opts.nshard)
+        if not opts.overwrite and shard_is_complete(out_dir, rank, opts.nshard):
+            log.info("shard %d/%d is complete; skipping (--overwrite redoes it)", rank, opts.nshard)
             return ShardResult(rank=rank, status="complete")
         return _write_shard(data, out_dir, request, opts, rank, extractor)
 
@@ -247,6 +275,8 @@ def _write_shard(
     result = ShardResult(rank=rank, status="written", inputs=len(mine))
 
     def bad(utt: str, err: ItemError) -> None:
+        if isinstance(err, AudioChannelError):
+            err = AudioChannelError(err.item, f"{err.reason}; {CHANNELS_HINT}", err.where)
         if not opts.tolerant:
             raise err
         log.warning("skipping %s", err)
@@ -293,19 +323,25 @@ def prepare_store(
     out: str | os.PathLike[str],
     request: ExtractorRequest,
     opts: DumpOptions,
-    overwrite: bool = False,
 ) -> FeatureExtractor:
     """Build the extractor and write (or check) ``meta.json`` and ``utterances.txt``: a store
-    made with other settings or from other utterances is refused rather than mixed (unless
-    ``overwrite``: then it is redone), and a data dir without utterances is an error."""
+    made with other settings or from other utterances is refused rather than mixed (with
+    ``opts.overwrite`` it is redone, and shards of another shard count are removed), and a
+    data dir without utterances is an error."""
     data_dir = KaldiDataDir(data, allow_pipes=opts.allow_pipes)  # fail early on a missing dir
     utts = data_dir.utt_ids()
     if not utts:
         raise DataDirError(str(data), "the data dir has no utterances (utt2spk is empty)")
     check_output_dir(out, META_FILE, "feature store")
     extractor = request.build()
+    old_meta = Path(out) / META_FILE
+    if opts.overwrite and old_meta.exists():
+        old_nshard = StoreMeta.from_json(json.loads(old_meta.read_text()), str(old_meta)).nshard
+        if old_nshard != opts.nshard:
+            for path in Path(out).glob(f"shard-*-of-{old_nshard:05d}.*"):
+                path.unlink()
     meta = store_meta(extractor, request.kind, opts, Path(data))
-    write_meta(out, meta, overwrite=overwrite, utts=utts)
+    write_meta(out, meta, overwrite=opts.overwrite, utts=utts)
     return extractor
 
 
@@ -315,13 +351,12 @@ def dump_features(
     request: ExtractorRequest,
     opts: DumpOptions,
     ranks: Sequence[int] | None = None,
-    overwrite: bool = False,
 ) -> list[ShardResult]:
-    """Dump the given ranks (default: all) one after another in this process; ``overwrite``
+    """Dump the given ranks (default: all) one after another in this process; ``opts.overwrite``
     replaces a store made with other settings or utterances and redoes complete shards."""
-    extractor = prepare_store(data, out, request, opts, overwrite)
+    extractor = prepare_store(data, out, request, opts)
     todo = range(opts.nshard) if ranks is None else ranks
-    return [dump_shard(data, out, request, opts, r, extractor, overwrite) for r in todo]
+    return [dump_shard(data, out, request, opts, r, extractor) for r in todo]
 
 
 def _worker(
@@ -331,10 +366,9 @@ def _worker(
     opts: DumpOptions,
     rank: int,
     threads: int,
-    overwrite: bool,
 ) -> ShardResult:
     torch.set_num_threads(threads)
-    return dump_shard(data, out, request, opts, rank, overwrite=overwrite)
+    return dump_shard(data, out, request, opts, rank)
 
 
 def dump_features_parallel(
@@ -343,21 +377,19 @@ def dump_features_parallel(
     request: ExtractorRequest,
     opts: DumpOptions,
     nj: int,
-    overwrite: bool = False,
 ) -> list[ShardResult]:
     """``--nj N``: ``nshard = N`` shards written by N local processes at once."""
     if nj < 1:
         raise ConfigError(f"--nj must be >= 1, got {nj}")
     if opts.nshard != nj:
         raise ConfigError(f"--nj {nj} writes {nj} shards, but nshard is {opts.nshard}")
-    prepare_store(data, out, request, opts, overwrite)
+    prepare_store(data, out, request, opts)
     threads = max(1, (os.cpu_count() or 1) // nj)
     if nj == 1:
-        return [_worker(str(data), str(out), request, opts, 0, threads, overwrite)]
+        return [_worker(str(data), str(out), request, opts, 0, threads)]
     with ProcessPoolExecutor(max_workers=nj, mp_context=get_context("spawn")) as pool:
         futures = [
-            pool.submit(_worker, str(data), str(out), request, opts, r, threads, overwrite)
-            for r in range(nj)
+            pool.submit(_worker, str(data), str(out), request, opts, r, threads) for r in range(nj)
         ]
         results: list[ShardResult] = []
         errors: list[BaseException] = []

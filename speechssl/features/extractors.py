@@ -10,6 +10,7 @@ registry is used, so a later module (e.g. ``speechssl.models.extractor``) only h
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import zlib
 from collections.abc import Callable, Mapping, Sequence
@@ -70,14 +71,19 @@ class ExtractorSpec:
     """A registered extractor kind.
 
     Attributes:
-        factory: builds the extractor from the parsed command-line options (a mapping of
-            option name to value, unset options absent or None; ``--checkpoint`` and
-            ``--layer`` arrive as ``checkpoint``/``layer``) and a torch device.
+        factory: builds the extractor from its settings and a torch device. The settings are
+            what ``parse`` returned, or without ``parse`` the command-line options themselves
+            (a mapping of option name to value, unset options absent or None; ``--checkpoint``
+            and ``--layer`` arrive as ``checkpoint``/``layer``).
         help: one line for ``--help``.
+        parse: turns the command-line options into the kind's typed settings, once, where
+            the request is made (the CLI edge), refusing options that do not apply; the
+            settings are what crosses into worker processes.
     """
 
-    factory: Callable[[Mapping[str, Any], torch.device], FeatureExtractor]
+    factory: Callable[[Any, torch.device], FeatureExtractor]
     help: str = ""
+    parse: Callable[[Mapping[str, Any]], Any] | None = None
 
 
 EXTRACTORS: Registry[ExtractorSpec] = Registry("feature extractor")
@@ -100,11 +106,22 @@ def load_extractor_plugins() -> None:
                 raise
 
 
-def create_extractor(
-    kind: str, options: Mapping[str, Any], device: torch.device | str = "cpu"
-) -> FeatureExtractor:
+def extractor_settings(kind: str, options: Any) -> Any:
+    """The typed settings of ``kind`` from command-line ``options`` (already typed settings
+    pass through); a kind without a ``parse`` keeps the mapping."""
     load_extractor_plugins()
-    return EXTRACTORS.get(kind).factory(options, torch.device(device))
+    spec = EXTRACTORS.get(kind)
+    if spec.parse is None or not isinstance(options, Mapping):
+        return options
+    return spec.parse(options)
+
+
+def create_extractor(
+    kind: str, options: Any, device: torch.device | str = "cpu"
+) -> FeatureExtractor:
+    """Build ``kind`` on ``device`` from its settings or its command-line options."""
+    settings = extractor_settings(kind, options)
+    return EXTRACTORS.get(kind).factory(settings, torch.device(device))
 
 
 def utterance_seed(utt: str, seed: int = 0) -> int:
@@ -217,8 +234,8 @@ def kaldi_options(kind: str, options: Mapping[str, Any]) -> FeatureOptions:
     return MfccOptions(frame=frame, mel=mel, **extra)
 
 
-def _kaldi_factory(kind: str) -> Callable[[Mapping[str, Any], torch.device], FeatureExtractor]:
-    def make(options: Mapping[str, Any], device: torch.device) -> FeatureExtractor:
+def _kaldi_parser(kind: str) -> Callable[[Mapping[str, Any]], KaldiExtractor]:
+    def parse(options: Mapping[str, Any]) -> KaldiExtractor:
         foreign = [k for k in ("checkpoint", "layer") if options.get(k) is not None]
         if foreign:
             names = ", ".join("--" + k for k in foreign)
@@ -236,10 +253,14 @@ def _kaldi_factory(kind: str) -> Callable[[Mapping[str, Any], torch.device], Fea
             deltas=int(deltas),
             cmvn=str(cmvn),
             seed=int(options.get("seed") or 0),
-            device=device,
         )
 
-    return make
+    return parse
+
+
+def _kaldi_on_device(settings: KaldiExtractor, device: torch.device) -> FeatureExtractor:
+    """The parsed Kaldi extractor (its settings are the extractor itself) on ``device``."""
+    return dataclasses.replace(settings, device=device)
 
 
 for _kind, _help in (
@@ -249,5 +270,5 @@ for _kind, _help in (
 ):
     register_extractor(
         _kind,
-        ExtractorSpec(factory=_kaldi_factory(_kind), help=_help),
+        ExtractorSpec(factory=_kaldi_on_device, help=_help, parse=_kaldi_parser(_kind)),
     )

@@ -53,20 +53,26 @@ def dest(flag: str) -> str:
     return flag.lstrip("-").replace("-", "_")
 
 
-def add_kaldi_arguments(group: argparse._ArgumentGroup) -> None:
-    """Kaldi's option names (``--snip-edges=false`` style) for fbank, mfcc, spectrogram."""
-    for flag, typ, text in FRAME_FLAGS + MEL_FLAGS + FEATURE_FLAGS:
+def add_kaldi_arguments(group: argparse._ArgumentGroup) -> list[str]:
+    """Kaldi's option names (``--snip-edges=false`` style) for fbank, mfcc, spectrogram;
+    returns their destinations (the option names a Kaldi extractor reads)."""
+    actions = [
         group.add_argument(flag, type=typ, default=None, help=text)
-    group.add_argument(
-        "--waveform-scale",
-        type=float,
-        default=None,
-        help="multiply samples by this (default 32768: Kaldi's int16 range; 1: [-1, 1])",
-    )
-    group.add_argument(
-        "--deltas", type=int, default=None, help="append deltas of this order (2: +d +dd)"
-    )
-    group.add_argument(
-        "--cmvn", choices=["none", "mean", "meanvar"], default=None, help="per-utterance CMVN"
-    )
-    group.add_argument("--seed", type=int, default=None, help="dither seed (mixed per utt)")
+        for flag, typ, text in FRAME_FLAGS + MEL_FLAGS + FEATURE_FLAGS
+    ]
+    actions += [
+        group.add_argument(
+            "--waveform-scale",
+            type=float,
+            default=None,
+            help="multiply samples by this (default 32768: Kaldi's int16 range; 1: [-1, 1])",
+        ),
+        group.add_argument(
+            "--deltas", type=int, default=None, help="append deltas of this order (2: +d +dd)"
+        ),
+        group.add_argument(
+            "--cmvn", choices=["none", "mean", "meanvar"], default=None, help="per-utterance CMVN"
+        ),
+        group.add_argument("--seed", type=int, default=None, help="dither seed (mixed per utt)"),
+    ]
+    return [action.dest for action in actions]

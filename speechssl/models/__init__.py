@@ -4,6 +4,16 @@ Create models by registry name: ``create_model("hubert_tiny", **overrides)``; se
 :mod:`speechssl.models.registry`.
 """
 
+# every family registers its presets on import (a new family is one more name here)
+from speechssl.models import (  # noqa: F401
+    best_rq,
+    data2vec,
+    hubert,
+    vision,
+    w2v_bert,
+    wav2vec2,
+    wavlm,
+)
 from speechssl.models.registry import (
     apply_overrides,
     create_model,

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from torch import Tensor, nn
 
 from speechssl.core.loss import LossRecord
 from speechssl.data.batch import AudioBatch
+from speechssl.data.images import ImageBatch
+
+#: the batch type of a model's modality: ``AudioBatch`` (waveforms) or ``ImageBatch`` (images)
+BatchT = TypeVar("BatchT", AudioBatch, ImageBatch)
 
 
 @dataclass
@@ -50,8 +54,12 @@ class ExtractOutput:
     last_hidden_state: Tensor | None = None
 
 
-class PretrainModel(nn.Module):
-    """Base class of speech pretraining models created through the model registry."""
+class PretrainModel(nn.Module, Generic[BatchT]):
+    """Base class of pretraining models created through the model registry, typed by the
+    batch of their modality: audio families are ``PretrainModel[AudioBatch]``, image
+    families ``PretrainModel[ImageBatch]`` (the registry records the same as
+    ``ModelSpec.modality``, and ``speechssl-train`` refuses a model of another modality
+    than its data before building anything)."""
 
     #: frames per second of the encoder output (50 for the 20 ms waveform front end)
     frame_rate: float = 50.0
@@ -63,7 +71,7 @@ class PretrainModel(nn.Module):
     #: the config dataclass the model was built from
     config: Any = None
 
-    def forward(self, batch: AudioBatch) -> PretrainOutput:  # pragma: no cover - interface
+    def forward(self, batch: BatchT) -> PretrainOutput:  # pragma: no cover - interface
         raise NotImplementedError
 
     def extract(

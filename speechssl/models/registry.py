@@ -2,15 +2,14 @@
 
 ``create_model("hubert_tiny", encoder={"num_layers": 3})`` or, from flat command-line style
 overrides, ``create_model("hubert_tiny", **{"encoder.num_layers": 3})``. Configs never name
-classes to import; a family registers its presets when its module is imported
-(:data:`FAMILY_MODULES` lists them, so ``create_model`` works without importing anything
-first).
+classes to import; a family registers its presets when its module is imported, and the
+package ``speechssl.models`` imports every family module, so importing this module (which
+imports the package first) is enough for ``create_model``.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import importlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -18,17 +17,6 @@ from typing import Any
 from speechssl.errors import ConfigError
 from speechssl.models.base import PretrainModel
 from speechssl.registry import Registry
-
-#: modules that register model presets when imported
-FAMILY_MODULES: list[str] = [
-    "speechssl.models.hubert",
-    "speechssl.models.wav2vec2",
-    "speechssl.models.w2v_bert",
-    "speechssl.models.data2vec",
-    "speechssl.models.wavlm",
-    "speechssl.models.best_rq",
-    "speechssl.models.vision",
-]
 
 #: what a model's ``forward``/``extract`` take: ``audio`` (``AudioBatch``, waveforms) or
 #: ``image`` (``speechssl.data.images.ImageBatch``, ``[N, C, H, W]`` images)
@@ -73,14 +61,8 @@ def register_model(
     MODELS.add(name, ModelSpec(name, family, make_config, build, size, modality))
 
 
-def _ensure_families() -> None:
-    for module in FAMILY_MODULES:
-        importlib.import_module(module)
-
-
 def list_models(modality: str | None = None) -> list[str]:
     """Registered presets (only those of ``modality`` when given)."""
-    _ensure_families()
     if modality is None:
         return MODELS.names()
     return [n for n in MODELS.names() if MODELS.get(n).modality == modality]
@@ -91,7 +73,6 @@ def family_spec(family: str) -> ModelSpec:
     config class, size ``custom``. Imported models whose architecture matches no preset
     are saved under it (their ``model.json`` holds the full config), so a 2-layer import is
     called ``hubert``, not ``hubert_base``."""
-    _ensure_families()
     members = [MODELS.get(n) for n in MODELS.names() if MODELS.get(n).family == family]
     if not members:
         raise ConfigError(f"unknown model family {family!r}")
@@ -101,7 +82,6 @@ def family_spec(family: str) -> ModelSpec:
 
 def get_spec(name: str) -> ModelSpec:
     """The preset ``name``, or for a family name (``hubert``) :func:`family_spec`."""
-    _ensure_families()
     if name not in MODELS and any(MODELS.get(n).family == name for n in MODELS.names()):
         return family_spec(name)
     return MODELS.get(name)
@@ -189,7 +169,6 @@ def _architecture(config: Any) -> tuple[Any, ...]:
 def name_for_config(family: str, config: Any) -> str:
     """The name a model of ``family`` with ``config`` goes by: the preset whose conv stack and
     encoder shape it has (``hubert_base``), else the family's name (``hubert``)."""
-    _ensure_families()
     arch = _architecture(config)
     for name in MODELS.names():
         spec = MODELS.get(name)

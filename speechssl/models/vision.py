@@ -5,8 +5,8 @@ objectives as the speech families.
   averaged top-K layer outputs of the unmasked image (the same teacher, target builder and
   regression objective as ``data2vec_audio``);
 * ``hubert_vision_tiny`` - HuBERT's idea on images: k-means units of raw patch vectors
-  (:func:`speechssl.data.images.write_patch_store` + :func:`speechssl.units.kmeans.fit_kmeans`
-  + :func:`speechssl.data.images.patch_unit_labels`) are predicted at masked patches with
+  (:func:`speechssl.units.patches.write_patch_store` + :func:`speechssl.units.kmeans.fit_kmeans`
+  + :func:`speechssl.units.patches.patch_unit_labels`) are predicted at masked patches with
   HuBERT's cosine head and masked-prediction objective.
 
 Both take an :class:`~speechssl.data.images.ImageBatch` and mirror the speech models'
@@ -62,7 +62,7 @@ class VisionEncodeResult:
     encoder: EncoderOutput
 
 
-class VisionEncoderModel(PretrainModel):
+class VisionEncoderModel(PretrainModel[ImageBatch]):
     """Patch front end + block masker + transformer encoder, plus ``extract``."""
 
     frame_rate = 0.0
@@ -200,7 +200,7 @@ class Data2VecVisionModel(EMARegressionMixin, VisionEncoderModel):
         self.config = config
         self.init_regression_parts(config.encoder.dim, teacher, objective)
 
-    def forward(  # type: ignore[override]  # image models take ImageBatch, not AudioBatch
+    def forward(
         self,
         batch: ImageBatch,
         *,
@@ -336,7 +336,7 @@ class PatchHubertModel(VisionEncoderModel):
             out[name] = labels
         return out
 
-    def forward(  # type: ignore[override]  # image models take ImageBatch, not AudioBatch
+    def forward(
         self,
         batch: ImageBatch,
         *,

@@ -15,6 +15,7 @@ from torch import Tensor
 from speechssl.core.conformer import ConformerEncoder
 from speechssl.core.masking import SpanMasker
 from speechssl.core.transformer import EncoderOutput, TransformerEncoder
+from speechssl.data.batch import AudioBatch
 from speechssl.frontends.fbank_stack import FbankStackFrontend
 from speechssl.frontends.speech import FrontendOutput, WaveformFrontend
 from speechssl.models.base import ExtractOutput, PretrainModel
@@ -38,7 +39,7 @@ class EncodeResult:
     padding_mask: Tensor | None
 
 
-class WaveformEncoderModel(PretrainModel):
+class WaveformEncoderModel(PretrainModel[AudioBatch]):
     """Front end + masker + encoder (parts built by a factory and handed in)."""
 
     def __init__(

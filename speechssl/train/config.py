@@ -37,6 +37,17 @@ class ModelConfig:
     (HuBERT's label embeddings for a new k) start fresh and are logged; overrides may change
     training settings (masking, dropout, loss weights) but not the architecture."""
 
+    def __post_init__(self) -> None:
+        from speechssl.models.registry import get_spec, list_models
+
+        spec = get_spec(self.name)  # an unknown name is a ConfigError listing the known ones
+        if spec.modality != "audio":
+            raise ConfigError(
+                f"model.name={self.name} is an {spec.modality} model, but speechssl-train "
+                f"pretrains on audio (data.dir is a Kaldi data dir); audio models: "
+                f"{', '.join(list_models('audio'))}"
+            )
+
 
 @dataclass(kw_only=True)
 class DataConfig:

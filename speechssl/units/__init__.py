@@ -10,5 +10,6 @@
 * :mod:`speechssl.units.quality`, :mod:`speechssl.units.report`,
   :mod:`speechssl.units.plotting` - PNMI / purities, usage and durations, JSON + PNG.
 * k-means' collectives come from :mod:`speechssl.distributed` (the one wrapper).
+* :mod:`speechssl.units.patches` - patch units for image models (patches as a feature store).
 * :mod:`speechssl.units.synthetic` - Gaussian-mixture stores for tests and benchmarks.
 """

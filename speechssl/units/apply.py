@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from speechssl.data.audio import AudioChannelError
 from speechssl.data.kaldi_dir import KaldiDataDir
 from speechssl.errors import ConfigError, DataDirError, ItemError
 from speechssl.features.dump import DumpOptions, ExtractorRequest, iter_features, shard_range
@@ -235,9 +236,12 @@ def _flat_options(tree: Mapping[str, Any]) -> dict[str, Any]:
     return flat
 
 
-def training_extractor(model: KMeansModel, device: torch.device | str) -> ExtractorRequest:
+def training_extractor(
+    model: KMeansModel, device: torch.device | str
+) -> tuple[ExtractorRequest, str]:
     """The feature extractor the model's training store was made with, rebuilt from the
-    description recorded in the model (``feature.kind`` and ``feature.extractor``).
+    description recorded in the model (``feature.kind`` and ``feature.extractor``), and the
+    channel policy the store's audio was read with (``features dump --channels``).
 
     Raises ConfigError if the registered extractor no longer describes itself the same way
     (the labels would come from different features than the centroids).
@@ -246,6 +250,8 @@ def training_extractor(model: KMeansModel, device: torch.device | str) -> Extrac
     kind, described = feat.get("kind"), feat.get("extractor")
     if not kind or not isinstance(described, Mapping):
         raise ConfigError("the k-means model records no feature extractor to rebuild")
+    described = dict(described)
+    channels = str(described.pop("channels", "error"))
     request = ExtractorRequest(kind=str(kind), options=_flat_options(described), device=str(device))
     rebuilt = request.build().describe()
     if rebuilt != described:
@@ -253,7 +259,7 @@ def training_extractor(model: KMeansModel, device: torch.device | str) -> Extrac
             f"cannot rebuild the {kind!r} extractor of the k-means training features: "
             f"recorded {described}, rebuilt {rebuilt}"
         )
-    return request
+    return request, channels
 
 
 def apply_to_audio(
@@ -275,12 +281,14 @@ def apply_to_audio(
         raise ConfigError(f"rank must be in [0, {nshard}), got {rank}")
     dev = resolve_device(device)
     model = KMeansModel.load(model_dir, device=dev)
-    request = training_extractor(model, dev)
+    request, channels = training_extractor(model, dev)
     extractor = request.build()
     ddir = KaldiDataDir(data_dir)
     if not ddir.utt_ids():
         raise DataDirError(str(data_dir), "the data dir has no utterances (utt2spk is empty)")
     described = extractor.describe()
+    if channels != "error":  # as features dump records it
+        described = {**described, "channels": channels}
     source = {
         "data_dir": str(Path(data_dir).resolve()),
         "extractor": described,
@@ -302,12 +310,21 @@ def apply_to_audio(
         skipped: list[dict[str, str]] = []
 
         def bad(utt: str, err: ItemError) -> None:
+            if isinstance(err, AudioChannelError):  # the policy is the store's, not ours to pick
+                hint = (
+                    f"labels from audio read it as the k-means model's store was dumped "
+                    f"(--channels {channels}); dump and fit one with features dump --channels "
+                    "select:N or --channels mean"
+                )
+                err = AudioChannelError(err.item, f"{err.reason}; {hint}", err.where)
             if not tolerant:
                 raise err
             log.warning("skipping %s", err)
             skipped.append({"utt": utt, "reason": f"{type(err).kind}: {err.reason}"})
 
-        opts = DumpOptions(nshard=nshard, tolerant=tolerant, batch_seconds=batch_seconds)
+        opts = DumpOptions(
+            nshard=nshard, tolerant=tolerant, batch_seconds=batch_seconds, channels=channels
+        )
         labelled = (
             (utt, model.labels(feats).cpu().numpy())
             for utt, feats, _ in iter_features(ddir, mine, extractor, opts, bad)

@@ -19,10 +19,11 @@ import numpy as np
 import pytest
 import torch
 
-from speechssl.data.images import ImageBatch, digits_images, patch_unit_labels, write_patch_store
+from speechssl.data.images import ImageBatch, digits_images
 from speechssl.models import create_model
 from speechssl.models.base import PretrainModel
 from speechssl.units.kmeans import KMeansConfig, fit_kmeans
+from speechssl.units.patches import patch_unit_labels, write_patch_store
 
 N_TRAIN = 1000
 

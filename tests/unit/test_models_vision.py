@@ -6,19 +6,14 @@ import numpy as np
 import pytest
 import torch
 
-from speechssl.data.images import (
-    ImageBatch,
-    ImageError,
-    digits_images,
-    patch_unit_labels,
-    write_patch_store,
-)
+from speechssl.data.images import ImageBatch, ImageError, digits_images
 from speechssl.errors import ConfigError, LabelError
 from speechssl.features.store import FeatureStore
 from speechssl.frontends.vision import patchify, unpatchify
 from speechssl.models import create_model, list_models
 from speechssl.models.io import load_model_dir, save_model_dir
 from speechssl.units.kmeans import KMeansConfig, fit_kmeans
+from speechssl.units.patches import patch_unit_labels, write_patch_store
 
 IMAGE = list_models("image")
 

@@ -175,3 +175,27 @@ def test_a_failed_run_leaves_no_hydra_dir(tmp_path: Path) -> None:
     res = _run_cli([f"data.dir={tmp_path}/missing", f"trainer.exp_dir={exp}"], cwd=tmp_path)
     assert res.returncode == 1 and res.stderr.startswith("speechssl-train: error: ")
     assert not (exp / "hydra").exists() and not (tmp_path / "outputs").exists()
+
+
+@pytest.mark.parametrize("name", ["data2vec_vision_tiny", "hubert_vision_tiny"])
+def test_an_image_model_on_audio_data_is_refused_up_front(name: str, tmp_path: Path) -> None:
+    # regression: model.name=data2vec_vision_tiny on a Kaldi data dir used to die in the
+    # first step with AttributeError: 'AudioBatch' object has no attribute 'images'
+    from audio_fixtures import make_data_dir
+
+    data = make_data_dir(tmp_path, seconds=1.0)
+    exp = tmp_path / "exp"
+    res = _run_cli([f"model.name={name}", f"data.dir={data}", f"trainer.exp_dir={exp}"], tmp_path)
+    assert res.returncode == 1
+    (line,) = res.stderr.strip().splitlines()
+    assert line.startswith(f"speechssl-train: error: model.name={name} is an image model, ")
+    assert "audio models: data2vec_audio_base, data2vec_audio_tiny, hubert_base," in line
+    assert not exp.exists()  # refused before anything was written
+    # a recommended audio model passes the same check on the same data (and trains:
+    # tests/integration/test_train_families.py runs data2vec_audio_tiny)
+    ok = _run_cli(
+        ["--cfg", "job", "model.name=data2vec_audio_tiny", f"data.dir={data}",
+         f"trainer.exp_dir={exp}"], tmp_path,
+    )  # fmt: skip
+    assert ok.returncode == 0, ok.stderr
+    assert "name: data2vec_audio_tiny" in ok.stdout

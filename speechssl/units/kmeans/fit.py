@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
+from torch import Tensor
 
 from speechssl import distributed as udist
 from speechssl.errors import ConfigError
@@ -50,7 +51,6 @@ def fit_kmeans(store: FeatureStore | str | os.PathLike[str], cfg: KMeansConfig) 
     total = int(udist.all_reduce_sum(torch.tensor([stream.num_frames])).item())
     _check_selection(store, cfg, total)
     run, schedule = resolve_schedule(cfg, store.dim, total)
-    assert run.max_iter is not None and run.tol is not None and run.minibatch_epochs is not None
     data = FitData(stream, device, _cache_bytes(cfg, device))
     rows = chunk_rows(cfg.chunk_elems or default_chunk_elems(device), cfg.k)
     log.info(
@@ -62,31 +62,10 @@ def fit_kmeans(store: FeatureStore | str | os.PathLike[str], cfg: KMeansConfig) 
     history: list[dict[str, Any]] = [init_record]
     log.info("k-means init: %s", init_record)
     gen = torch.Generator().manual_seed(cfg.seed + 1)
-    if run.mode == "minibatch":
-        centroids, converged, n_iter = run_minibatch(
-            data, centroids, run, rows, gen, history, total, run.max_iter
-        )
-    else:
-        if run.minibatch_epochs > 0:
-            centroids, _, _ = run_minibatch(
-                data, centroids, run, rows, gen, history, total, run.minibatch_epochs
-            )
-        centroids, converged, n_iter = run_lloyd(
-            data.blocks, centroids, run.max_iter, run.tol, rows, gen, history, data.cache_enabled
-        )
+    centroids, converged, n_iter = _iterate(data, centroids, run, rows, gen, history, total)
     final: dict[str, Any] = {"inertia": None, "empty": None}
     if cfg.final_pass:
-        t0 = time.perf_counter()
-        st = lloyd_pass(data.blocks(), centroids, rows)
-        final = {"inertia": st.inertia / total, "empty": int((st.counts == 0).sum().item())}
-        history.append(
-            {
-                "iter": n_iter,
-                "stage": "final",
-                **final,
-                "seconds": round(time.perf_counter() - t0, 4),
-            }
-        )
+        final = _final_pass(data, centroids, rows, total, n_iter, history)
     _check_finite_result(store, cfg, centroids, final["inertia"])
     if data.shift is not None:
         centroids = (centroids.to(torch.float64) + data.shift.to(torch.float64)).to(torch.float32)
@@ -117,6 +96,48 @@ def fit_kmeans(store: FeatureStore | str | os.PathLike[str], cfg: KMeansConfig) 
         meta=meta,
     )
     return FitResult(model=model, history=history)
+
+
+def _iterate(
+    data: FitData,
+    centroids: Tensor,
+    run: KMeansConfig,
+    rows: int,
+    gen: torch.Generator,
+    history: list[dict[str, Any]],
+    total: int,
+) -> tuple[Tensor, bool, int]:
+    """The resolved schedule's iterations: mini-batch alone, or (optional mini-batch epochs
+    as a start, then) Lloyd; returns ``(centroids, converged, iterations)``."""
+    assert run.max_iter is not None and run.tol is not None and run.minibatch_epochs is not None
+    if run.mode == "minibatch":
+        return run_minibatch(data, centroids, run, rows, gen, history, total, run.max_iter)
+    if run.minibatch_epochs > 0:
+        centroids, _, _ = run_minibatch(
+            data, centroids, run, rows, gen, history, total, run.minibatch_epochs
+        )
+    return run_lloyd(
+        data.blocks, centroids, run.max_iter, run.tol, rows, gen, history, data.cache_enabled
+    )
+
+
+def _final_pass(
+    data: FitData,
+    centroids: Tensor,
+    rows: int,
+    total: int,
+    n_iter: int,
+    history: list[dict[str, Any]],
+) -> dict[str, Any]:
+    """One more pass for the final inertia per frame and empty-cluster count (recorded in
+    ``history`` as stage ``final``)."""
+    t0 = time.perf_counter()
+    st = lloyd_pass(data.blocks(), centroids, rows)
+    final = {"inertia": st.inertia / total, "empty": int((st.counts == 0).sum().item())}
+    history.append(
+        {"iter": n_iter, "stage": "final", **final, "seconds": round(time.perf_counter() - t0, 4)}
+    )
+    return final
 
 
 def _check_selection(store: FeatureStore, cfg: KMeansConfig, total: int) -> None:
