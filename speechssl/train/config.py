@@ -40,6 +40,12 @@ class ModelConfig:
     def __post_init__(self) -> None:
         from speechssl.models.registry import get_spec, list_models
 
+        if not self.name:  # model.init_from without model=: the name comes from that dir
+            if not self.init_from:
+                raise ConfigError(
+                    "model.name is empty: pick a preset (model=NAME) or model.init_from=DIR"
+                )
+            return
         spec = get_spec(self.name)  # an unknown name is a ConfigError listing the known ones
         if spec.modality != "audio":
             raise ConfigError(
