@@ -64,8 +64,10 @@ FAMILIES = tuple(INTEROPS)
 MODEL_TYPES = {
     fam.model_type: name for name, fam in INTEROPS.items() if fam.config_from_hf is not None
 }
-#: families trained on k-means labels (an export can carry the k-means model)
+#: families trained on k-means labels (`export hf` copies the one their training names)
 KMEANS_FAMILIES = ("hubert", "wavlm")
+# families whose targets never come from k-means (an export refuses a k-means model)
+_NO_KMEANS = ("w2v_bert", "data2vec_audio", "best_rq")
 # the export description of these families records the pretraining switch
 _RECORDS_PRETRAINING = ("hubert", "wav2vec2")
 
@@ -124,7 +126,7 @@ def export_to_transformers(
         card: the model card text written as ``README.md`` (:mod:`speechssl.interop.hub`).
     """
     fam = interop_for(model.family)
-    if kmeans_dir is not None and fam.family not in KMEANS_FAMILIES:
+    if kmeans_dir is not None and fam.family in _NO_KMEANS:
         raise ConfigError(f"{model.family} models are not trained on k-means labels")
     if bare and kmeans_dir is not None:
         raise ConfigError("a bare export has no side directory for the k-means model")
@@ -301,12 +303,12 @@ def import_transformers_dir(path: str | os.PathLike[str], **overrides: Any) -> I
             model.model_name, model.family = spec.name, spec.family
         else:
             model = build_from_description(desc)
-        own = INTEROPS.get(model.family)
-        if own is None or own.model_type != fam.model_type:
+        exported = INTEROPS.get(model.family)
+        if exported is None or exported.model_type != fam.model_type:
             raise CheckpointError(
                 f"{desc_path}: family {model.family!r} but config.json is {fam.family}"
             )
-        fam = own  # e.g. BEST-RQ, exported as w2v-BERT's class
+        fam = exported  # e.g. BEST-RQ, exported as w2v-BERT's class
         weights, _ = _map_hf_weights(fam, model, read_hf_weights(root), str(root))
         heads = root / SIDECAR / HEADS_NAME
         if heads.is_file():
