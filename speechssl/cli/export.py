@@ -72,10 +72,13 @@ def _export_hf(args: argparse.Namespace) -> int:
 
 
 def _kmeans_dir(args: argparse.Namespace, desc: dict, family: str) -> Path | None:
-    """``--kmeans``, else the k-means model the training labels name (HuBERT, not bare)."""
+    """``--kmeans``, else the k-means model the training labels name (HuBERT, WavLM; not
+    bare)."""
+    from speechssl.interop.hf import KMEANS_FAMILIES
+
     if args.kmeans is not None:
         return Path(args.kmeans)
-    if args.bare or family != "hubert":
+    if args.bare or family not in KMEANS_FAMILIES:
         return None
     labels = ((desc.get("extra") or {}).get("training") or {}).get("labels") or []
     found = [lab.get("kmeans") for lab in labels if lab.get("kmeans")]
@@ -105,8 +108,8 @@ def add_verbs(verbs: argparse._SubParsersAction) -> None:
     hf.add_argument(
         "--bare",
         action="store_true",
-        help="only the bare encoder class AutoModel loads (HubertModel, Wav2Vec2Model, ...), "
-        "no speechssl/ side dir",
+        help="only the bare encoder class AutoModel loads (HubertModel, Wav2Vec2Model, "
+        "WavLMModel, Wav2Vec2BertModel for w2v-BERT and BEST-RQ, ...), no speechssl/ side dir",
     )
     hf.add_argument("--overwrite", action="store_true", help="replace an existing OUT")
     hf.add_argument(

@@ -7,7 +7,7 @@ cosine-similarity head on k-means units, same label alignment and checks) with t
 * the encoder is :mod:`speechssl.core.gated_relative`'s transformer: one relative position
   bias table (320 T5-style buckets up to ``max_distance`` 800 frames) shared by all layers,
   gated per layer and head from the attention input, as in ``transformers.WavLMModel``
-  (:mod:`speechssl.interop.hf_wavlm` maps the weights one to one);
+  (:mod:`speechssl.interop.hf.wavlm` maps the weights one to one);
 * **utterance mixing** while training (:class:`UtteranceMixer`): each utterance of the batch
   is, with probability ``mix_prob``, overlapped with a random segment of another utterance
   of the same batch or, with probability ``noise_ratio``, of a noise clip from

@@ -25,12 +25,15 @@ from speechssl.models.io import save_model_dir
 
 REPO = Path(__file__).resolve().parents[2]
 TOKEN = "hf_speechsslTestToken0123456789abcdef"
-TINY = ["hubert_tiny", "wav2vec2_tiny", "w2v_bert_tiny", "data2vec_audio_tiny"]
+TINY = ["hubert_tiny", "wav2vec2_tiny", "w2v_bert_tiny", "data2vec_audio_tiny", "wavlm_tiny",
+        "best_rq_tiny"]  # fmt: skip
 BARE_CLASS = {
     "hubert_tiny": "HubertModel",
     "wav2vec2_tiny": "Wav2Vec2Model",
     "w2v_bert_tiny": "Wav2Vec2BertModel",
     "data2vec_audio_tiny": "Data2VecAudioModel",
+    "wavlm_tiny": "WavLMModel",
+    "best_rq_tiny": "Wav2Vec2BertModel",  # BEST-RQ's encoder is w2v-BERT's
 }
 
 
@@ -72,6 +75,16 @@ def test_export_bare_and_default_load_cleanly(name, tmp_path, capsys):
         pre, info = AutoModelForPreTraining.from_pretrained(full, output_loading_info=True)
         assert type(pre).__name__ == "Wav2Vec2ForPreTraining"
         assert not info["missing_keys"] and not info["unexpected_keys"], info
+    else:  # the default export is the bare class plus the side dir
+        hf, info = AutoModel.from_pretrained(full, output_loading_info=True)
+        assert type(hf).__name__ == BARE_CLASS[name]
+        assert not info["missing_keys"] and not info["unexpected_keys"], info
+    if name == "best_rq_tiny":  # the random quantizer travels in the side dir
+        side = load_file(str(full / "speechssl" / "heads.safetensors"))
+        assert {"quantizers.0.codebook", "quantizers.0.projection"} <= set(side)
+        assert "head.classifiers.0.weight" in side
+        assert main(["import", "hf", str(full), str(tmp_path / "back")]) == 0
+        assert json.loads((tmp_path / "back" / "model.json").read_text())["name"] == name
     for out in (bare, full):
         names = {p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()}
         assert "README.md" in names and not any(n.endswith((".bin", ".pt", ".pth")) for n in names)
@@ -110,7 +123,7 @@ def test_card_snippet_runs_and_existing_out_is_refused(tmp_path, capsys):
     assert not (out / "speechssl").exists()
 
 
-def _training_record(tmp_path: Path, synth_corpus: Path) -> Path:
+def _training_record(tmp_path: Path, synth_corpus: Path, name: str = "hubert_tiny") -> Path:
     """A model dir with the training record ``speechssl-train`` writes into ``final/``
     (``extra.training``), its experiment dir's ``log.jsonl``/``config.yaml`` in the trainer's
     layout, and a recipe summary (results.json from ``speechssl recipe summary``'s schema,
@@ -141,7 +154,7 @@ def _training_record(tmp_path: Path, synth_corpus: Path) -> Path:
                     "kmeans": str(km), "source": "mfcc"}],
     }  # fmt: skip
     md = save_model_dir(
-        create_model("hubert_tiny", num_classes=(32,)), exp / "final", extra={"training": training}
+        create_model(name, num_classes=(32,)), exp / "final", extra={"training": training}
     )
     summary = tmp_path / "exp" / "hubert" / "summary"
     summary.mkdir()
@@ -184,6 +197,18 @@ def test_card_tells_what_was_trained_on_what(tmp_path, synth_corpus, capsys):
     (summary / "probe.json").write_text('[{"task": "ks"}]')
     assert main([*args, "--overwrite"]) == 1
     assert "probe.json" in capsys.readouterr().err
+
+
+def test_wavlm_export_carries_its_kmeans_model(tmp_path, synth_corpus):
+    """WavLM trains on k-means labels like HuBERT: the default export copies the k-means
+    model its training record names; --bare has no place for it."""
+    md = _training_record(tmp_path, synth_corpus, "wavlm_tiny")
+    assert main(["export", "hf", str(md), str(tmp_path / "full")]) == 0
+    assert (tmp_path / "full" / "speechssl" / "kmeans" / "model.json").is_file()
+    card = ModelCard.load(tmp_path / "full" / "README.md")
+    assert "wavlm" in card.data.tags and "WavLMModel" in card.text
+    assert main(["export", "hf", str(md), str(tmp_path / "bare"), "--bare"]) == 0
+    assert not (tmp_path / "bare" / "speechssl").exists()
 
 
 def test_dry_run_lists_the_upload(tmp_path, capsys):

@@ -6,6 +6,7 @@ settings ``transformers`` cannot express are refused."""
 import pytest
 import torch
 from model_fixtures import load_synth
+from safetensors.torch import load_file
 from transformers import AutoFeatureExtractor, AutoModel
 
 from speechssl.errors import CheckpointError, ConfigError
@@ -39,7 +40,7 @@ def _randomized(name, **overrides):
 
 def _hf_hidden(hf, model, waves, lengths):
     with torch.no_grad():
-        if model.family == "w2v_bert":
+        if model.family in ("w2v_bert", "best_rq"):  # stacked fbank features in
             feats, frames = model.frontend.features(waves, lengths)
             mask = (torch.arange(feats.shape[1]) < frames[:, None]).long()
             return hf(input_features=feats, attention_mask=mask, output_hidden_states=True)
@@ -64,6 +65,7 @@ def _max_diff(ours, theirs):
 
 CASES = [
     ("w2v_bert_tiny", {}, "Wav2Vec2BertModel"),
+    ("best_rq_tiny", {}, "Wav2Vec2BertModel"),  # w2v-BERT's encoder and parameter names
     # transformers lets padding leak through the stacked position convs: compare padded
     # batches with our padding-aware variant switched off (single utterances always agree)
     ("data2vec_audio_tiny", {"padding_aware_positions": False}, "Data2VecAudioModel"),
@@ -160,6 +162,39 @@ def test_import_restores_the_pretraining_model(name, tmp_path):
             assert torch.equal(value, ours[key]), key
 
 
+def test_best_rq_bare_export_and_side_dir(audio, tmp_path):
+    """BEST-RQ --bare is a plain Wav2Vec2BertModel with our hidden states; the default
+    export keeps the random quantizers and classifiers in the side dir and restores the
+    BEST-RQ model exactly (same targets); without the side dir it is a w2v-BERT encoder."""
+    waves, lengths, _ = audio
+    model = _randomized("best_rq_tiny", num_codebooks=2)
+    bare = export_to_transformers(model, tmp_path / "bare", bare=True)
+    assert not (bare / "speechssl").exists()
+    hf, info = AutoModel.from_pretrained(bare, output_loading_info=True)
+    assert type(hf).__name__ == "Wav2Vec2BertModel"
+    assert not info["missing_keys"] and not info["unexpected_keys"], info
+    with torch.no_grad():
+        ours = model.extract(waves, lengths)
+    assert _max_diff(ours, _hf_hidden(hf.eval(), model, waves, lengths)) <= TOL
+    full = export_to_transformers(model, tmp_path / "full")
+    side = load_file(str(full / "speechssl" / "heads.safetensors"))
+    for g in range(2):
+        for buf in ("projection", "codebook", "mean", "std"):
+            assert f"quantizers.{g}.{buf}" in side
+    with pytest.raises(ConfigError, match="k-means"):
+        export_to_transformers(model, tmp_path / "km", kmeans_dir=tmp_path)
+    back = import_from_transformers(full)
+    assert back.model_name == "best_rq_tiny" and back.config == model.config
+    a, b = model.state_dict(), back.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    stacked, frames = model.frontend.features(waves, lengths)
+    assert torch.equal(model.targets(stacked, frames), back.targets(stacked, frames))
+    plain = import_transformers_dir(bare)
+    assert plain.model.family == "w2v_bert" and plain.hf_class == "Wav2Vec2BertModel"
+    own = plain.model.state_dict()
+    assert all(torch.equal(own[k], v) for k, v in a.items() if k.startswith("encoder."))
+
+
 def test_unsupported_settings_are_refused(tmp_path):
     with pytest.raises(ConfigError, match="causal"):
         export_to_transformers(
@@ -176,8 +211,8 @@ def test_unsupported_settings_are_refused(tmp_path):
 
 def test_base_presets_are_the_published_architectures():
     """The exported configs of the base presets equal transformers' defaults, which describe
-    facebook/w2v-bert-2.0 and facebook/data2vec-audio-base."""
-    from transformers import Data2VecAudioConfig, Wav2Vec2BertConfig
+    facebook/w2v-bert-2.0, facebook/data2vec-audio-base and microsoft/wavlm-base."""
+    from transformers import Data2VecAudioConfig, Wav2Vec2BertConfig, WavLMConfig
 
     keys = {
         "w2v_bert": (
@@ -192,6 +227,14 @@ def test_base_presets_are_the_published_architectures():
             "hidden_size num_hidden_layers num_attention_heads intermediate_size hidden_act "
             "conv_dim conv_kernel conv_stride conv_bias num_conv_pos_embeddings "
             "conv_pos_kernel_size num_conv_pos_embedding_groups layer_norm_eps",
+        ),
+        # microsoft/wavlm-base
+        "wavlm": (
+            WavLMConfig(),
+            "hidden_size num_hidden_layers num_attention_heads intermediate_size hidden_act "
+            "conv_dim conv_kernel conv_stride conv_bias feat_extract_norm do_stable_layer_norm "
+            "num_conv_pos_embeddings num_conv_pos_embedding_groups num_buckets "
+            "max_bucket_distance layer_norm_eps",
         ),
     }
     for family, (reference, names) in keys.items():

@@ -17,8 +17,13 @@ from speechssl.models import create_model, get_spec, list_models
 from speechssl.models.io import save_model_dir
 
 ATOL = 1e-4
-# HuBERT and wav2vec 2.0 (w2v-BERT and data2vec audio: tests/integration/test_export_families.py)
-FAMILIES = ("hubert", "wav2vec2")
+# HuBERT, wav2vec 2.0 and WavLM (w2v-BERT, BEST-RQ and data2vec audio:
+# tests/integration/test_export_families.py; WavLM's bias map: test_export_wavlm.py)
+FAMILIES = ("hubert", "wav2vec2", "wavlm")
+# the bare transformers class of each family here
+BARE_CLASS = {"hubert": "HubertModel", "wav2vec2": "Wav2Vec2Model", "wavlm": "WavLMModel"}
+# families with k-means label heads (their size is given like num_classes)
+LABELLED = ("hubert", "wavlm")
 EXPORTABLE = [
     n for n in list_models() if get_spec(n).family in FAMILIES and get_spec(n).size == "tiny"
 ]
@@ -35,7 +40,7 @@ def _variants():
 
 
 def _overrides(name, extra):
-    return {**extra, **({"num_classes": (32,)} if get_spec(name).family == "hubert" else {})}
+    return {**extra, **({"num_classes": (32,)} if get_spec(name).family in LABELLED else {})}
 
 
 @pytest.fixture(scope="module")
@@ -99,11 +104,7 @@ def test_export_loads_cleanly_and_matches_hidden_states(name, extra, tmp_path, a
             ours, tmp_path / f"export-{pretraining}", pretraining=pretraining
         )
         hf = _load(path, pretraining)
-        expected = (
-            "Wav2Vec2ForPreTraining"
-            if pretraining
-            else ("HubertModel" if "hubert" in name else "Wav2Vec2Model")
-        )
+        expected = "Wav2Vec2ForPreTraining" if pretraining else BARE_CLASS[get_spec(name).family]
         assert type(hf).__name__ == expected
         _check_hidden(ours, hf, path, waves, lengths)
         if pretraining:
@@ -161,7 +162,14 @@ def test_pretraining_continues_from_an_export(name, tmp_path, synth_corpus):
 def test_import_plain_transformers_checkpoint(name, tmp_path, audio):
     """A transformers directory without our side files (e.g. a published checkpoint):
     the architecture comes from config.json, the encoder weights load, heads start fresh."""
-    from transformers import HubertConfig, HubertModel, Wav2Vec2Config, Wav2Vec2ForPreTraining
+    from transformers import (
+        HubertConfig,
+        HubertModel,
+        Wav2Vec2Config,
+        Wav2Vec2ForPreTraining,
+        WavLMConfig,
+        WavLMModel,
+    )
 
     torch.manual_seed(0)
     common = dict(
@@ -175,8 +183,12 @@ def test_import_plain_transformers_checkpoint(name, tmp_path, audio):
         num_conv_pos_embeddings=8,
         num_conv_pos_embedding_groups=4,
     )
-    if get_spec(name).family == "hubert":
+    family = get_spec(name).family
+    if family == "hubert":
         hf = HubertModel(HubertConfig(**common)).eval()
+        overrides = {"num_classes": (50,)}
+    elif family == "wavlm":
+        hf = WavLMModel(WavLMConfig(**common)).eval()
         overrides = {"num_classes": (50,)}
     else:
         hf = Wav2Vec2ForPreTraining(
@@ -198,7 +210,7 @@ def test_import_plain_transformers_checkpoint(name, tmp_path, audio):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["hubert_base", "wav2vec2_base"])
+@pytest.mark.parametrize("name", ["hubert_base", "wav2vec2_base", "wavlm_base"])
 def test_base_export_parity(name, tmp_path, audio):
     torch.manual_seed(0)
     ours = create_model(name).eval()

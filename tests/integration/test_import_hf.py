@@ -47,6 +47,13 @@ def _hf_model(kind: str):
         cfg = tr.Data2VecAudioConfig(**SIZES, **CONV, **REGULARISATION, num_conv_pos_embeddings=3,
                                      conv_pos_kernel_size=5, num_conv_pos_embedding_groups=4)  # fmt: skip
         return tr.Data2VecAudioModel(cfg), tr.Wav2Vec2FeatureExtractor(do_normalize=True)
+    if kind == "wavlm":
+        # non-default bias buckets and distance: they must come across too
+        cfg = tr.WavLMConfig(**SIZES, **CONV, **REGULARISATION, feat_extract_norm="layer",
+                             do_stable_layer_norm=True, num_conv_pos_embeddings=8,
+                             num_conv_pos_embedding_groups=4, num_buckets=64,
+                             max_bucket_distance=40)  # fmt: skip
+        return tr.WavLMModel(cfg), tr.Wav2Vec2FeatureExtractor(do_normalize=True)
     cfg = tr.Wav2Vec2BertConfig(**SIZES, **REGULARISATION, feature_projection_input_dim=160,
                                 conv_depthwise_kernel_size=5, left_max_position_embeddings=16,
                                 right_max_position_embeddings=4, conformer_conv_dropout=0.01,
@@ -72,7 +79,7 @@ def audio(synth_corpus):
     return load_synth(synth_corpus, 3, 1.5)
 
 
-@pytest.mark.parametrize("kind", ["hubert", "wav2vec2", "data2vec_audio", "w2v_bert"])
+@pytest.mark.parametrize("kind", ["hubert", "wav2vec2", "data2vec_audio", "w2v_bert", "wavlm"])
 def test_import_matches_transformers_and_exports_back_exactly(kind, tmp_path, audio, capsys):
     src, out = tmp_path / "hf", tmp_path / "ours"
     hf = _saved(kind, src)
@@ -86,6 +93,8 @@ def test_import_matches_transformers_and_exports_back_exactly(kind, tmp_path, au
         0.07, 0.03, 0.02, 0.06,
     )  # fmt: skip
     assert ours.config.dropout_input == 0.04
+    if kind == "wavlm":
+        assert (enc.num_buckets, enc.max_distance) == (64, 40)
     extra = json.loads((out / "model.json").read_text())["extra"]["imported_from"]
     assert extra["class"] == type(hf).__name__ and extra["source"] == "hf"
     assert extra["preset_matches"] is False  # no preset is 2 x 64: said so, not hidden

@@ -1,7 +1,8 @@
 """Hugging Face ``transformers`` export and import, dispatched by model family.
 
 One module per family holds its key map and config mapping (:mod:`.hubert`,
-:mod:`.wav2vec2`, :mod:`.w2v_bert`, :mod:`.data2vec`); :mod:`.common` holds the export
+:mod:`.wav2vec2`, :mod:`.w2v_bert`, :mod:`.data2vec`, :mod:`.wavlm`, :mod:`.best_rq`);
+:mod:`.common` holds the export
 directory writer/reader they share. The public entry points:
 
 * :func:`export_to_transformers` -- a model -> a ``transformers`` model dir (+ ``speechssl/``
@@ -13,7 +14,9 @@ directory writer/reader they share. The public entry points:
 Which class: HuBERT -> ``HubertModel`` (``transformers`` has no HuBERT pretraining class);
 wav2vec 2.0 -> ``Wav2Vec2ForPreTraining`` (``AutoModelForPreTraining``) or, bare,
 ``Wav2Vec2Model``; w2v-BERT -> ``Wav2Vec2BertModel``; data2vec audio ->
-``Data2VecAudioModel``. ``transformers``' ``output_hidden_states`` equal our ``extract()``
+``Data2VecAudioModel``; WavLM -> ``WavLMModel`` (no pretraining class either); BEST-RQ ->
+``Wav2Vec2BertModel`` (its encoder is w2v-BERT's; a ``Wav2Vec2Bert`` dir without our side
+directory imports as w2v-BERT). ``transformers``' ``output_hidden_states`` equal our ``extract()``
 ``hidden_states`` one for one. Two settings have no ``transformers`` equivalent and are
 mapped to the nearest one: the padding-aware first-layer GroupNorm (``transformers``
 normalises over padding too, so padded batches of GroupNorm models differ there) and
@@ -34,7 +37,7 @@ from typing import Any
 from torch import Tensor
 
 from speechssl.errors import CheckpointError, ConfigError
-from speechssl.interop.hf import data2vec, hubert, w2v_bert, wav2vec2
+from speechssl.interop.hf import best_rq, data2vec, hubert, w2v_bert, wav2vec2, wavlm
 from speechssl.interop.hf.common import (
     DESCRIPTION_NAME,
     HEADS_NAME,
@@ -54,11 +57,17 @@ log = logging.getLogger(__name__)
 
 #: our family name -> its interop description
 INTEROPS: dict[str, FamilyInterop] = {
-    m.INTEROP.family: m.INTEROP for m in (hubert, wav2vec2, w2v_bert, data2vec)
+    m.INTEROP.family: m.INTEROP for m in (hubert, wav2vec2, w2v_bert, data2vec, wavlm, best_rq)
 }
 FAMILIES = tuple(INTEROPS)
-#: transformers model_type -> our family
-MODEL_TYPES = {fam.model_type: name for name, fam in INTEROPS.items()}
+#: transformers model_type -> the family a dir without our side directory imports as
+MODEL_TYPES = {
+    fam.model_type: name for name, fam in INTEROPS.items() if fam.config_from_hf is not None
+}
+#: families trained on k-means labels (`export hf` copies the one their training names)
+KMEANS_FAMILIES = ("hubert", "wavlm")
+# families whose targets never come from k-means (an export refuses a k-means model)
+_NO_KMEANS = ("w2v_bert", "data2vec_audio", "best_rq")
 # the export description of these families records the pretraining switch
 _RECORDS_PRETRAINING = ("hubert", "wav2vec2")
 
@@ -117,7 +126,7 @@ def export_to_transformers(
         card: the model card text written as ``README.md`` (:mod:`speechssl.interop.hub`).
     """
     fam = interop_for(model.family)
-    if kmeans_dir is not None and fam.family in ("w2v_bert", "data2vec_audio"):
+    if kmeans_dir is not None and fam.family in _NO_KMEANS:
         raise ConfigError(f"{model.family} models are not trained on k-means labels")
     if bare and kmeans_dir is not None:
         raise ConfigError("a bare export has no side directory for the k-means model")
@@ -294,10 +303,12 @@ def import_transformers_dir(path: str | os.PathLike[str], **overrides: Any) -> I
             model.model_name, model.family = spec.name, spec.family
         else:
             model = build_from_description(desc)
-        if model.family != fam.family:
+        exported = INTEROPS.get(model.family)
+        if exported is None or exported.model_type != fam.model_type:
             raise CheckpointError(
                 f"{desc_path}: family {model.family!r} but config.json is {fam.family}"
             )
+        fam = exported  # e.g. BEST-RQ, exported as w2v-BERT's class
         weights, _ = _map_hf_weights(fam, model, read_hf_weights(root), str(root))
         heads = root / SIDECAR / HEADS_NAME
         if heads.is_file():
@@ -306,6 +317,7 @@ def import_transformers_dir(path: str | os.PathLike[str], **overrides: Any) -> I
         return ImportedModel(model, hf_class, [], describe_architecture(fam.family, model.config))
     pre_path = root / "preprocessor_config.json"
     pre = read_json(pre_path) if pre_path.is_file() else {}
+    assert fam.config_from_hf is not None  # MODEL_TYPES holds only families that import
     arch = fam.config_from_hf(hf_cfg, pre)
     name, cfg, exact = _preset_for(fam.family, arch, overrides)
     spec = get_spec(name)
@@ -331,6 +343,7 @@ def import_from_transformers(path: str | os.PathLike[str], **overrides: Any) -> 
 __all__ = [
     "FAMILIES",
     "INTEROPS",
+    "KMEANS_FAMILIES",
     "ImportedModel",
     "describe_architecture",
     "export_to_transformers",

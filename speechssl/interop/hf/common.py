@@ -92,7 +92,9 @@ class FamilyInterop:
         head_rules: pretraining heads (names relative to ``pretraining_class``).
         hf_config: ``(model config, transformers class name) -> transformers config``.
         config_from_hf: ``(transformers config dict, preprocessor config dict) ->``
-            our config overrides; every architecture field comes from there.
+            our config overrides; every architecture field comes from there. None for a
+            family that shares another's ``model_type`` and only exports (BEST-RQ): a
+            foreign dir of that type imports as the other family.
         preprocessor: the feature extractor an export carries.
     """
 
@@ -104,7 +106,7 @@ class FamilyInterop:
     rules: Rules
     qkv_template: str
     hf_config: Callable[[Any, str], Any]
-    config_from_hf: Callable[[Mapping[str, Any], Mapping[str, Any]], dict[str, Any]]
+    config_from_hf: Callable[[Mapping[str, Any], Mapping[str, Any]], dict[str, Any]] | None
     preprocessor: Callable[[PretrainModel], Any]
     head_rules: Rules = field(default_factory=list)
 
