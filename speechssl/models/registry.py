@@ -26,6 +26,7 @@ FAMILY_MODULES: list[str] = [
     "speechssl.models.w2v_bert",
     "speechssl.models.data2vec",
     "speechssl.models.vision",
+    "speechssl.models.vision_ssl",
 ]
 
 #: what a model's ``forward``/``extract`` take: ``audio`` (``AudioBatch``, waveforms) or
