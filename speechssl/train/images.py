@@ -88,7 +88,8 @@ class ImageTrainTask:
         self.model: nn.Module = create_model(cfg.model.name, **dict(cfg.model.overrides)).to(
             self.device
         )
-        patch = self.model.config.patch
+        self.model_config: Any = getattr(self.model, "config", None)
+        patch = self.model_config.patch
         self.data = load_image_folder(cfg.data.dir, patch.channels, patch.image_size)
         self.batch_size = cfg.data.max_batch_utts
         if len(self.data) < self.batch_size * env.world_size:
@@ -97,7 +98,7 @@ class ImageTrainTask:
                 f"data.max_batch_utts={self.batch_size} per rank ({env.world_size} ranks)"
             )
         self.units: Tensor | None = None
-        if hasattr(self.model.config, "num_classes"):
+        if hasattr(self.model_config, "num_classes"):
             self.units = self._fit_patch_units()
         if env.is_main:
             log.info(
@@ -111,7 +112,7 @@ class ImageTrainTask:
         from speechssl.data.images import patch_unit_labels, write_patch_store
         from speechssl.units.kmeans import KMeansConfig, fit_kmeans
 
-        config = self.model.config
+        config = self.model_config
         if len(config.num_classes) != 1:
             raise ConfigError(f"{self.model_name}: image pretraining fits one patch-unit stream; set num_classes to one k")  # fmt: skip
         root = Path(self.cfg.trainer.exp_dir) / "patch_units" / f"rank{self.env.rank}"
