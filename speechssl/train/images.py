@@ -88,7 +88,7 @@ class ImageTrainTask:
         self.model: nn.Module = create_model(cfg.model.name, **dict(cfg.model.overrides)).to(
             self.device
         )
-        self.model_config: Any = getattr(self.model, "config", None)
+        self.model_config: Any = self.model.config
         patch = self.model_config.patch
         self.data = load_image_folder(cfg.data.dir, patch.channels, patch.image_size)
         self.batch_size = cfg.data.max_batch_utts
