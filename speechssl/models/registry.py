@@ -27,6 +27,7 @@ FAMILY_MODULES: list[str] = [
     "speechssl.models.data2vec",
     "speechssl.models.vision",
     "speechssl.models.vision_ssl",
+    "speechssl.models.speech_ssl",
 ]
 
 #: what a model's ``forward``/``extract`` take: ``audio`` (``AudioBatch``, waveforms) or
