@@ -4,7 +4,9 @@
   random crops of the same utterance (the speaker is the shared content) go through a
   stacked-fbank front end and a transformer encoder, are mean-pooled, and are tied together
   by DINO (student + EMA teacher, :class:`~speechssl.core.objectives.DINOObjective`) or
-  VICReg (:class:`~speechssl.core.objectives.VICRegObjective`). Frame-level hidden states
+  VICReg (:class:`~speechssl.core.objectives.VICRegObjective`; a batch of one utterance
+  has no batch statistics, so such a step trains the invariance term only and logs
+  ``single_utterance_batch=1``). Frame-level hidden states
   (50 Hz) come out of ``extract`` for the SID/ASV probes.
 * ``ssast_tiny`` - SSAST: a segment of the log-mel spectrogram is cut into square patches by
   the *vision* patch front end (:class:`~speechssl.frontends.vision.PatchFrontend`, the
@@ -29,6 +31,7 @@ from torch import Tensor, nn
 
 from speechssl.core.frames import Frames
 from speechssl.core.heads import DINOHead, ProjectionMLP
+from speechssl.core.loss import LossRecord
 from speechssl.core.masking import BlockMaskConfig, BlockMasker
 from speechssl.core.objectives import (
     DINOObjective,
@@ -197,9 +200,23 @@ class SpeakerSSLModel(PretrainModel):
                 z.view(2, n, -1), t.view(2, n, -1), int(self.teacher.num_updates)
             )
             metrics["ema_decay"] = torch.tensor(self.teacher.decay)
+        elif n < 2:
+            # one utterance: VICReg's variance and covariance terms (batch statistics) are
+            # undefined; the step trains the invariance term only and says so in the log
+            inv = F.mse_loss(z[:n].float(), z[n:].float())
+            zero = inv.detach() * 0.0
+            weight = self.config.vicreg_weights[0]
+            record = LossRecord(
+                total=weight * inv,
+                terms={"invariance": inv, "variance": zero, "covariance": zero},
+                weights={"invariance": weight, "variance": 0.0, "covariance": 0.0},
+                sample_size=1,
+            )
+            metrics["single_utterance_batch"] = torch.ones(())
         else:
             record = self.objective(z[:n], z[n:])
             metrics["embedding_std"] = feature_std(z[:n])
+            metrics["single_utterance_batch"] = torch.zeros(())
         frames = int(self.output_lengths(torch.tensor([size]))[0]) * 2 * n
         return PretrainOutput(loss=record, metrics=metrics, num_frames=frames)
 

@@ -97,6 +97,13 @@ class ImageTrainTask:
                 f"data.dir {cfg.data.dir}: {len(self.data)} images, fewer than one batch of "
                 f"data.max_batch_utts={self.batch_size} per rank ({env.world_size} ranks)"
             )
+        if self.batch_size < 2 and getattr(self.model_config, "loss", "") in (
+            "vicreg",
+            "barlow_twins",
+        ):
+            raise ConfigError(
+                f"{self.model_name} needs batch statistics: set data.max_batch_utts to 2 or more"
+            )
         self.units: Tensor | None = None
         if hasattr(self.model_config, "num_classes"):
             self.units = self._fit_patch_units()

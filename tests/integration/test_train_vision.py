@@ -145,3 +145,28 @@ def test_digits_probe_reads_the_exported_model(tmp_path):
     assert all(r["train_images"] == 1000 and r["test_images"] == 797 for r in rows)
     # a 10-class probe on real digits is far above chance even on random features
     assert all(0.3 < r["accuracy"] <= 1.0 for r in rows)
+
+
+def test_batch_statistics_losses_need_two_images(image_folder, tmp_path):
+    """VICReg / Barlow Twins refuse one-image batches with the option to change, and the
+    recommended value works (in-process, through the same config composition)."""
+    from speechssl.distributed import current_env
+    from speechssl.errors import ConfigError
+    from speechssl.train.cli import compose
+    from speechssl.train.config import to_train_config
+    from speechssl.train.images import ImageTrainTask
+
+    def task(batch: int) -> ImageTrainTask:
+        cfg = compose(
+            ["model=barlow_twins_vision_tiny", "data=images", f"data.dir={image_folder}",
+             f"data.max_batch_utts={batch}", f"trainer.exp_dir={tmp_path / 'exp'}"]
+        )  # fmt: skip
+        return ImageTrainTask(to_train_config(cfg), current_env("cpu"))
+
+    with pytest.raises(ConfigError, match=r"data\.max_batch_utts to 2 or more"):
+        task(1)
+    t = task(2)
+    batch = next(iter(t.batches(0, 0)))
+    assert len(batch.image_ids) == 2 and t.batches_per_rank(0) == 9
+    out = t.forward(t.model, batch)
+    assert np.isfinite(out.loss.item()) and "loss/redundancy" in out.scalars

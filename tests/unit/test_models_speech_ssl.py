@@ -132,7 +132,15 @@ def test_speech_ssl_trains_from_the_command_line(name, synth_corpus, tmp_path):
     assert sorted(steps) == [1, 2, 3] and all(np.isfinite(v) for v in steps.values())
 
 
-def test_a_batch_of_one_is_refused_by_vicreg(synth_corpus):
+def test_vicreg_speaker_model_on_a_batch_of_one_trains_invariance_only(synth_corpus):
+    """One utterance has no batch statistics: the step is the invariance term alone, and the
+    record and metrics say so (the pure VICReg function refuses such a batch)."""
     waves, lengths, ids = load_synth(synth_corpus, 1, 1.0)
-    with pytest.raises(ValueError, match="at least 2 items"):
-        create_model("speaker_vicreg_tiny")(AudioBatch(waves, lengths, utt_ids=ids))
+    model = create_model("speaker_vicreg_tiny")
+    out = model(AudioBatch(waves, lengths, utt_ids=ids))
+    assert out.metrics["single_utterance_batch"] == 1
+    assert out.loss.weights["variance"] == 0.0 and out.loss.terms["variance"] == 0.0
+    assert torch.allclose(out.loss.total, 25.0 * out.loss.terms["invariance"])
+    out.loss.total.backward()
+    two = model(make_batch(synth_corpus, 2, 1.0))
+    assert two.metrics["single_utterance_batch"] == 0 and two.loss.weights["variance"] == 25.0
