@@ -4,4 +4,4 @@
 # Relative paths are relative to this directory (the script runs from here).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")"
-exec ../../../recipes/pretrain.sh --family speaker_dino --config conf/speaker_dino.conf "$@"
+exec ../../../recipes/speaker_dino.sh --config conf/speaker_dino.conf "$@"

@@ -4,4 +4,4 @@
 # Relative paths are relative to this directory (the script runs from here).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")"
-exec ../../../recipes/pretrain.sh --family speaker_vicreg --config conf/speaker_vicreg.conf "$@"
+exec ../../../recipes/speaker_vicreg.sh --config conf/speaker_vicreg.conf "$@"

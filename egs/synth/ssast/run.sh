@@ -4,4 +4,4 @@
 # Relative paths are relative to this directory (the script runs from here).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")"
-exec ../../../recipes/pretrain.sh --family ssast --config conf/ssast.conf "$@"
+exec ../../../recipes/ssast.sh --config conf/ssast.conf "$@"
