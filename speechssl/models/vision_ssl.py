@@ -96,7 +96,10 @@ def _mask_index(mask: Tensor) -> tuple[Tensor, Tensor]:
     """Row-wise indices of the True and the False entries of an exact-count ``[N, P]`` mask:
     ``([N, M], [N, P - M])``, each in patch order."""
     n = mask.shape[0]
-    m = int(mask[0].sum()) if n else 0
+    counts = mask.sum(dim=1)
+    if n and bool((counts != counts[0]).any()):
+        raise ValueError(f"every image needs the same number of masked patches, got {counts.tolist()}")  # fmt: skip
+    m = int(counts[0]) if n else 0
     order = torch.argsort((~mask).to(torch.int8), dim=1, stable=True)  # True entries first
     return order[:, :m], order[:, m:]
 

@@ -211,3 +211,8 @@ def test_mae_and_ijepa_encoders_see_only_their_patches(digits):
     )
     ijepa(ImageBatch(images), generator=torch.Generator().manual_seed(0))
     assert context == [(2, 8, 64)] and target == [(2, 16, 64)]
+    uneven = torch.zeros(2, 16, dtype=torch.bool)
+    uneven[0, :12] = True
+    uneven[1, :11] = True
+    with pytest.raises(ValueError, match="same number of masked patches"):
+        mae(ImageBatch(images), mask=uneven)
