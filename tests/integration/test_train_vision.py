@@ -170,3 +170,30 @@ def test_batch_statistics_losses_need_two_images(image_folder, tmp_path):
     assert len(batch.image_ids) == 2 and t.batches_per_rank(0) == 9
     out = t.forward(t.model, batch)
     assert np.isfinite(out.loss.item()) and "loss/redundancy" in out.scalars
+
+
+@pytest.mark.parametrize(
+    "name", ["dino_vision_tiny", pytest.param("simclr_vision_tiny", marks=pytest.mark.slow)]
+)
+def test_image_training_resumes_bitwise(name, image_folder, tmp_path):
+    """Views, masks and batch order are functions of (seed, epoch, batch), and the EMA
+    teacher and DINO centre are checkpointed: a run resumed from step 2 logs the same
+    losses at steps 3 and 4 as an uninterrupted one."""
+    from speechssl.train import checkpoint as ckpt
+
+    common = [f"model={name}", "data=images", f"data.dir={image_folder}", "data.max_batch_utts=6",
+              "trainer.max_steps=4", "trainer.save_every=2", "trainer.log_every=1", *COMMON]  # fmt: skip
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    proc = run_train([*common, f"trainer.exp_dir={straight}"], cwd=tmp_path, OMP_NUM_THREADS="1")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    first = straight / "checkpoints" / ckpt.step_dir_name(2)
+    proc = run_train(
+        [*common, f"trainer.exp_dir={resumed}", f"resume={first}"],
+        cwd=tmp_path,
+        OMP_NUM_THREADS="1",
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    want, got = losses(straight), losses(resumed)
+    assert sorted(want) == [1, 2, 3, 4] and sorted(got) == [3, 4]
+    for step in (3, 4):
+        assert got[step] == want[step], f"step {step}: {got[step]!r} != {want[step]!r}"
