@@ -133,6 +133,9 @@ class SpeakerSSLConfig:
     """DINO teacher EMA decay at the end of the anneal."""
     ema_anneal_steps: int = 1000
     """Updates of the EMA decay anneal."""
+    gather_distributed: bool = False
+    """Under several processes: VICReg over every rank's embeddings, the DINO centre by the
+    mean over every rank's batch."""
 
     def __post_init__(self) -> None:
         coerce_subconfigs(self, {"fbank": FbankStackConfig, "encoder": TransformerEncoderConfig})
@@ -200,7 +203,7 @@ class SpeakerSSLModel(PretrainModel):
                 z.view(2, n, -1), t.view(2, n, -1), int(self.teacher.num_updates)
             )
             metrics["ema_decay"] = torch.tensor(self.teacher.decay)
-        elif n < 2:
+        elif n < 2 and not self.config.gather_distributed:  # gathered: every rank's rows
             # one utterance: VICReg's variance and covariance terms (batch statistics) are
             # undefined; the step trains the invariance term only and says so in the log
             inv = F.mse_loss(z[:n].float(), z[n:].float())
@@ -266,11 +269,12 @@ def build_speaker_ssl(config: SpeakerSSLConfig) -> SpeakerSSLModel:
         objective = DINOObjective(
             config.out_dim, student_temp=config.student_temp, teacher_temp=config.teacher_temp,
             warmup_teacher_temp=config.teacher_temp, center_momentum=config.center_momentum,
+            gather_distributed=config.gather_distributed,
         )  # fmt: skip
     else:
         head = ProjectionMLP(config.encoder.dim, config.projector_dims)
         inv, var, cov = config.vicreg_weights
-        objective = VICRegObjective(inv, var, cov)
+        objective = VICRegObjective(inv, var, cov, gather_distributed=config.gather_distributed)
     return SpeakerSSLModel(config, frontend, encoder, head, objective)
 
 

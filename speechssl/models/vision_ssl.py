@@ -162,6 +162,9 @@ class JointEmbeddingVisionConfig:
     """VICReg invariance, variance and covariance weights (loss ``vicreg``)."""
     redundancy_weight: float = 5e-3
     """Barlow Twins off-diagonal weight (loss ``barlow_twins``)."""
+    gather_distributed: bool = False
+    """Under several processes, compute the loss over every rank's embeddings (NT-Xent
+    negatives, VICReg statistics) / averaged cross-correlations (Barlow Twins)."""
 
     def __post_init__(self) -> None:
         coerce_subconfigs(
@@ -220,12 +223,14 @@ def build_joint_embedding_vision(config: JointEmbeddingVisionConfig) -> JointEmb
     projector = ProjectionMLP(config.encoder.dim, config.projector_dims)
     objective: nn.Module
     if config.loss == "nt_xent":
-        objective = NTXentObjective(config.temperature)
+        objective = NTXentObjective(config.temperature, config.gather_distributed)
     elif config.loss == "vicreg":
         inv, var, cov = config.vicreg_weights
-        objective = VICRegObjective(inv, var, cov)
+        objective = VICRegObjective(inv, var, cov, gather_distributed=config.gather_distributed)
     else:
-        objective = BarlowTwinsObjective(config.redundancy_weight)
+        objective = BarlowTwinsObjective(
+            config.redundancy_weight, gather_distributed=config.gather_distributed
+        )
     return JointEmbeddingVisionModel(config, frontend, encoder, projector, objective)
 
 
@@ -282,6 +287,8 @@ class DINOVisionConfig:
     this is linear, the shared EMA schedule)."""
     ema_anneal_steps: int = 1000
     """Updates over which the decay goes from ``ema_decay`` to ``ema_end_decay``."""
+    gather_distributed: bool = False
+    """Under several processes, move the centre by the mean over every rank's batch."""
 
     def __post_init__(self) -> None:
         coerce_subconfigs(
@@ -386,6 +393,7 @@ def build_dino_vision(config: DINOVisionConfig) -> DINOVisionModel:
         warmup_teacher_temp=config.warmup_teacher_temp,
         warmup_steps=config.teacher_temp_warmup_steps,
         center_momentum=config.center_momentum,
+        gather_distributed=config.gather_distributed,
     )
     return DINOVisionModel(config, frontend, encoder, head, objective)
 

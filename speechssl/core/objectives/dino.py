@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from speechssl.core.loss import LossRecord
+from speechssl.core.objectives.gather import mean_over_ranks
 from speechssl.errors import ConfigError
 
 
@@ -71,10 +72,14 @@ def dino_loss(
 
 
 @torch.no_grad()
-def dino_center(center: Tensor, teacher: Tensor, momentum: float = 0.9) -> Tensor:
+def dino_center(
+    center: Tensor, teacher: Tensor, momentum: float = 0.9, gather_distributed: bool = False
+) -> Tensor:
     """``momentum * center + (1 - momentum) * mean of the teacher logits [V, N, K]`` over
-    views and items."""
+    views and items (and over ranks with ``gather_distributed``, as DINO's all-reduce)."""
     batch_center = teacher.detach().float().mean(dim=(0, 1))
+    if gather_distributed:
+        batch_center = mean_over_ranks(batch_center)
     return center * momentum + batch_center.to(center.dtype) * (1.0 - momentum)
 
 
@@ -96,6 +101,7 @@ class DINOObjective(nn.Module):
         warmup_teacher_temp: teacher temperature at step 0 (0.04: no warmup).
         warmup_steps: updates of the linear warmup.
         center_momentum: momentum of the centre (0.9).
+        gather_distributed: average the centre's batch mean over ranks (off by default).
 
     ``forward(student [Vs, N, K], teacher [Vt, N, K], step)`` returns the record (term
     ``dino``) and, in training mode, moves the centre afterwards.
@@ -110,8 +116,10 @@ class DINOObjective(nn.Module):
         warmup_teacher_temp: float = 0.04,
         warmup_steps: int = 0,
         center_momentum: float = 0.9,
+        gather_distributed: bool = False,
     ) -> None:
         super().__init__()
+        self.gather_distributed = gather_distributed
         for name, value in (
             ("student_temp", student_temp),
             ("teacher_temp", teacher_temp),
@@ -140,7 +148,9 @@ class DINOObjective(nn.Module):
             student, teacher, self.center, student_temp=self.student_temp, teacher_temp=temp
         )
         if self.training:
-            self.center.copy_(dino_center(self.center, teacher, self.center_momentum))
+            self.center.copy_(
+                dino_center(self.center, teacher, self.center_momentum, self.gather_distributed)
+            )
         return LossRecord(
             total=loss, terms={"dino": loss}, weights={"dino": 1.0}, sample_size=student.shape[1]
         )

@@ -17,8 +17,11 @@ augmentations of an image or two crops of an utterance.
 The modules (:class:`NTXentObjective`, :class:`VICRegObjective`,
 :class:`BarlowTwinsObjective`) hold the coefficients and return a
 :class:`~speechssl.core.loss.LossRecord` with every term. All arithmetic is float32 (or the
-inputs' dtype when that is float64); gathering across ranks is not done (each rank's batch
-is its own set of negatives / statistics).
+inputs' dtype when that is float64). With ``gather_distributed=True`` (off by default) the
+modules use the global batch under torch.distributed: NT-Xent and VICReg gather every
+rank's embeddings (:func:`~speechssl.core.objectives.gather.gather_rows`), Barlow Twins
+averages the ranks' cross-correlation matrices (each standardised on its own rank, as
+lightly does).
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from speechssl.core.loss import LossRecord
+from speechssl.core.objectives.gather import gather_rows, mean_over_ranks
 from speechssl.errors import ConfigError
 
 
@@ -92,13 +96,16 @@ def nt_xent_accuracy(z_a: Tensor, z_b: Tensor) -> Tensor:
 class NTXentObjective(nn.Module):
     """SimCLR's loss as a record with the term ``nt_xent``."""
 
-    def __init__(self, temperature: float = 0.5) -> None:
+    def __init__(self, temperature: float = 0.5, gather_distributed: bool = False) -> None:
         super().__init__()
         if temperature <= 0:
             raise ConfigError(f"NT-Xent temperature must be > 0, got {temperature}")
         self.temperature = temperature
+        self.gather_distributed = gather_distributed
 
     def forward(self, z_a: Tensor, z_b: Tensor) -> LossRecord:
+        if self.gather_distributed:
+            z_a, z_b = gather_rows(z_a), gather_rows(z_b)
         loss = nt_xent_loss(z_a, z_b, self.temperature)
         return LossRecord(
             total=loss,
@@ -175,8 +182,10 @@ class VICRegObjective(nn.Module):
         variance_weight: float = 25.0,
         covariance_weight: float = 1.0,
         eps: float = 1e-4,
+        gather_distributed: bool = False,
     ) -> None:
         super().__init__()
+        self.gather_distributed = gather_distributed
         for name, value in (
             ("invariance_weight", invariance_weight),
             ("variance_weight", variance_weight),
@@ -192,6 +201,8 @@ class VICRegObjective(nn.Module):
         self.eps = eps
 
     def forward(self, z_a: Tensor, z_b: Tensor) -> LossRecord:
+        if self.gather_distributed:
+            z_a, z_b = gather_rows(z_a), gather_rows(z_b)
         return vicreg_loss(
             z_a,
             z_b,
@@ -219,12 +230,20 @@ def cross_correlation(z_a: Tensor, z_b: Tensor, eps: float = 1e-5) -> Tensor:
 
 
 def barlow_twins_loss(
-    z_a: Tensor, z_b: Tensor, *, redundancy_weight: float = 5e-3, eps: float = 1e-5
+    z_a: Tensor,
+    z_b: Tensor,
+    *,
+    redundancy_weight: float = 5e-3,
+    eps: float = 1e-5,
+    gather_distributed: bool = False,
 ) -> LossRecord:
     """Barlow Twins (``z_a, z_b [N, D]``, N >= 2): ``sum_i (1 - C_ii)^2 + lambda *
-    sum_{i != j} C_ij^2`` with ``C`` the :func:`cross_correlation` and ``lambda = 5e-3``.
-    Terms ``invariance`` (on-diagonal) and ``redundancy`` (off-diagonal)."""
+    sum_{i != j} C_ij^2`` with ``C`` the :func:`cross_correlation` and ``lambda = 5e-3``
+    (with ``gather_distributed``, ``C`` averaged over ranks). Terms ``invariance``
+    (on-diagonal) and ``redundancy`` (off-diagonal)."""
     c = cross_correlation(z_a, z_b, eps)
+    if gather_distributed:
+        c = mean_over_ranks(c)
     diag = torch.diagonal(c)
     invariance = (1.0 - diag).pow(2).sum()
     redundancy = c.pow(2).sum() - diag.pow(2).sum()
@@ -240,15 +259,21 @@ def barlow_twins_loss(
 class BarlowTwinsObjective(nn.Module):
     """Barlow Twins with its off-diagonal weight (:func:`barlow_twins_loss`)."""
 
-    def __init__(self, redundancy_weight: float = 5e-3, eps: float = 1e-5) -> None:
+    def __init__(
+        self, redundancy_weight: float = 5e-3, eps: float = 1e-5, gather_distributed: bool = False
+    ) -> None:
         super().__init__()
+        self.gather_distributed = gather_distributed
         if redundancy_weight < 0:
             raise ConfigError(f"Barlow Twins redundancy_weight must be >= 0, got {redundancy_weight}")  # fmt: skip
         self.redundancy_weight = redundancy_weight
         self.eps = eps
 
     def forward(self, z_a: Tensor, z_b: Tensor) -> LossRecord:
-        return barlow_twins_loss(z_a, z_b, redundancy_weight=self.redundancy_weight, eps=self.eps)
+        return barlow_twins_loss(
+            z_a, z_b, redundancy_weight=self.redundancy_weight, eps=self.eps,
+            gather_distributed=self.gather_distributed,
+        )  # fmt: skip
 
 
 __all__ = [
