@@ -20,7 +20,7 @@ setting on LibriSpeech 960 h, from recipes/conf/FAMILY.conf (table in recipes/RE
 
 stage_options
 data_options
-opt family "" "method family: wav2vec2, w2v_bert, data2vec or best_rq (defaults from recipes/conf/FAMILY.conf)"
+opt family "" "method family: a recipes/conf/FAMILY.conf (wav2vec2, w2v_bert, data2vec, best_rq, speaker_dino, speaker_vicreg, ssast)"
 opt exp_dir "" "experiment directory (empty: exp/FAMILY)"
 opt train_cmd launch_local.sh "launcher for pretraining (see cmd.sh)"
 opt model "" "model (speechssl/configs/model/NAME.yaml or TRAIN_CONFIG_DIR/model/)"
@@ -62,8 +62,10 @@ if [[ -f cmd.sh ]]; then
 fi
 parse_options "$@"
 family_conf=${recipe_utils_dir%/utils}/conf/$family.conf
-[[ -n $family && -f $family_conf ]] ||
-  die "--family must be wav2vec2, w2v_bert, data2vec or best_rq (a recipes/conf/FAMILY.conf), got '$family'"
+if [[ -z $family || ! -f $family_conf ]]; then
+  families=$(cd "${recipe_utils_dir%/utils}/conf" && ls -- *.conf | sed 's/\.conf$//' | tr '\n' ' ')
+  die "--family must be one of: ${families% } (a recipes/conf/FAMILY.conf), got '$family'"
+fi
 # the family's defaults first, then the command line again, so every flag given wins
 parse_options --config "$family_conf" "$@"
 [[ -n $exp_dir ]] || exp_dir=exp/$family

@@ -103,6 +103,10 @@ class DataConfig:
     tolerant: bool = False
     """Skip (and count) utterances that fail to load instead of stopping (at start-up and
     during training; each is logged as a ``skipped_utterance`` event)."""
+    modality: str = "audio"
+    """``audio`` (a Kaldi data dir) or ``image`` (``dir`` is an image folder, one
+    subdirectory per class, or ``builtin:digits``; ``max_batch_utts`` images per batch);
+    must match the model's (``data=images`` sets it)."""
 
     def __post_init__(self) -> None:
         from speechssl.data.audio import parse_channel_policy
@@ -113,6 +117,8 @@ class DataConfig:
             raise ConfigError(
                 f"data.channels must be error, mean or select:N (N >= 0), got {self.channels!r}"
             ) from None
+        if self.modality not in ("audio", "image"):
+            raise ConfigError(f"data.modality must be audio or image, got {self.modality!r}")
         if self.crop_mode not in CROP_MODES:
             raise ConfigError(f"data.crop_mode must be one of {CROP_MODES}, got {self.crop_mode!r}")
         if self.crop_seconds <= 0:

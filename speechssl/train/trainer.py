@@ -642,7 +642,13 @@ class Trainer(TrainLoop):
     ) -> None:
         self.cfg = cfg
 
-        def task() -> PretrainTask:
+        from speechssl.train.images import ImageTrainTask, check_modality
+
+        image = check_modality(cfg) == "image"  # a model/data mismatch is refused up front
+
+        def task() -> TrainTask:
+            if image:
+                return ImageTrainTask(cfg, env)
             return PretrainTask(cfg, env, train_corpus=train_corpus, dev_corpus=dev_corpus)
 
         super().__init__(
