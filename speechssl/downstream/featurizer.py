@@ -81,7 +81,8 @@ def plot_layer_weights(weights: dict[int, float], path: Path, title: str = "") -
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(max(3.0, 0.5 * len(weights) + 1.5), 2.8))
-    ax.bar([str(k) for k in weights], list(weights.values()), color="tab:blue")
+    ax.bar(range(len(weights)), list(weights.values()), color="tab:blue")
+    ax.set_xticks(range(len(weights)), [str(k) for k in weights])
     ax.set_xlabel("hidden state (0 = input of layer 1)")
     ax.set_ylabel("softmax weight")
     ax.set_title(title or "learned layer weights", fontsize=9)

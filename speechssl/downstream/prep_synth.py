@@ -4,7 +4,8 @@
 root per task, each with ``train/ dev/ test/`` Kaldi data dirs and the task's label file:
 
 * ``pr/``: the corpus's own (speaker-disjoint) splits; ``utt2phones`` is the phone sequence
-  of the synthesizer's frame alignment (``ali.phones``): runs merged, silence dropped.
+  of the synthesizer's frame alignment (``ali.phones``): runs merged, silence dropped;
+  ``pr/phones.txt`` is the corpus's phone inventory (without silence).
 * ``sid/``: every utterance of every split, re-split *by utterance within each speaker*
   (60/20/20, deterministic), so test speakers are training speakers; label ``utt2spk``.
 * ``ks/``: the isolated-word utterances (``utt2keyword``: the ten keywords or
@@ -28,7 +29,10 @@ import numpy as np
 from speechssl.data.kaldi_dir import KaldiDataDir, write_data_dir
 from speechssl.data.tables import read_table
 from speechssl.errors import ConfigError
+from speechssl.utils.atomic import atomic_write_text
 
+SIL = "SIL"
+"""The synthesizer's silence phone (dropped from PR targets)."""
 SILENCE_LABEL = "_silence_"
 UNKNOWN_LABEL = "_unknown_"
 NOISE_SPEAKER = "noise"
@@ -54,7 +58,7 @@ def split_within(groups: Mapping[str, list[str]], seed: int) -> dict[str, str]:
     return out
 
 
-def phones_from_alignment(frames: list[str], silence: str = "SIL") -> list[str]:
+def phones_from_alignment(frames: list[str], silence: str = SIL) -> list[str]:
     """The phone sequence of a frame alignment: runs merged, silence dropped."""
     seq: list[str] = []
     prev = None
@@ -154,12 +158,19 @@ def prepare_synth_probing(
                 raise ConfigError(f"{empty[0]}: its alignment in {ali_path} has only silence")
             _write_subset(out / "pr" / split, members, "utt2phones", phones)
             counts["pr"][split] = len(members)
+        table = root / "phones.txt"
+        if not table.is_file():
+            raise ConfigError(f"{root}: no phones.txt (the synth corpus's phone table)")
+        inventory = [ln.split()[0] for ln in table.read_text().splitlines() if ln.strip()]
+        atomic_write_text(
+            out / "pr" / "phones.txt", "\n".join(p for p in inventory if p != SIL) + "\n"
+        )
 
     everyone = {u: (dirs[s], scp[s], u2s[s]) for s in SPLITS for u in dirs[s].utt_ids()}
     if "sid" in tasks:
         by_spk: dict[str, list[str]] = {}
-        for u, (_, _, spk) in everyone.items():
-            by_spk.setdefault(spk[u], []).append(u)
+        for u, (_, _, table) in everyone.items():
+            by_spk.setdefault(table[u], []).append(u)
         where = split_within(by_spk, seed)
         spk_label = {u: m[2][u] for u, m in everyone.items()}
         counts["sid"] = {}

@@ -29,6 +29,7 @@ from speechssl import distributed as dist
 from speechssl.distributed import DistEnv
 from speechssl.downstream.cache import cache_layers, open_layer_cache
 from speechssl.downstream.config import ProbeConfig
+from speechssl.downstream.featurizer import Featurizer
 from speechssl.downstream.tasks import (
     SPLITS,
     ProbeLabelError,
@@ -200,7 +201,8 @@ def run_probe(cfg: ProbeConfig, env: DistEnv) -> dict[str, Any]:
     best = better(valid, key=lambda r: r["dev"])
     picked = make_task(cfg.trainer.seed)
     _load_best(picked, Path(best["run"]))
-    featurizer = picked.model.featurizer  # type: ignore[union-attr]
+    featurizer = picked.model.featurizer
+    assert isinstance(featurizer, Featurizer)
     results = {
         "task": spec.name,
         "upstream": upstream.name,

@@ -72,8 +72,8 @@ class ProbeTaskSpec:
             raise ProbeLabelError(utt, f"empty label in {self.label_file}", where)
         return value
 
-    def classes(self, train_labels: Sequence[Any]) -> list[str]:
-        """The label vocabulary, from the training labels."""
+    def classes(self, train_labels: Sequence[Any], root: Path) -> list[str]:
+        """The label vocabulary, from the training labels (``root``: the task root)."""
         return sorted(set(train_labels))
 
     def encode(self, utt: str, label: Any, vocab: dict[str, int], where: str) -> Any:
@@ -156,15 +156,25 @@ class PhoneRecognition(ProbeTaskSpec):
             raise ProbeLabelError(utt, f"empty phone sequence in {self.label_file}", where)
         return phones
 
-    def classes(self, train_labels: Sequence[Any]) -> list[str]:
+    def classes(self, train_labels: Sequence[Any], root: Path) -> list[str]:
+        """Blank, then the phone inventory: ``<root>/phones.txt`` (``symbol [id]`` lines;
+        the task's full phone set) if present, else the phones of the training labels."""
+        inventory = root / "phones.txt"
+        if inventory.is_file():
+            phones = [
+                line.split()[0] for line in inventory.read_text().splitlines() if line.strip()
+            ]
+            if self.blank in phones or len(set(phones)) != len(phones):
+                raise ConfigError(f"{inventory}: repeated phones or the reserved {self.blank}")
+            return [self.blank, *phones]
         return [self.blank, *sorted({p for seq in train_labels for p in seq})]
 
     def encode(self, utt: str, label: Any, vocab: dict[str, int], where: str) -> Any:
         unknown = sorted({p for p in label if p not in vocab})
         if unknown:
             raise ProbeLabelError(
-                utt, f"phone(s) {', '.join(unknown)} do not occur in the training set's "
-                f"{self.label_file}", where,
+                utt, f"phone(s) {', '.join(unknown)} are not in the phone inventory "
+                "(the task root's phones.txt, else the training set's phones)", where,
             )  # fmt: skip
         return [vocab[p] for p in label]
 
@@ -278,7 +288,7 @@ def load_task_data(spec: ProbeTaskSpec, root: Path) -> tuple[list[str], dict[str
                 f"data.dir={root}: no {split}/ data dir (a task root holds train/, dev/, test/)"
             )
         raw[split] = read_labels(spec, d)
-    vocab = spec.classes(list(raw["train"].values()))
+    vocab = spec.classes(list(raw["train"].values()), root)
     index = {c: i for i, c in enumerate(vocab)}
     encoded = {
         split: {

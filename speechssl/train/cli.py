@@ -265,8 +265,7 @@ def group_options(config_dir: str | None = None, app: App | None = None) -> dict
     app = app or _train_app()
     loader = _loader(config_dir, app)
     return {
-        group: [o for o in loader.get_group_options(group) if o != "schema"]
-        for group in app.groups
+        group: [o for o in loader.get_group_options(group) if o != "schema"] for group in app.groups
     }
 
 
