@@ -169,8 +169,8 @@ def prepare_synth_probing(
     everyone = {u: (dirs[s], scp[s], u2s[s]) for s in SPLITS for u in dirs[s].utt_ids()}
     if "sid" in tasks:
         by_spk: dict[str, list[str]] = {}
-        for u, (_, _, table) in everyone.items():
-            by_spk.setdefault(table[u], []).append(u)
+        for u, (_, _, speakers) in everyone.items():
+            by_spk.setdefault(speakers[u], []).append(u)
         where = split_within(by_spk, seed)
         spk_label = {u: m[2][u] for u, m in everyone.items()}
         counts["sid"] = {}
