@@ -376,6 +376,7 @@ class ProbeTask:
         self.device = env.device
         self.max_batch_frames, self.max_batch_utts = max_batch_frames, max_batch_utts
         self.grad_accum = grad_accum
+        self._dirs: dict[str, Any] = {}  # split -> KaldiDataDir (uncached mode)
         torch.manual_seed(seed)
         featurizer = Featurizer(layers, layer, layer_norm)
         head = spec.build_head(upstream.dim, len(vocab), proj_dim)
@@ -413,9 +414,11 @@ class ProbeTask:
             arrays = [split.cache.get(u) for u in utts]
             frames = torch.tensor([a.shape[0] for a in arrays])
             width = int(frames.max())
-            feats = torch.zeros(len(utts), width, len(self.layers), self.upstream.dim)
+            # kept in the cache's dtype (float16 halves the copy); forward() upcasts
+            dtype = torch.float16 if arrays[0].dtype == np.float16 else torch.float32
+            feats = torch.zeros(len(utts), width, len(self.layers), self.upstream.dim, dtype=dtype)
             for i, a in enumerate(arrays):
-                feats[i, : a.shape[0]] = torch.from_numpy(np.asarray(a, dtype=np.float32))
+                feats[i, : a.shape[0]] = torch.from_numpy(np.ascontiguousarray(a))
         else:
             feats, frames = self._run_upstream(split, utts)
         targets = [split.targets[u] for u in utts]
@@ -427,7 +430,9 @@ class ProbeTask:
         from speechssl.data.audio import LoadOptions
         from speechssl.data.kaldi_dir import KaldiDataDir, load_utterance
 
-        ddir = KaldiDataDir(split.data_dir)
+        ddir = self._dirs.get(split.name)
+        if ddir is None:
+            ddir = self._dirs[split.name] = KaldiDataDir(split.data_dir)
         waves = [
             load_utterance(ddir, u, LoadOptions(sample_rate=self.upstream.sample_rate))[0]
             for u in utts
@@ -451,7 +456,7 @@ class ProbeTask:
     # steps -----------------------------------------------------------------------------
 
     def forward(self, module: nn.Module, batch: ProbeBatch) -> StepOutput:
-        feats = batch.feats.to(self.device, non_blocking=True)
+        feats = batch.feats.to(self.device, non_blocking=True).float()
         frames = batch.frames.to(self.device)
         out = module(feats, frames)
         loss, scalars = self.spec.loss(out, batch.targets, frames)
@@ -466,7 +471,7 @@ class ProbeTask:
         weight = 0.0
         for i, utts in enumerate(plan):
             batch = self.make_batch(split, utts, 0, i)
-            out = module(batch.feats.to(self.device), batch.frames.to(self.device))
+            out = module(batch.feats.to(self.device).float(), batch.frames.to(self.device))
             vals, w = self.spec.score(out, batch.targets, batch.frames.to(self.device))
             for k, v in vals.items():
                 sums[k] = sums.get(k, 0.0) + v
