@@ -207,3 +207,36 @@ def test_probe_errors(tasks, tmp_path, capsys):
     assert "did you mean task.layer_norm" in err
     assert probe(["--cfg", "job", "task=sid", "upstream=fbank", "data.dir=x", "trainer.exp_dir=y",
                   "task.layer_norm=true"]) == 0  # fmt: skip
+
+
+def test_recipe_probe_stage(tasks, synth_corpus, tmp_path):
+    """Stage 12 of recipes/hubert.sh: prepare the bundled corpus's task data, probe two
+    upstreams (a baseline and a model dir), print the table, write summary/probe.json."""
+    import os
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parents[2]
+    bin_dir = tmp_path / "bin"  # what `pip install` makes of the speechssl-probe entry point
+    bin_dir.mkdir()
+    shim = bin_dir / "speechssl-probe"
+    shim.write_text(f'#!/bin/sh\nexec "{sys.executable}" -m speechssl.downstream "$@"\n')
+    shim.chmod(0o755)
+    env = {**os.environ, "PYTHONPATH": str(repo), "OMP_NUM_THREADS": "1",
+           "PATH": os.pathsep.join([str(bin_dir), str(Path(sys.executable).parent), os.environ["PATH"]])}  # fmt: skip
+    exp = tmp_path / "exp"
+    res = subprocess.run(
+        ["bash", str(repo / "egs" / "synth" / "hubert" / "run.sh"), "--data-root", str(synth_corpus),
+         "--exp-dir", str(exp), "--stage", "12", "--stop-stage", "12", "--probe-tasks", "pr",
+         "--probe-upstreams", f"fbank {tasks / 'model'}", "--probe-data", str(tmp_path / "probe"),
+         "--probe-args", "preset=synth trainer.max_steps=3 trainer.save_every=3 lr=[1e-2]"],
+        capture_output=True, text=True, env=env, timeout=600,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-3000:]
+    rows = json.loads((exp / "summary" / "probe.json").read_text())
+    assert [(r["upstream"], r["task"], r["metric"]) for r in rows] == [
+        ("fbank", "pr", "per"),
+        ("model", "pr", "per"),
+    ]
+    assert all(np.isfinite(r["value"]) for r in rows)
+    assert "| upstream | PR PER % ↓ |" in res.stdout  # the table is printed at the end

@@ -128,7 +128,7 @@ def test_one_iteration_and_teacher_features(tmp_path: Path) -> None:
     res = run(script, "--dry-run", "true", "--exp-dir", tmp_path, "--num-iterations", "1")
     assert res.returncode == 0, res.stderr
     assert "# stage 7 (dump_iter2): dump a layer of the iteration-1 model [not used: " in res.stdout
-    assert sorted(stages(res.stdout)) == [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11]
+    assert sorted(stages(res.stdout)) == [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12]
     assert all(stages(res.stdout)[n] == [] for n in (7, 8, 9, 10))
 
     res = run(script, "--dry-run", "true", "--iter1-features", "model")
