@@ -418,7 +418,7 @@ class ProbeTask:
             dtype = torch.float16 if arrays[0].dtype == np.float16 else torch.float32
             feats = torch.zeros(len(utts), width, len(self.layers), self.upstream.dim, dtype=dtype)
             for i, a in enumerate(arrays):
-                feats[i, : a.shape[0]] = torch.from_numpy(np.ascontiguousarray(a))
+                feats[i, : a.shape[0]] = torch.from_numpy(np.array(a))  # memmap -> RAM
         else:
             feats, frames = self._run_upstream(split, utts)
         targets = [split.targets[u] for u in utts]

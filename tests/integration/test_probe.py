@@ -240,3 +240,34 @@ def test_recipe_probe_stage(tasks, synth_corpus, tmp_path):
     ]
     assert all(np.isfinite(r["value"]) for r in rows)
     assert "| upstream | PR PER % ↓ |" in res.stdout  # the table is printed at the end
+
+
+def test_uncached_batches_equal_cached(tasks, tmp_path):
+    """data.cache=false (the upstream on every batch) feeds the head the same hidden states
+    as the float16 cache, with the same frame counts."""
+    from speechssl.distributed import DistEnv
+    from speechssl.downstream.config import ProbeConfig, ProbeDataConfig
+    from speechssl.downstream.run import build_splits
+    from speechssl.downstream.tasks import ProbeTask, get_task, load_task_data
+    from speechssl.downstream.upstreams import load_upstream
+    from speechssl.train.config import TrainerConfig
+
+    root = tasks / "tasks" / "sid"
+    up = load_upstream(str(tasks / "model"))
+    spec = get_task("sid")
+    vocab, targets = load_task_data(spec, root)
+    env = DistEnv(device=torch.device("cpu"))
+    made = {}
+    for cache in (True, False):
+        cfg = ProbeConfig(upstream=str(tasks / "model"),
+                          data=ProbeDataConfig(dir=str(root), cache=cache),
+                          trainer=TrainerConfig(exp_dir=str(tmp_path / f"e{cache}")))  # fmt: skip
+        splits = build_splits(cfg, up, [0, 1, 2], targets, env)
+        made[cache] = ProbeTask(spec, up, [0, 1, 2], vocab, splits, env, seed=1, layer=None,
+                                layer_norm=False, proj_dim=8, max_batch_frames=4000,
+                                max_batch_utts=4)  # fmt: skip
+    utts = made[True].splits["dev"].utts[:4]
+    a = made[True].make_batch(made[True].splits["dev"], utts, 0, 0)
+    b = made[False].make_batch(made[False].splits["dev"], utts, 0, 0)
+    assert torch.equal(a.frames, b.frames) and a.targets == b.targets
+    assert torch.allclose(a.feats.float(), b.feats, atol=2e-2, rtol=1e-2)
