@@ -9,8 +9,9 @@
   ``checkpoints/best/``, ``checkpoints/step-*``, a saved model), or a training exp dir
   (its ``final/`` is used);
 * a local ``transformers`` model dir (``config.json``), loaded with ``AutoModel``
-  (HubertModel, Wav2Vec2Model / Wav2Vec2ForPreTraining, WavLMModel, Data2VecAudioModel)
-  with ``output_hidden_states=True``.
+  (HubertModel, Wav2Vec2Model / Wav2Vec2ForPreTraining, WavLMModel, Data2VecAudioModel,
+  and Wav2Vec2BertModel with the fbank feature extractor of its
+  ``preprocessor_config.json``) with ``output_hidden_states=True``.
 
 Every upstream returns all hidden states (index 0 = input of the first transformer layer,
 ``i`` = output of layer ``i``, as :class:`speechssl.models.base.ExtractOutput`), runs in
@@ -43,8 +44,8 @@ from speechssl.models.io import CONFIG_NAME, WEIGHTS_NAME, load_model_dir
 BASELINES = ("fbank", "mfcc")
 """Names of the classic-feature upstreams."""
 
-#: transformers model types the AutoModel upstream accepts (waveform input)
-HF_MODEL_TYPES = ("hubert", "wav2vec2", "wavlm", "data2vec-audio")
+#: transformers model types the AutoModel upstream accepts (the last takes fbank input)
+HF_MODEL_TYPES = ("hubert", "wav2vec2", "wavlm", "data2vec-audio", "wav2vec2-bert")
 
 
 @dataclass
@@ -248,11 +249,17 @@ class TransformersUpstream(Upstream):
         self.kind = "transformers"
         self.num_layers = int(config.num_hidden_layers) + 1
         self.dim = int(config.hidden_size)
-        stride = 1
-        for s in config.conv_stride:
-            stride *= int(s)
-        self.sample_rate = 16000
-        self.frame_rate = self.sample_rate / stride
+        self.features: Any = None  # the fbank feature extractor of Wav2Vec2BertModel
+        if config.model_type == "wav2vec2-bert":
+            self.features = self._fbank_extractor(root, config)
+            self.sample_rate = int(self.features.sampling_rate)
+            self.frame_rate = 100.0 / int(self.features.stride)
+        else:
+            stride = 1
+            for s in config.conv_stride:
+                stride *= int(s)
+            self.sample_rate = 16000
+            self.frame_rate = self.sample_rate / stride
         self.per_utterance = getattr(config, "feat_extract_norm", "layer") == "group"
         files = sorted(root.glob("*.safetensors")) + sorted(root.glob("*.bin"))
         h = hashlib.sha256()
@@ -269,12 +276,45 @@ class TransformersUpstream(Upstream):
             "weights_sha256": self._sha,
         }
 
+    @staticmethod
+    def _fbank_extractor(root: Path, config: Any) -> Any:
+        from transformers import AutoFeatureExtractor
+
+        if getattr(config, "add_adapter", False):
+            raise ConfigError(
+                f"{root}: Wav2Vec2BertModel with add_adapter=True (a fine-tuning adapter that "
+                "subsamples frames) is not a supported upstream"
+            )
+        if not (root / "preprocessor_config.json").is_file():
+            raise CheckpointError(
+                f"{root}: a Wav2Vec2BertModel dir needs its preprocessor_config.json (the "
+                "fbank feature extractor)"
+            )
+        return AutoFeatureExtractor.from_pretrained(root, local_files_only=True)
+
     def frame_counts(self, lengths: Tensor) -> Tensor:
         return self.model._get_feat_extract_output_lengths(lengths).long()
+
+    def _forward_fbank(self, waves: Tensor, lengths: Tensor) -> tuple[list[Tensor], Tensor]:
+        arrays = [waves[i, : int(n)].float().cpu().numpy() for i, n in enumerate(lengths)]
+        inputs = self.features(
+            arrays, sampling_rate=self.sample_rate, return_tensors="pt", padding=True,
+            return_attention_mask=True,
+        )  # fmt: skip
+        mask = inputs["attention_mask"]
+        out = self.model(
+            input_features=inputs["input_features"].to(self.device),
+            attention_mask=mask.to(self.device),
+        )
+        return list(out.hidden_states), mask.sum(dim=1).long()
 
     def forward(
         self, waves: Tensor, lengths: Tensor, layers: Sequence[int] | None = None
     ) -> UpstreamOutput:
+        if self.features is not None:
+            hidden, frames = self._forward_fbank(waves, lengths)
+            picked = [hidden[i] for i in layers] if layers else hidden
+            return UpstreamOutput(_zero_padding([h.float() for h in picked], frames), frames)
         frames = self.frame_counts(lengths).cpu()
         if self.per_utterance:
             outs = [

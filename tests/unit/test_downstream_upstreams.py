@@ -99,3 +99,36 @@ def test_baselines_and_errors(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(CheckpointError, match="not a model dir"):
         load_upstream(str(tmp_path / "empty"))
+
+
+def test_wav2vec2_bert_upstream_equals_transformers_per_utterance(tmp_path):
+    from transformers import SeamlessM4TFeatureExtractor, Wav2Vec2BertConfig, Wav2Vec2BertModel
+
+    torch.manual_seed(0)
+    cfg = Wav2Vec2BertConfig(
+        hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+        output_hidden_size=32, conv_depthwise_kernel_size=5, feature_projection_input_dim=160,
+    )  # fmt: skip
+    model = Wav2Vec2BertModel(cfg).eval()
+    path = tmp_path / "w2vbert"
+    model.save_pretrained(path)
+    fe = SeamlessM4TFeatureExtractor()
+    fe.save_pretrained(path)
+    up = load_upstream(str(path))
+    assert up.num_layers == 3 and up.frame_rate == 50.0
+    lengths = [16000, 9000]
+    waves, lens = _waves(lengths)
+    out = up(waves, lens)
+    for i, n in enumerate(lengths):
+        inputs = fe([waves[i, :n].numpy()], sampling_rate=16000, return_tensors="pt")
+        with torch.no_grad():
+            ref = model(input_features=inputs["input_features"], output_hidden_states=True)
+        f = int(out.frames[i])
+        assert f == ref.hidden_states[0].shape[1]
+        for k in range(3):
+            assert torch.allclose(
+                out.hidden_states[k][i, :f], ref.hidden_states[k][0], atol=1e-3
+            ), (i, k)
+    (path / "preprocessor_config.json").unlink()
+    with pytest.raises(CheckpointError, match=r"preprocessor_config\.json"):
+        load_upstream(str(path))
