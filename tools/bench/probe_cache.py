@@ -151,6 +151,7 @@ def main() -> None:
             )
         prepare_synth_probing(work / "corpus", work / "tasks", tasks=("pr",))
         args.task_root = str(work / "tasks" / "pr")
+    label = args.upstream or f"{args.model} (random weights)"
     if not args.upstream:
         import torch
 
@@ -179,7 +180,7 @@ def main() -> None:
     audio = sum(train.durations().values())
     print(json.dumps({
         "what": "probe_cache PR epoch (cached float16 layers vs upstream every step)",
-        "device": args.device, "threads": args.threads, "upstream": args.upstream if args.task_root and not args.workdir else args.model,
+        "device": args.device, "threads": args.threads, "upstream": label,
         "ours_epoch_s": round(o, 4), "peer_epoch_s": round(p, 4), "ratio": round(p / o, 2),
         "cache_seconds": round(cache["cache_seconds"], 3),
         "ours_peak_rss_mib": round(info["cached"]["rss_mib"], 1),
