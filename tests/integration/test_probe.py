@@ -209,6 +209,7 @@ def test_probe_errors(tasks, tmp_path, capsys):
                   "task.layer_norm=true"]) == 0  # fmt: skip
 
 
+@pytest.mark.slow
 def test_recipe_probe_stage(tasks, synth_corpus, tmp_path):
     """Stage 12 of recipes/hubert.sh: prepare the bundled corpus's task data, probe two
     upstreams (a baseline and a model dir), print the table, write summary/probe.json."""
