@@ -398,7 +398,7 @@ class ProbeTask:
         plan = [plan[i] for i in order]
         unit = self.env.world_size * self.grad_accum  # whole steps on every rank
         pad = (-len(plan)) % unit
-        plan += plan[:pad]
+        plan += [plan[i % len(plan)] for i in range(pad)]
         return plan[self.env.rank :: self.env.world_size]
 
     def batches_per_rank(self, epoch: int) -> int:

@@ -272,3 +272,30 @@ def test_uncached_batches_equal_cached(tasks, tmp_path):
     b = made[False].make_batch(made[False].splits["dev"], utts, 0, 0)
     assert torch.equal(a.frames, b.frames) and a.targets == b.targets
     assert torch.allclose(a.feats.float(), b.feats, atol=2e-2, rtol=1e-2)
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+def test_probe_ddp_two_processes(tasks, tmp_path):
+    """torchrun -m speechssl.downstream: DDP over two CPU processes (gloo), the cache
+    written once by rank 0, metrics reduced over both ranks."""
+    import os
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parents[2]
+    exp = tmp_path / "ddp"
+    res = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
+         "-m", "speechssl.downstream", "task=sid", "upstream=fbank",
+         f"data.dir={tasks / 'tasks' / 'sid'}", f"trainer.exp_dir={exp}", *QUICK, "lr=[1e-3]",
+         "trainer.grad_accum=2"],
+        capture_output=True, text=True, timeout=600,
+        env={**os.environ, "PYTHONPATH": str(repo), "OMP_NUM_THREADS": "1"},
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr[-3000:]
+    log = [json.loads(x) for x in (exp / "lr-0.001" / "log.jsonl").read_text().splitlines()]
+    assert log[0]["event"] == "start" and log[0]["world_size"] == 2
+    assert [r["step"] for r in log if r["kind"] == "dev"] == [3, 6]
+    res_json = json.loads((exp / "results.json").read_text())
+    assert 0 <= res_json["test"] <= 1
