@@ -172,9 +172,10 @@ def run_probe(cfg: ProbeConfig, env: DistEnv) -> dict[str, Any]:
             continue
         trainer = dataclasses.replace(cfg.trainer, exp_dir=str(run_dir))
         optim = dataclasses.replace(cfg.optim, lr=lr)
+        run_cfg = dataclasses.replace(cfg, lr=[lr], optim=optim, trainer=trainer)
         loop = TrainLoop(
             lambda: make_task(cfg.trainer.seed), env, trainer=trainer, optim=optim,
-            resume=cfg.resume, config=cfg,
+            resume=cfg.resume, config=run_cfg,
         )  # fmt: skip
         summary = loop.fit()
         if summary.stopped == "signal":
