@@ -10,7 +10,9 @@
 #   iterN/labels/<set>/       unit labels of iteration N
 #   iterN/report/             unit-quality report of iteration N's labels (on --report-set)
 #   iterN/train/              pretraining experiment of iteration N (final/: the model)
-#   summary/                  results table, training curves (PNG), pointers to final models
+#   summary/                  results table, training curves (PNG), pointers to final models;
+#                             probe.md/probe.json: the probing table (stage 12)
+#   probe/<task>_<upstream>/  speechssl-probe runs (layer caches, lr sweep, results.json)
 #   export/hf/                transformers export of the last model (--hf-export / --hub-repo)
 #   logs/                     one log per stage and per job; .stages/: done sentinels
 . "$(dirname "${BASH_SOURCE[0]}")/utils/common.sh"
@@ -61,6 +63,12 @@ opt train_nodes 1 "nodes for pretraining"
 opt train_nproc 1 "processes (GPUs) per node for pretraining"
 opt ref_world_size 32 "GPUs of the published setup: gradient accumulation = this / (nodes x nproc); 0: no accumulation"
 opt summary_expect_higher "" "metric (e.g. pnmi) the last iteration's units must beat the first's in the summary; empty: no check"
+opt probe_tasks "" "SUPERB-like probing tasks after pretraining, comma-separated (pr,sid,ks); empty: no probing stage"
+opt probe_upstreams "mfcc fbank iter1 iter2" "upstreams to probe: fbank, mfcc, iterN (EXP_DIR/iterN/train) or a model dir"
+opt probe_data "" "task roots <task>/{train,dev,test} with the tasks' label files (see docs/probing.md)"
+opt probe_local_data "" "script writing --probe-data from --data-root, run as SCRIPT --data-root DIR --out DIR (empty: --probe-data exists)"
+opt probe_args "" "speechssl-probe overrides for every probing run (e.g. preset=synth)"
+opt probe_cmd launch_local.sh "launcher for probing runs"
 export_options
 
 add_data_stages # 1 data, 2 validate
@@ -73,7 +81,8 @@ add_stage 8 kmeans_iter2 "fit k-means on the layer features" 'num_iterations >= 
 add_stage 9 labels_iter2 "apply iteration 2's k-means (labels) and report unit quality" 'num_iterations >= 2'
 add_stage 10 train_iter2 "pretrain iteration 2" 'num_iterations >= 2'
 add_stage 11 summary "results table (unit quality per iteration), training curves, final models"
-add_stage 12 export "export the last model to transformers with a model card (push with --hub-repo)" 'do_export'
+add_stage 12 probe "probe the upstreams on --probe-tasks (speechssl-probe), table in summary/probe.md" 'probing'
+add_stage 13 export "export the last model to transformers with a model card (push with --hub-repo)" 'do_export'
 
 # ---------------------------------------------------------------------------- helpers
 
@@ -180,6 +189,26 @@ stage_summary() {
   run_cmd speechssl recipe summary "${args[@]}"
 }
 
+stage_probe() {
+  local task up spec name runs=()
+  if [[ -n $probe_local_data ]]; then
+    run_cmd "$probe_local_data" --data-root "$data_root" --out "$probe_data"
+  fi
+  for task in ${probe_tasks//,/ }; do
+    for up in $probe_upstreams; do
+      if [[ $up =~ ^iter[0-9]+$ ]]; then spec=$exp_dir/$up/train; else spec=$up; fi
+      name=$(basename "$up")
+      # shellcheck disable=SC2086  # override strings are lists of words
+      run_jobs "$probe_cmd" "$logs/probe_${task}_$name.log" \
+        speechssl-probe "task=$task" "upstream=$spec" "data.dir=$probe_data/$task" \
+        "trainer.exp_dir=$exp_dir/probe/${task}_$name" $probe_args
+      runs+=("$name=$exp_dir/probe/${task}_$name")
+    done
+  done
+  run_cmd speechssl probe report "${runs[@]}" --out "$exp_dir/summary" \
+    --note "test-set metric (%) of the lr picked on dev; SYNTHETIC speech if the corpus is the bundled one"
+}
+
 stage_export() { export_hf_model "$exp_dir/iter$num_iterations/train/final"; }
 
 # ---------------------------------------------------------------------------- main
@@ -200,9 +229,13 @@ if [[ $iter1_features == model && (-z $iter1_checkpoint || $iter1_layer -lt 1) ]
 fi
 [[ -n $dump_dir ]] || dump_dir=$exp_dir/dump
 [[ -n $report_set ]] || report_set=${valid_set:-$train_set}
+probing=0 # 1 when --probe-tasks is given (the condition of stage 12)
+if [[ -n $probe_tasks ]]; then probing=1; fi
+if ((probing)) && [[ -z $probe_data ]]; then die "--probe-tasks needs --probe-data DIR"; fi
 logs=$exp_dir/logs
 set_export_wanted
 grad_accum=$(grad_accum_for "$ref_world_size" "$train_nodes" "$train_nproc")
 
 run_stages "$exp_dir"
 show_results "$exp_dir/summary/results.md" 11
+if [[ -n $probe_tasks ]]; then show_results "$exp_dir/summary/probe.md" 12; fi

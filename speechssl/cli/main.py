@@ -20,11 +20,11 @@ from collections.abc import Sequence
 from types import ModuleType
 
 from speechssl import __version__
-from speechssl.cli import data, export, features, imports, kmeans, recipe, train
+from speechssl.cli import data, export, features, imports, kmeans, probe, recipe, train
 from speechssl.errors import SpeechSSLError
 
 # the command groups, in pipeline order (= the order of `speechssl --help`)
-GROUPS: tuple[ModuleType, ...] = (data, features, kmeans, train, imports, export, recipe)
+GROUPS: tuple[ModuleType, ...] = (data, features, kmeans, train, probe, imports, export, recipe)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -4,7 +4,7 @@ An extractor turns a padded waveform batch into frame features and describes its
 store's ``meta.json``. The dump loop only talks to this interface, so new kinds (``model``:
 a hidden layer of a trained model) plug in with :func:`register_extractor` without touching
 it. Modules named in :data:`EXTRACTOR_MODULES` are imported (when present) before the
-registry is used, so a later module (e.g. ``speechssl.models.extractor``) only has to call
+registry is used, so a later module (e.g. ``speechssl.downstream.upstreams``) only has to call
 ``register_extractor("model", spec)`` at import time.
 """
 
@@ -89,7 +89,7 @@ class ExtractorSpec:
 EXTRACTORS: Registry[ExtractorSpec] = Registry("feature extractor")
 
 #: modules that register extractors when imported (missing ones are skipped)
-EXTRACTOR_MODULES: list[str] = ["speechssl.models.extractor"]
+EXTRACTOR_MODULES: list[str] = ["speechssl.downstream.upstreams"]
 
 
 def register_extractor(name: str, spec: ExtractorSpec) -> None:

@@ -161,7 +161,7 @@ def _one_line(text: str) -> str:
 # ----------------------------------------------------------------------------- composition
 
 
-def _search_path(config_dir: str | None) -> Any:
+def _search_path(config_dir: str | None, roots: Sequence[Path] = (CONFIG_DIR,)) -> Any:
     from hydra._internal.config_search_path_impl import ConfigSearchPathImpl
 
     search_path = ConfigSearchPathImpl()
@@ -177,20 +177,39 @@ def _search_path(config_dir: str | None) -> Any:
                 "take Hydra's own settings (callbacks, logging, run dirs)"
             )
         search_path.append("speechssl-user", f"file://{user}")
-    search_path.append("speechssl", f"file://{CONFIG_DIR}")
+    for i, root in enumerate(roots):  # packaged groups; the first root wins
+        search_path.append("speechssl" if i == 0 else f"speechssl-{i}", f"file://{root}")
     search_path.append("schema", "structured://")
     return search_path
 
 
-def _loader(config_dir: str | None) -> Any:
+@dataclasses.dataclass(frozen=True)
+class App:
+    """What a Hydra app of speechssl composes: its primary config, schema (a dataclass),
+    ConfigStore registration, packaged config roots and groups (for ``--help``).
+    ``speechssl-train`` is :data:`TRAIN_APP`; ``speechssl-probe`` is another."""
+
+    primary: str
+    schema: type
+    register: typing.Callable[[], None]
+    roots: tuple[Path, ...]
+    groups: tuple[str, ...]
+
+
+def _train_app() -> App:
+    from speechssl.train.config import TrainConfig, register_configs
+
+    return App(PRIMARY_CONFIG, TrainConfig, register_configs, (CONFIG_DIR,), GROUPS)
+
+
+def _loader(config_dir: str | None, app: App | None = None) -> Any:
     from hydra._internal.config_loader_impl import ConfigLoaderImpl
     from hydra.core.plugins import Plugins
 
-    from speechssl.train.config import register_configs
-
+    app = app or _train_app()
     Plugins.instance()  # registers Hydra's config sources (file://, pkg://, structured://)
-    register_configs()
-    return ConfigLoaderImpl(config_search_path=_search_path(config_dir))
+    app.register()
+    return ConfigLoaderImpl(config_search_path=_search_path(config_dir, app.roots))
 
 
 def _missing_option_message(exc: Any) -> str:
@@ -205,7 +224,7 @@ def _missing_option_message(exc: Any) -> str:
     return f"{group}={name}: no such option; {hint}options: {', '.join(options)}"
 
 
-def compose(overrides: Sequence[str], config_dir: str | None = None) -> Any:
+def compose(overrides: Sequence[str], config_dir: str | None = None, app: App | None = None) -> Any:
     """Compose the task config (a DictConfig without the ``hydra`` node) from the search path
     and ``overrides``; every refusal above is a :class:`ConfigError`."""
     from hydra.core.utils import setup_globals
@@ -214,13 +233,14 @@ def compose(overrides: Sequence[str], config_dir: str | None = None) -> Any:
     from omegaconf import OmegaConf, open_dict
     from omegaconf.errors import OmegaConfBaseException
 
-    from speechssl.train.config import TrainConfig, refuse_targets
+    from speechssl.train.config import refuse_targets
 
+    app = app or _train_app()
     refuse_hydra_overrides(overrides)
     setup_globals()  # Hydra's resolvers (${now:...}), as an app would have them
     try:
-        cfg = _loader(config_dir).load_configuration(
-            config_name=PRIMARY_CONFIG,
+        cfg = _loader(config_dir, app).load_configuration(
+            config_name=app.primary,
             overrides=list(overrides),
             run_mode=RunMode.RUN,
             from_shell=True,
@@ -236,8 +256,8 @@ def compose(overrides: Sequence[str], config_dir: str | None = None) -> Any:
         del cfg["hydra"]
     task = OmegaConf.to_container(cfg, resolve=False)
     refuse_targets(task)
-    refuse_unknown_keys(task, TrainConfig)
-    if cfg.model.get("init_from") and not _names_a_model(overrides):
+    refuse_unknown_keys(task, app.schema)
+    if "model" in cfg and cfg.model.get("init_from") and not _names_a_model(overrides):
         # the architecture comes from model.init_from: the default preset does not apply
         cfg.model.name = ""
     return cfg
@@ -253,11 +273,12 @@ def _names_a_model(overrides: Sequence[str]) -> bool:
     return False
 
 
-def group_options(config_dir: str | None = None) -> dict[str, list[str]]:
+def group_options(config_dir: str | None = None, app: App | None = None) -> dict[str, list[str]]:
     """The options of every config group on the search path (for ``--help``)."""
-    loader = _loader(config_dir)
+    app = app or _train_app()
+    loader = _loader(config_dir, app)
     return {
-        group: [o for o in loader.get_group_options(group) if o != "schema"] for group in GROUPS
+        group: [o for o in loader.get_group_options(group) if o != "schema"] for group in app.groups
     }
 
 

@@ -89,7 +89,7 @@ def test_synth_hubert_plan(tmp_path: Path) -> None:
     assert res.returncode == 0, res.stderr
     assert not exp.exists()  # a dry run writes nothing
     plan = stages(res.stdout)
-    assert sorted(plan) == list(range(1, 13))  # stage 12 (export) is listed, not used
+    assert sorted(plan) == list(range(1, 14))  # stages 12 (probe) and 13 (export) listed, not used
     assert plan[1] == [
         ["../local/data.sh", "--data-root", "../data", "--hours", "1.0", "--nj", "2"]
     ]
@@ -121,6 +121,24 @@ def test_synth_hubert_plan(tmp_path: Path) -> None:
     summary = plan[11][-1]
     assert summary[:3] == ["speechssl", "recipe", "summary"]
     assert "--expect-higher" in summary and "pnmi" in summary
+    # stage 12: probing (task data, 3 tasks x 4 upstreams, the table)
+    assert plan[12][0] == [
+        "../local/probe_data.sh",
+        "--data-root",
+        "../data",
+        "--out",
+        "../data/probe",
+    ]
+    probes = [opts(inner(c)) for c in plan[12][1:-1]]
+    assert [(p["task"], p["upstream"]) for p in probes[:4]] == [
+        ("pr", "mfcc"),
+        ("pr", "fbank"),
+        ("pr", f"{exp}/iter1/train"),
+        ("pr", f"{exp}/iter2/train"),
+    ]
+    assert {p["task"] for p in probes} == {"pr", "sid", "ks"} and len(probes) == 12
+    assert all(p["preset"] == "synth" for p in probes)
+    assert plan[12][-1][:3] == ["speechssl", "probe", "report"]
 
 
 def test_one_iteration_and_teacher_features(tmp_path: Path) -> None:
@@ -128,8 +146,8 @@ def test_one_iteration_and_teacher_features(tmp_path: Path) -> None:
     res = run(script, "--dry-run", "true", "--exp-dir", tmp_path, "--num-iterations", "1")
     assert res.returncode == 0, res.stderr
     assert "# stage 7 (dump_iter2): dump a layer of the iteration-1 model [not used: " in res.stdout
-    assert sorted(stages(res.stdout)) == [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12]
-    assert all(stages(res.stdout)[n] == [] for n in (7, 8, 9, 10, 12))
+    assert sorted(stages(res.stdout)) == list(range(1, 14))
+    assert all(stages(res.stdout)[n] == [] for n in (7, 8, 9, 10, 12, 13))
 
     res = run(script, "--dry-run", "true", "--iter1-features", "model")
     assert res.returncode == 1

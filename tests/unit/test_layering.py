@@ -37,11 +37,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
 )
 
 #: (importing module, imported module) pairs allowed to break the layer order, each with why
-ALLOWED_UPWARD: dict[tuple[str, str], str] = {
-    # model layers as features; the module is being moved above models/ (issue 14), after
-    # which models/ imports nothing from interop/
-    ("speechssl.models.extractor", "speechssl.interop.hf"): "moving out of models/",
-}
+ALLOWED_UPWARD: dict[tuple[str, str], str] = {}
 
 #: modules allowed to load modules by name, each with why
 ALLOWED_IMPORT_BY_NAME: dict[str, str] = {

@@ -1,0 +1,121 @@
+"""`speechssl probe`: downstream probing tools around the `speechssl-probe` Hydra app:
+cache an upstream's layers, prepare the bundled corpus's probing data, tabulate results."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def _cache(args: argparse.Namespace) -> int:
+    from speechssl.downstream.cache import cache_layers
+    from speechssl.downstream.upstreams import load_upstream
+
+    device = args.device
+    if device is None:
+        import torch
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    upstream = load_upstream(args.upstream, device)
+    layers = None if args.layers is None else [int(x) for x in args.layers.split(",")]
+    results = cache_layers(
+        args.data, args.out, upstream, layers, dtype=args.dtype, nshard=args.nshard,
+        batch_seconds=args.batch_seconds, tolerant=args.tolerant,
+    )  # fmt: skip
+    summary = {
+        "out": args.out,
+        "upstream": upstream.identity(),
+        "layers": layers if layers is not None else list(range(upstream.num_layers)),
+        "written": sum(r.written for r in results),
+        "skipped": sum(len(r.skipped) for r in results),
+        "frames": sum(r.frames for r in results),
+    }
+    print(json.dumps(summary))
+    return 0
+
+
+def _prepare_synth(args: argparse.Namespace) -> int:
+    from speechssl.downstream.prep_synth import prepare_synth_probing
+
+    tasks = tuple(t for t in args.tasks.split(",") if t)
+    counts = prepare_synth_probing(args.corpus, args.out, seed=args.seed, tasks=tasks)
+    print(json.dumps(counts))
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from speechssl.downstream.report import write_report
+
+    runs: list[tuple[str | None, str]] = []
+    for item in args.runs:
+        label, sep, path = item.partition("=")
+        runs.append((label, path) if sep else (None, item))
+    _, table = write_report(runs, args.out, note=args.note)
+    print(table, end="")
+    return 0
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser(
+        "probe",
+        help="downstream probing: cache layers, bundled-corpus task data, result tables "
+        "(train probes with speechssl-probe)",
+    )
+    parser.set_defaults(_group_parser=parser)
+    verbs = parser.add_subparsers(dest="verb", metavar="VERB")
+
+    cache = verbs.add_parser(
+        "cache",
+        help="compute a frozen upstream's hidden states once and store them (float16)",
+        description="Write the hidden states (all, or --layers) of every utterance of a data "
+        "dir to a feature store that speechssl-probe trains heads from. The store records "
+        "the upstream's identity (weights SHA-256); a cache of another upstream is refused, "
+        "and a rerun completes only unfinished shards.",
+    )
+    cache.add_argument(
+        "--upstream",
+        required=True,
+        help="fbank, mfcc, a model dir, a training exp dir or a transformers dir",
+    )
+    cache.add_argument("--data", required=True, help="Kaldi data dir")
+    cache.add_argument("--out", required=True, help="cache dir to write")
+    cache.add_argument(
+        "--layers", default=None, help="comma-separated hidden states (default: all)"
+    )
+    cache.add_argument("--dtype", choices=["float16", "float32"], default="float16")
+    cache.add_argument("--nshard", type=int, default=1, help="shards to split the store into")
+    cache.add_argument(
+        "--batch-seconds", type=float, default=100.0, help="padded audio per upstream forward"
+    )
+    cache.add_argument(
+        "--tolerant", action="store_true", help="skip and record unreadable utterances"
+    )
+    cache.add_argument("--device", default=None, help="torch device (default: cuda if present)")
+    cache.set_defaults(func=_cache)
+
+    prep = verbs.add_parser(
+        "prepare-synth",
+        help="probing task data (PR, SID, KS) from a bundled SYNTHETIC corpus",
+        description="Turn a corpus from 'speechssl data synth' into task roots OUT/<task>/"
+        "{train,dev,test}: pr (utt2phones from ali.phones), sid (utt2spk, split by utterance "
+        "within speakers), ks (utt2keyword plus generated _silence_ noise clips).",
+    )
+    prep.add_argument("--corpus", required=True, help="synth corpus root (train/ dev/ test/)")
+    prep.add_argument("--out", required=True, help="where the task roots go")
+    prep.add_argument("--tasks", default="pr,sid,ks", help="comma-separated subset of pr,sid,ks")
+    prep.add_argument("--seed", type=int, default=0, help="seed of the splits and noise clips")
+    prep.set_defaults(func=_prepare_synth)
+
+    report = verbs.add_parser(
+        "report",
+        help="SUPERB-like table (JSON + Markdown) over speechssl-probe runs",
+        description="Read each run's results.json and write OUT/probe.json (rows upstream, "
+        "task, metric, value = test metric of the lr picked on dev) and OUT/probe.md "
+        "(upstreams x tasks); the table is also printed.",
+    )
+    report.add_argument(
+        "runs", nargs="+", metavar="[UPSTREAM=]EXP_DIR", help="probe exp dirs, optionally labelled"
+    )
+    report.add_argument("--out", required=True, help="dir for probe.json and probe.md")
+    report.add_argument("--note", default="", help="a line printed under the table")
+    report.set_defaults(func=_report)

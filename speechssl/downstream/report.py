@@ -1,0 +1,110 @@
+"""A SUPERB-like table over probing runs: upstreams x tasks.
+
+Reads the ``results.json`` of ``speechssl-probe`` experiment dirs and writes, atomically,
+``probe.json`` (rows ``{"upstream", "task", "metric", "value"}``: the test metric of the lr
+picked on dev, plus ``dev`` and ``lr``) and ``probe.md`` (one row per upstream, one column
+per task, as in the SUPERB paper).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from speechssl.errors import ConfigError
+from speechssl.utils.atomic import atomic_write_json, atomic_write_text
+
+PROBE_JSON = "probe.json"
+PROBE_MD = "probe.md"
+#: task column order (others follow alphabetically)
+TASK_ORDER = ("pr", "asr", "ks", "sid", "asv")
+_ARROW = {"min": "↓", "max": "↑"}
+
+
+def read_run(exp_dir: str | os.PathLike[str]) -> dict[str, Any]:
+    path = Path(exp_dir) / "results.json"
+    if not path.is_file():
+        raise ConfigError(f"{exp_dir}: no results.json (not a finished speechssl-probe run)")
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{path}: not valid JSON ({exc})") from None
+    for key in ("task", "upstream", "metric", "test", "dev", "lr"):
+        if key not in data:
+            raise ConfigError(f"{path}: no {key!r} (not a speechssl-probe results file)")
+    return data
+
+
+def collect(runs: Sequence[tuple[str | None, str]]) -> list[dict[str, Any]]:
+    """Rows of ``runs`` (``(upstream label or None, exp dir)``); a repeated
+    (upstream, task) pair is an error."""
+    rows: list[dict[str, Any]] = []
+    seen: dict[tuple[str, str], str] = {}
+    for label, exp in runs:
+        data = read_run(exp)
+        upstream = label or str(data["upstream"])
+        key = (upstream, str(data["task"]))
+        if key in seen:
+            raise ConfigError(f"{exp}: upstream {upstream} task {key[1]} is also in {seen[key]}")
+        seen[key] = exp
+        rows.append(
+            {
+                "upstream": upstream,
+                "task": data["task"],
+                "metric": data["metric"],
+                "value": data["test"],
+                "dev": data["dev"],
+                "lr": data["lr"],
+                "mode": data.get("mode", "max"),
+                "exp_dir": str(exp),
+            }
+        )
+    return rows
+
+
+def _fmt(value: float, metric: str) -> str:
+    if not math.isfinite(value):
+        return "n/a"
+    return f"{100 * value:.2f}"
+
+
+def markdown(rows: Sequence[dict[str, Any]], note: str = "") -> str:
+    tasks = sorted(
+        {r["task"] for r in rows}, key=lambda t: (TASK_ORDER.index(t) if t in TASK_ORDER else 99, t)
+    )
+    upstreams = list(dict.fromkeys(r["upstream"] for r in rows))
+    cell = {(r["upstream"], r["task"]): r for r in rows}
+    heads = []
+    for t in tasks:
+        r = next(r for r in rows if r["task"] == t)
+        heads.append(f"{t.upper()} {r['metric'].upper()} % {_ARROW.get(r['mode'], '')}")
+    lines = ["| upstream | " + " | ".join(heads) + " |", "|---|" + "---:|" * len(tasks)]
+    for u in upstreams:
+        vals = [
+            _fmt(cell[(u, t)]["value"], cell[(u, t)]["metric"]) if (u, t) in cell else "–"
+            for t in tasks
+        ]
+        lines.append(f"| {u} | " + " | ".join(vals) + " |")
+    text = "\n".join(lines) + "\n"
+    if note:
+        text += f"\n{note}\n"
+    return text
+
+
+def write_report(
+    runs: Sequence[tuple[str | None, str]], out: str | os.PathLike[str], note: str = ""
+) -> tuple[list[dict[str, Any]], str]:
+    """Write ``probe.json`` and ``probe.md`` into ``out``; returns the rows and the table."""
+    rows = collect(runs)
+    if not rows:
+        raise ConfigError("no probing runs given")
+    out_dir = Path(out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    table = markdown(rows, note)
+    atomic_write_json(out_dir / PROBE_JSON, rows)
+    atomic_write_text(out_dir / PROBE_MD, table)
+    return rows, table
