@@ -75,7 +75,6 @@ def test_probe_pr_sweep_resume_report(tasks, tmp_path):
                   "task.proj_dim=16"]) == 1  # fmt: skip
 
 
-@pytest.mark.slow
 def test_probe_tasks_cache_report(tasks, tmp_path):
     """PR, KS and SID over a model dir and both baselines, then the report."""
     model = str(tasks / "model")
