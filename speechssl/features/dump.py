@@ -239,13 +239,13 @@ def iter_features(
 def dump_shard(
     data: str | os.PathLike[str],
     out: str | os.PathLike[str],
-    request: ExtractorRequest,
+    request: ExtractorRequest | FeatureExtractor,
     opts: DumpOptions,
     rank: int,
     extractor: FeatureExtractor | None = None,
 ) -> ShardResult:
     """Write shard ``rank`` of ``opts.nshard`` (no-op if it is already complete, unless
-    ``opts.overwrite``), holding the shard's lock (:class:`~speechssl.utils.lock.LockedError`
+    ``opts.overwrite``) with ``extractor``, else the one ``request`` is or builds, holding the shard's lock (:class:`~speechssl.utils.lock.LockedError`
     if another process writes it)."""
     out_dir = Path(out)
     what = f"shard {rank} of {opts.nshard} of a feature store"
@@ -259,14 +259,15 @@ def dump_shard(
 def _write_shard(
     data: str | os.PathLike[str],
     out_dir: Path,
-    request: ExtractorRequest,
+    request: ExtractorRequest | FeatureExtractor,
     opts: DumpOptions,
     rank: int,
     extractor: FeatureExtractor | None,
 ) -> ShardResult:
     start_time = time.perf_counter()
     data_dir = KaldiDataDir(data, allow_pipes=opts.allow_pipes)
-    extractor = extractor or request.build()
+    if extractor is None:
+        extractor = request.build() if isinstance(request, ExtractorRequest) else request
     utts = data_dir.utt_ids()
     lo, hi = shard_range(len(utts), opts.nshard, rank)
     mine = utts[lo:hi]
