@@ -12,19 +12,19 @@ def test_hubert_export_stage(tmp_path: Path) -> None:
     script = EGS / "synth" / "hubert" / "run.sh"
     off = run(script, "--dry-run", "true", "--exp-dir", tmp_path)
     assert off.returncode == 0, off.stderr
-    assert "# stage 12 (export): " in off.stdout and "[not used: do_export is false]" in off.stdout
-    assert stages(off.stdout)[12] == []
+    assert "# stage 13 (export): " in off.stdout and "[not used: do_export is false]" in off.stdout
+    assert stages(off.stdout)[13] == []
     on = run(script, "--dry-run", "true", "--exp-dir", tmp_path, "--hub-repo", "me/hubert-synth",
              "--hf-export-opts", "--license apache-2.0 --private")  # fmt: skip
     assert on.returncode == 0, on.stderr
-    assert stages(on.stdout)[12] == [
+    assert stages(on.stdout)[13] == [
         ["speechssl", "export", "hf", f"{tmp_path}/iter2/train/final", f"{tmp_path}/export/hf",
          "--overwrite", "--summary", f"{tmp_path}/summary", "--push", "me/hubert-synth",
          "--license", "apache-2.0", "--private"]
     ]  # fmt: skip
     one = run(script, "--dry-run", "true", "--exp-dir", tmp_path, "--num-iterations", "1",
               "--hf-export", "true")  # fmt: skip
-    assert stages(one.stdout)[12] == [
+    assert stages(one.stdout)[13] == [
         ["speechssl", "export", "hf", f"{tmp_path}/iter1/train/final", f"{tmp_path}/export/hf",
          "--overwrite", "--summary", f"{tmp_path}/summary"]
     ]  # fmt: skip
