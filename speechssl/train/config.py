@@ -38,7 +38,7 @@ class ModelConfig:
     training settings (masking, dropout, loss weights) but not the architecture."""
 
     def __post_init__(self) -> None:
-        from speechssl.models.registry import get_spec, list_models
+        from speechssl.models.registry import get_spec
 
         if not self.name:  # model.init_from without model=: the name comes from that dir
             if not self.init_from:
@@ -46,13 +46,9 @@ class ModelConfig:
                     "model.name is empty: pick a preset (model=NAME) or model.init_from=DIR"
                 )
             return
-        spec = get_spec(self.name)  # an unknown name is a ConfigError listing the known ones
-        if spec.modality != "audio":
-            raise ConfigError(
-                f"model.name={self.name} is an {spec.modality} model, but speechssl-train "
-                f"pretrains on audio (data.dir is a Kaldi data dir); audio models: "
-                f"{', '.join(list_models('audio'))}"
-            )
+        get_spec(self.name)  # an unknown name is a ConfigError listing the known ones
+        # a model/data modality mismatch is refused with the data group in view
+        # (speechssl.train.images.check_modality), before the exp dir is touched
 
 
 @dataclass(kw_only=True)

@@ -40,12 +40,17 @@ def check_modality(cfg: TrainConfig) -> str:
     model (``model.name``) takes another kind of input than ``data.modality`` provides."""
     from speechssl.models.registry import get_spec
 
-    spec = get_spec(cfg.model.name)
+    name = cfg.model.name
+    if not name and cfg.model.init_from:  # the architecture comes from that model dir
+        from speechssl.models.init import describe_init_source
+
+        name = str(describe_init_source(cfg.model.init_from)["name"])
+    spec = get_spec(name)
     data = cfg.data.modality
     if spec.modality != data:
         hint = "data=images or data=digits" if spec.modality == "image" else "an audio data group (data=default, data=synth)"  # fmt: skip
         raise ConfigError(
-            f"model {cfg.model.name} takes {spec.modality} input but the data group provides "
+            f"model {name} takes {spec.modality} input but the data group provides "
             f"{data} (data.modality={data}); use {hint}"
         )
     if data == "image":

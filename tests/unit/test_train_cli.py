@@ -188,9 +188,8 @@ def test_an_image_model_on_audio_data_is_refused_up_front(name: str, tmp_path: P
     res = _run_cli([f"model.name={name}", f"data.dir={data}", f"trainer.exp_dir={exp}"], tmp_path)
     assert res.returncode == 1
     (line,) = res.stderr.strip().splitlines()
-    assert line.startswith(f"speechssl-train: error: model.name={name} is an image model, ")
-    listed = line.split("audio models: ", 1)[1].split(", ")
-    assert {"data2vec_audio_tiny", "hubert_base"} <= set(listed) and name not in listed
+    assert line.startswith(f"speechssl-train: error: model {name} takes image input but ")
+    assert "use data=images or data=digits" in line
     assert not exp.exists()  # refused before anything was written
     # a recommended audio model passes the same check on the same data (and trains:
     # tests/integration/test_train_families.py runs data2vec_audio_tiny)
