@@ -130,13 +130,13 @@ def main() -> None:
                 persistent_workers=True,
                 prefetch_factor=4,
             )
-        in_worker = next(
-            iter(
-                torch.utils.data.DataLoader(  # type: ignore[call-overload]
-                    range(1), batch_size=None, num_workers=1, collate_fn=worker_backend
-                )
-            )
+        probe: Any = torch.utils.data.DataLoader(
+            list(range(1)),  # type: ignore[arg-type]
+            batch_size=None,
+            num_workers=1,
+            collate_fn=worker_backend,  # type: ignore[arg-type]
         )
+        in_worker = next(iter(probe))
         times: dict[str, list[float]] = {b: [] for b in BACKENDS}
         for rep in range(args.repeats + 1):
             for backend, loader in loaders.items():
