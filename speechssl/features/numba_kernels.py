@@ -237,6 +237,18 @@ def compute_features(waves: Tensor, lengths: Tensor, nf: Tensor, opts: FeatureOp
 
     ``waves [N, T]``, ``lengths [N]`` and ``nf [N]`` (frame counts) on the CPU; no dither.
     """
+    torch_threads = torch.get_num_threads()
+    try:
+        return _compute_features(waves, lengths, nf, opts)
+    finally:
+        # numba's OpenMP threading layer starts on the first call and sets the process's
+        # OpenMP thread count, which torch shares: a data-loader worker (1 torch thread)
+        # would otherwise run every later torch op on all cores
+        if torch.get_num_threads() != torch_threads:
+            torch.set_num_threads(torch_threads)
+
+
+def _compute_features(waves: Tensor, lengths: Tensor, nf: Tensor, opts: FeatureOptions) -> Tensor:
     fo = opts.frame
     if fo.dither != 0.0:
         raise ValueError("the numba kernels have no dither; use the torch path")

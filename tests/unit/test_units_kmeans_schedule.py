@@ -96,3 +96,15 @@ def test_small_fit_records_the_schedule(tmp_path):
     meta = fit_kmeans(tmp_path / "s", KMeansConfig(k=4, device="cpu")).model.meta
     assert meta["schedule"] == "lloyd" and meta["config"]["tol"] is None
     assert meta["resolved_config"]["tol"] == 1e-4 and meta["resolved_config"]["n_init"] == 3
+
+
+def test_fit_help_states_the_rule_with_the_library_thresholds(capsys):
+    from speechssl.cli.main import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["kmeans", "fit", "--help"])
+    assert exc.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())  # argparse wraps the description
+    assert "N*d*k" in text and f"up to {SMALL_WORK:.0e}".replace("e+0", "e") in text
+    assert f"d <= {LOW_DIM}" in text and f"d > {LOW_DIM}" in text
+    assert "explicitly overrides the rule" in text

@@ -177,6 +177,7 @@ def cpu_case(
                 ],
             },
         }
+        opts_of = {"fbank": fbank_opts, "mfcc": mfcc_opts}
         ours_fn = {
             "fbank": lambda: compute_features(batch, lengths, fbank_opts),
             "mfcc": lambda: compute_features(batch, lengths, mfcc_opts),
@@ -199,6 +200,7 @@ def cpu_case(
                         "ratio": round(t_peer / ours, 2),
                         "utterances": len(waves),
                         "audio_s": round(audio_s, 2),
+                        "ours_backend": kaldi.select_backend(batch, opts_of[feat]),
                     }
                 )
 
@@ -286,6 +288,8 @@ def cpu_profile(args: argparse.Namespace, waves: list[np.ndarray]) -> None:
             "rfft_alone_ms": round(fft_alone * 1e3, 2),
             "target_5x_ms": round(budget_ms, 2),
             "rfft_alone_share_of_target": round(fft_alone * 1e3 / budget_ms, 2),
+            "rfft_alone_share_of_ours": round(fft_alone / ours, 2),
+            "ours_backend": kaldi.select_backend(batch, opts),
             "elementwise_pass_ms": round(t["pass"] * 1e3, 2),
             "fresh_padded_output_ms": round(t["output"] * 1e3, 2),
             "utterances": len(waves),
