@@ -36,9 +36,18 @@ class ModelConfig:
     from: its architecture and weights. Heads it lacks or whose size follows the labels
     (HuBERT's label embeddings for a new k) start fresh and are logged; overrides may change
     training settings (masking, dropout, loss weights) but not the architecture."""
+    teacher: str | None = None
+    """Distillation models (``distilhubert_*``): the frozen teacher, a speechssl model dir
+    (a run's ``final/``, or ``speechssl import hf`` of a transformers model). The student
+    takes its conv stack and layer shape and starts from its first layers."""
 
     def __post_init__(self) -> None:
         from speechssl.models.registry import get_spec, list_models
+
+        if self.teacher is not None and self.name and get_spec(self.name).family != "distilhubert":
+            raise ConfigError(
+                f"model.teacher is for distillation models (distilhubert_*), not {self.name}"
+            )
 
         if not self.name:  # model.init_from without model=: the name comes from that dir
             if not self.init_from:

@@ -101,7 +101,19 @@ class PretrainTask:
         given_streams = train_corpus is not None and bool(train_corpus.streams)
         self.stream_names = [] if given_streams else stream_names_for(dc.labels)
         _seed_everything(tc.seed)  # the same initial weights on every rank
-        model = create_model(self.model_name, **self._model_overrides(given_streams))
+        teacher = self._load_teacher()
+        model = create_model(self.model_name, **self._model_overrides(given_streams, teacher))
+        if teacher is not None:
+            from speechssl.models.distilhubert import init_student_from_teacher
+
+            copied = init_student_from_teacher(model, teacher)  # type: ignore[arg-type]
+            model.attach_teacher(teacher)  # type: ignore[operator]
+            if env.is_main:
+                log.info(
+                    "student initialised from teacher %s (%d tensors copied)",
+                    cfg.model.teacher,
+                    len(copied),
+                )
         if cfg.model.init_from:
             from speechssl.models.init import init_from_dir
 
@@ -189,13 +201,46 @@ class PretrainTask:
             pin_memory=self.device.type == "cuda",
         )
 
-    def _model_overrides(self, given_streams: bool = False) -> dict[str, Any]:
+    def _load_teacher(self) -> Any:
+        """The frozen teacher of a distillation model (``model.teacher``), else None."""
+        from speechssl.models.registry import get_spec
+
+        teacher_dir = self.cfg.model.teacher
+        is_distil = get_spec(self.model_name).family == "distilhubert"
+        if not is_distil:
+            if teacher_dir:
+                raise ConfigError(
+                    f"model.teacher is for distillation models (distilhubert_*), not "
+                    f"{self.model_name}"
+                )
+            return None
+        if not teacher_dir:
+            raise ConfigError(
+                f"model {self.model_name} distils a teacher: give model.teacher=DIR (a "
+                "speechssl model dir, e.g. a run's final/ or an `speechssl import hf` output)"
+            )
+        if self.cfg.model.init_from:
+            raise ConfigError(
+                "model.init_from and model.teacher together: the student starts from its "
+                "teacher; give only model.teacher"
+            )
+        from speechssl.models.io import load_model_dir
+
+        return load_model_dir(teacher_dir)
+
+    def _model_overrides(self, given_streams: bool = False, teacher: Any = None) -> dict[str, Any]:
         """The user's model overrides, plus the label streams' names and sizes (k) for
         models that predict units, unless the user set them. ``given_streams``: the caller
-        passed a corpus with its own label streams (the overrides are then the caller's)."""
+        passed a corpus with its own label streams (the overrides are then the caller's).
+        ``teacher``: a distillation teacher, whose shapes the student takes (before the
+        user's overrides)."""
         from speechssl.models.registry import model_config
 
         overrides = dict(self.cfg.model.overrides)
+        if teacher is not None:
+            from speechssl.models.distilhubert import student_overrides
+
+            overrides = {**student_overrides(teacher), **overrides}
         if self.init_desc is not None:
             from speechssl.models.init import config_overrides
 
@@ -318,6 +363,7 @@ class PretrainTask:
         return {
             "exp_dir": str(self.cfg.trainer.exp_dir),
             "init_from": self.cfg.model.init_from,
+            "teacher": self.cfg.model.teacher,
             "step": step,
             "data": self.cfg.data.dir,
             "labels": labels,
