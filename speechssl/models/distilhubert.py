@@ -162,7 +162,8 @@ class DistilHubertModel(WaveformEncoderModel):
         self._teacher: list[PretrainModel] = []
 
     @property
-    def teacher(self) -> PretrainModel | None:
+    def attached_teacher(self) -> PretrainModel | None:
+        """The teacher given to :meth:`attach_teacher` (None before)."""
         return self._teacher[0] if self._teacher else None
 
     def attach_teacher(self, teacher: PretrainModel) -> None:
@@ -197,12 +198,12 @@ class DistilHubertModel(WaveformEncoderModel):
     @torch.no_grad()
     def teacher_targets(self, waveforms: Tensor, lengths: Tensor | None) -> list[Tensor]:
         """The attached teacher's hidden states at ``target_layers``."""
-        if self.teacher is None:
+        if self.attached_teacher is None:
             raise ConfigError(
                 "distilhubert: no teacher attached; train with model.teacher=DIR "
                 "(speechssl-train) or call attach_teacher()"
             )
-        out = self.teacher.extract(waveforms, lengths, num_layers=max(self.config.target_layers))
+        out = self.attached_teacher.extract(waveforms, lengths, num_layers=max(self.config.target_layers))
         return [out.hidden_states[i] for i in self.config.target_layers]
 
     def forward(self, batch: AudioBatch, *, targets: list[Tensor] | None = None) -> PretrainOutput:
