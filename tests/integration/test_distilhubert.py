@@ -205,3 +205,36 @@ def test_train_distils_a_teacher_dir(synth_corpus, tmp_path):
         cwd=tmp_path,
     )
     assert res.returncode == 1 and "model.teacher is for distillation models" in res.stderr
+
+
+def test_synth_recipe_distils_a_teacher(synth_corpus, tmp_path):
+    """egs/synth/distilhubert/run.sh shortened to 4 updates on the bundled (synthetic)
+    corpus, distilling a teacher model dir written here; its default teacher is the main
+    job's iteration-2 model, and recipes/distilhubert.sh without one is refused."""
+    from test_recipes_synth import EGS, TRAIN_ARGS, run
+
+    teacher_dir = save_model_dir(_teacher(3), tmp_path / "teacher")
+    exp = tmp_path / "exp"
+    res = run(
+        ["bash", str(EGS / "distilhubert" / "run.sh"), "--data-root", str(synth_corpus),
+         "--stage", "2", "--stop-stage", "4", "--exp-dir", str(exp), "--steps", "4",
+         "--teacher", str(teacher_dir), "--train-args", TRAIN_ARGS],
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr[-3000:]
+    results = json.loads((exp / "summary" / "results.json").read_text())
+    assert results["train"][0]["step"] == 4
+    assert results["train"][0]["model"] == "distilhubert_tiny"
+    student = load_model_dir(exp / "train" / "final")
+    assert student.config.teacher_layers == 3 and student.config.target_layers == (1, 2, 3)
+    # the default teacher: egs/synth/hubert's iteration-2 model
+    res = run(
+        ["bash", str(EGS / "distilhubert" / "run.sh"), "--dry-run", "true", "--stage", "3",
+         "--stop-stage", "3", "--exp-dir", str(tmp_path / "dry")],
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "model.teacher=../hubert/exp/hubert/iter2/train/final" in res.stdout
+    res = run(
+        ["bash", str(EGS.parents[1] / "recipes" / "distilhubert.sh"), "--dry-run", "true",
+         "--exp-dir", str(tmp_path / "dry2")],
+    )  # fmt: skip
+    assert res.returncode == 1 and "give --teacher DIR" in res.stderr
