@@ -23,9 +23,9 @@ Target layers (:func:`default_target_layers`): for a teacher of ``L`` transforme
 The teacher is attached for training (:meth:`DistilHubertModel.attach_teacher`), frozen and
 in eval mode, and is never part of the student's state dict, checkpoints or exports;
 ``speechssl-train model=distilhubert_tiny model.teacher=DIR`` does this (see
-:mod:`speechssl.train.pretrain`). Alternatively the teacher's layers come from a layer cache
-(``model.teacher_cache``) handed to each batch as ``AudioBatch.labels``-free targets
-(:meth:`DistilHubertModel.forward` ``targets``).
+:mod:`speechssl.train.pretrain`). Alternatively the trainer reads the teacher's layers from a
+probing layer cache (``model.teacher_cache``) and hands them to :meth:`DistilHubertModel.forward`
+as ``targets``, so the teacher does not run on every step.
 """
 
 from __future__ import annotations

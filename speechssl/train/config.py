@@ -40,10 +40,20 @@ class ModelConfig:
     """Distillation models (``distilhubert_*``): the frozen teacher, a speechssl model dir
     (a run's ``final/``, or ``speechssl import hf`` of a transformers model). The student
     takes its conv stack and layer shape and starts from its first layers."""
+    teacher_cache: str | None = None
+    """With ``teacher``: read its hidden states from this layer cache (``speechssl probe
+    cache --upstream TEACHER_DIR``, made from the same weights; another upstream's cache
+    is refused) instead of running the teacher on every step. Crops then start on the
+    teacher's frame edges."""
 
     def __post_init__(self) -> None:
         from speechssl.models.registry import get_spec, list_models
 
+        if self.teacher_cache is not None and not self.teacher:
+            raise ConfigError(
+                "model.teacher_cache needs model.teacher (the student starts from the "
+                "teacher, and the cache must be of its weights)"
+            )
         if self.teacher is not None and self.name and get_spec(self.name).family != "distilhubert":
             raise ConfigError(
                 f"model.teacher is for distillation models (distilhubert_*), not {self.name}"

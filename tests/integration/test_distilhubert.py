@@ -238,3 +238,65 @@ def test_synth_recipe_distils_a_teacher(synth_corpus, tmp_path):
          "--exp-dir", str(tmp_path / "dry2")],
     )  # fmt: skip
     assert res.returncode == 1 and "give --teacher DIR" in res.stderr
+
+
+@pytest.mark.slow  # about 55 s on the shared 2-core machine (four short trainings)
+def test_teacher_targets_from_a_layer_cache(synth_corpus, tmp_path):
+    """model.teacher_cache: the teacher's layers cached once (`speechssl probe cache`) give
+    the same first loss as running the teacher (whole utterances, float16 cache); random
+    crops read the cache at frame-aligned offsets; another upstream's cache is refused."""
+    from train_helpers import losses
+
+    from speechssl.downstream.cache import cache_layers
+    from speechssl.downstream.upstreams import load_upstream
+
+    teacher_dir = save_model_dir(_teacher(3), tmp_path / "teacher")
+    data = synth_corpus / "train"
+    cache = tmp_path / "cache"
+    cache_layers(data, cache, load_upstream(str(teacher_dir)))  # `speechssl probe cache`
+    common = [
+        "model=distilhubert_tiny",
+        f"model.teacher={teacher_dir}",
+        f"data.dir={data}",
+        *base_overrides(),
+        "trainer.max_steps=2",
+    ]
+    whole = ["data.crop_mode=pad", "data.crop_seconds=4.5", "data.max_seconds=4.5"]
+    runs = {}
+    for name, extra in (("live", whole), ("cached", [*whole, f"model.teacher_cache={cache}"])):
+        exp = tmp_path / name
+        res = run_train([*common, *extra, f"trainer.exp_dir={exp}"], cwd=tmp_path)
+        assert res.returncode == 0, res.stderr[-3000:]
+        runs[name] = losses(exp)
+    print("first losses, live teacher vs cached layers:", runs["live"][1], runs["cached"][1])
+    assert runs["live"][1] == pytest.approx(runs["cached"][1], rel=2e-3), runs
+    # random crops of the default batching read the cache at their offsets
+    res = run_train(
+        [*common, f"model.teacher_cache={cache}", f"trainer.exp_dir={tmp_path / 'crops'}"],
+        cwd=tmp_path,
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    # a cache of other weights is refused, naming both
+    other = save_model_dir(_teacher(3).requires_grad_(False).apply(_shift), tmp_path / "other")
+    res = run_train(
+        [*common, f"model.teacher={other}", f"model.teacher_cache={cache}",
+         f"trainer.exp_dir={tmp_path / 'bad'}"],
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert res.returncode == 1 and "layer cache of another upstream" in res.stderr
+    assert "Traceback" not in res.stderr
+    res = run_train(
+        [
+            *common[:1],
+            f"model.teacher_cache={cache}",
+            *common[2:],
+            f"trainer.exp_dir={tmp_path / 'b2'}",
+        ],
+        cwd=tmp_path,
+    )
+    assert res.returncode == 1 and "model.teacher_cache needs model.teacher" in res.stderr
+
+
+def _shift(module: torch.nn.Module) -> None:
+    if isinstance(module, torch.nn.Linear):
+        module.weight.data.add_(0.01)
