@@ -203,7 +203,9 @@ class DistilHubertModel(WaveformEncoderModel):
                 "distilhubert: no teacher attached; train with model.teacher=DIR "
                 "(speechssl-train) or call attach_teacher()"
             )
-        out = self.attached_teacher.extract(waveforms, lengths, num_layers=max(self.config.target_layers))
+        out = self.attached_teacher.extract(
+            waveforms, lengths, num_layers=max(self.config.target_layers)
+        )
         return [out.hidden_states[i] for i in self.config.target_layers]
 
     def forward(self, batch: AudioBatch, *, targets: list[Tensor] | None = None) -> PretrainOutput:
