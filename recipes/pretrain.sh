@@ -20,12 +20,13 @@ setting on LibriSpeech 960 h, from recipes/conf/FAMILY.conf (table in recipes/RE
 
 stage_options
 data_options
-opt family "" "method family: a recipes/conf/FAMILY.conf (wav2vec2, w2v_bert, data2vec, best_rq, speaker_dino, speaker_vicreg, ssast)"
+opt family "" "method family: a recipes/conf/FAMILY.conf (wav2vec2, w2v_bert, data2vec, best_rq, distilhubert, speaker_dino, speaker_vicreg, ssast)"
 opt exp_dir "" "experiment directory (empty: exp/FAMILY)"
 opt train_cmd launch_local.sh "launcher for pretraining (see cmd.sh)"
 opt model "" "model (speechssl/configs/model/NAME.yaml or TRAIN_CONFIG_DIR/model/)"
 opt steps "" "updates"
 opt train_args "" "extra speechssl-train overrides"
+opt teacher "" "distillation (distilhubert): the teacher model dir (a run's final/), passed as model.teacher"
 opt train_config_dir conf/train "extra Hydra config dir for speechssl-train, used if it exists (same group layout as speechssl/configs/)"
 opt train_nodes 1 "nodes for pretraining"
 opt train_nproc 1 "processes (GPUs) per node for pretraining"
@@ -41,6 +42,7 @@ stage_train() {
   local args=()
   if [[ -d $train_config_dir ]]; then args+=(--config-dir "$train_config_dir"); fi
   args+=("model=$model" "data.dir=$data_root/$train_set")
+  if [[ -n $teacher ]]; then args+=("model.teacher=$teacher"); fi
   if [[ -n $valid_set ]]; then args+=("data.dev_dir=$data_root/$valid_set"); fi
   args+=("trainer.exp_dir=$exp_dir/train" "trainer.max_steps=$steps")
   if ((grad_accum > 0)); then args+=("trainer.grad_accum=$grad_accum"); fi
@@ -69,6 +71,9 @@ fi
 # the family's defaults first, then the command line again, so every flag given wins
 parse_options --config "$family_conf" "$@"
 [[ -n $exp_dir ]] || exp_dir=exp/$family
+if [[ $family == distilhubert && -z $teacher ]]; then
+  die "--family distilhubert distils a teacher: give --teacher DIR (a speechssl model dir, e.g. a HuBERT run's train/final)"
+fi
 require_integers steps ref_world_size train_nodes train_nproc
 logs=$exp_dir/logs
 set_export_wanted

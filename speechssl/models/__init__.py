@@ -8,6 +8,7 @@ Create models by registry name: ``create_model("hubert_tiny", **overrides)``; se
 from speechssl.models import (  # noqa: F401
     best_rq,
     data2vec,
+    distilhubert,
     hubert,
     speech_ssl,
     vision,

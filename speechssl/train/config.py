@@ -36,9 +36,28 @@ class ModelConfig:
     from: its architecture and weights. Heads it lacks or whose size follows the labels
     (HuBERT's label embeddings for a new k) start fresh and are logged; overrides may change
     training settings (masking, dropout, loss weights) but not the architecture."""
+    teacher: str | None = None
+    """Distillation models (``distilhubert_*``): the frozen teacher, a speechssl model dir
+    (a run's ``final/``, or ``speechssl import hf`` of a transformers model). The student
+    takes its conv stack and layer shape and starts from its first layers."""
+    teacher_cache: str | None = None
+    """With ``teacher``: read its hidden states from this layer cache (``speechssl probe
+    cache --upstream TEACHER_DIR``, made from the same weights; another upstream's cache
+    is refused) instead of running the teacher on every step. Crops then start on the
+    teacher's frame edges."""
 
     def __post_init__(self) -> None:
         from speechssl.models.registry import get_spec
+
+        if self.teacher_cache is not None and not self.teacher:
+            raise ConfigError(
+                "model.teacher_cache needs model.teacher (the student starts from the "
+                "teacher, and the cache must be of its weights)"
+            )
+        if self.teacher is not None and self.name and get_spec(self.name).family != "distilhubert":
+            raise ConfigError(
+                f"model.teacher is for distillation models (distilhubert_*), not {self.name}"
+            )
 
         if not self.name:  # model.init_from without model=: the name comes from that dir
             if not self.init_from:

@@ -528,6 +528,8 @@ class TrainBatch(AudioBatch):
         skipped: ``(utt_id, reason)`` of utterances left out in tolerant mode.
         error: the item error that made the batch fail (strict mode); carried as a value
             so it reaches the training process as itself, not as a DataLoader traceback.
+        crop_offsets: ``[N]`` sample offset of each utterance's crop in its audio (where
+            per-utterance caches of the whole audio, e.g. a teacher's layers, are read).
     """
 
     epoch: int = 0
@@ -535,6 +537,7 @@ class TrainBatch(AudioBatch):
     loaded_samples: int = 0
     skipped: list[tuple[str, str]] = field(default_factory=list)
     error: ItemError | None = None
+    crop_offsets: torch.Tensor | None = None
 
     def pin_memory(self) -> TrainBatch:
         pinned = super().pin_memory()
@@ -545,6 +548,7 @@ class TrainBatch(AudioBatch):
             loaded_samples=self.loaded_samples,
             skipped=list(self.skipped),
             error=self.error,
+            crop_offsets=self.crop_offsets,
         )
 
     def audio_batch(self) -> AudioBatch:
@@ -568,6 +572,9 @@ class CroppedBatchDataset(Dataset[TrainBatch]):
         normalize: zero-mean unit-variance each waveform (after cropping).
         tolerant: skip utterances whose audio fails to load (recorded in ``skipped``);
             otherwise the batch carries the first error (``TrainBatch.error``).
+        frame_samples: crop offsets also land on multiples of this (e.g. 320, the model's
+            frame hop, when cached per-frame targets are read at the offsets); 0: no
+            constraint beyond the label streams'.
     """
 
     def __init__(
@@ -578,6 +585,7 @@ class CroppedBatchDataset(Dataset[TrainBatch]):
         seed: int,
         normalize: bool = False,
         tolerant: bool = False,
+        frame_samples: int = 0,
     ) -> None:
         self.corpus = corpus
         self.opts = opts
@@ -585,6 +593,8 @@ class CroppedBatchDataset(Dataset[TrainBatch]):
         self.normalize = normalize
         self.tolerant = tolerant
         self.align = frame_alignment(corpus.sample_rate, [s.rate for s in corpus.streams])
+        if frame_samples > 0:
+            self.align = math.lcm(self.align, frame_samples)
 
     def __len__(self) -> int:  # batches are addressed by spec, not by position
         return len(self.corpus)
@@ -669,6 +679,7 @@ class CroppedBatchDataset(Dataset[TrainBatch]):
             index=spec.index,
             loaded_samples=int(sizes.sum()),
             skipped=skipped,
+            crop_offsets=torch.from_numpy(offsets.copy()),
         )
 
 

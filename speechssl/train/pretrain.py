@@ -101,7 +101,19 @@ class PretrainTask:
         given_streams = train_corpus is not None and bool(train_corpus.streams)
         self.stream_names = [] if given_streams else stream_names_for(dc.labels)
         _seed_everything(tc.seed)  # the same initial weights on every rank
-        model = create_model(self.model_name, **self._model_overrides(given_streams))
+        teacher = self._load_teacher()
+        model = create_model(self.model_name, **self._model_overrides(given_streams, teacher))
+        if teacher is not None:
+            from speechssl.models.distilhubert import init_student_from_teacher
+
+            copied = init_student_from_teacher(model, teacher)  # type: ignore[arg-type]
+            model.attach_teacher(teacher)  # type: ignore[operator]
+            if env.is_main:
+                log.info(
+                    "student initialised from teacher %s (%d tensors copied)",
+                    cfg.model.teacher,
+                    len(copied),
+                )
         if cfg.model.init_from:
             from speechssl.models.init import init_from_dir
 
@@ -109,6 +121,9 @@ class PretrainTask:
             if env.is_main:
                 log.info("%s", report.summary())
         self.model: nn.Module = model.to(self.device)
+        self.teacher_cache: Any = None
+        if cfg.model.teacher_cache:
+            self.teacher_cache = self._open_teacher_cache(model)
         self.sample_rate = int(dc.sample_rate or getattr(self.model, "sample_rate", 16000))
         self.reports: dict[str, FilterReport] = {}
         self.load_skipped: dict[str, list[tuple[str, str]]] = {}
@@ -131,9 +146,11 @@ class PretrainTask:
             self.train_corpus.num_samples, self.batching, seed=tc.seed, rank=env.rank,
             world_size=env.world_size, grad_accum=tc.grad_accum,
         )  # fmt: skip
+        # cached teacher frames are read at the crop offsets: crops start on frame edges
+        hop = round(self.sample_rate / model.frame_rate) if self.teacher_cache is not None else 0
         self.dataset = CroppedBatchDataset(
             self.train_corpus, self.batching, seed=tc.seed, normalize=dc.normalize,
-            tolerant=dc.tolerant,
+            tolerant=dc.tolerant, frame_samples=hop,
         )  # fmt: skip
         pin = self.device.type == "cuda"
         self.loader = make_loader(
@@ -189,13 +206,114 @@ class PretrainTask:
             pin_memory=self.device.type == "cuda",
         )
 
-    def _model_overrides(self, given_streams: bool = False) -> dict[str, Any]:
+    def _load_teacher(self) -> Any:
+        """The frozen teacher of a distillation model (``model.teacher``), else None."""
+        from speechssl.models.registry import get_spec
+
+        teacher_dir = self.cfg.model.teacher
+        is_distil = get_spec(self.model_name).family == "distilhubert"
+        if not is_distil:
+            if teacher_dir:
+                raise ConfigError(
+                    f"model.teacher is for distillation models (distilhubert_*), not "
+                    f"{self.model_name}"
+                )
+            return None
+        if not teacher_dir:
+            raise ConfigError(
+                f"model {self.model_name} distils a teacher: give model.teacher=DIR (a "
+                "speechssl model dir, e.g. a run's final/ or an `speechssl import hf` output)"
+            )
+        if self.cfg.model.init_from:
+            raise ConfigError(
+                "model.init_from and model.teacher together: the student starts from its "
+                "teacher; give only model.teacher"
+            )
+        from speechssl.models.io import load_model_dir
+
+        return load_model_dir(teacher_dir)
+
+    def _open_teacher_cache(self, student: Any) -> Any:
+        """The layer cache of ``model.teacher_cache``, checked: a layer cache, made from
+        the teacher's weights, holding every target layer."""
+        from speechssl.features.store import FeatureStore
+        from speechssl.models.io import WEIGHTS_NAME
+        from speechssl.utils.files import sha256_file
+
+        root = Path(str(self.cfg.model.teacher_cache))
+        teacher = str(self.cfg.model.teacher)
+        hint = f"speechssl probe cache --upstream {teacher} --data DATA --out DIR"
+        try:
+            meta = json.loads((root / "meta.json").read_text())
+        except (OSError, ValueError):
+            raise ConfigError(f"model.teacher_cache {root}: no layer cache here ({hint})") from None
+        ext = meta.get("extractor") or {}
+        if meta.get("kind") != "layers":
+            raise ConfigError(
+                f"model.teacher_cache {root}: a {meta.get('kind')!r} feature store, not a layer "
+                f"cache ({hint})"
+            )
+        have = str((ext.get("upstream") or {}).get("weights_sha256", ""))
+        want = sha256_file(Path(teacher) / WEIGHTS_NAME)
+        if have != want:
+            name = (ext.get("upstream") or {}).get("name")
+            raise ConfigError(
+                f"model.teacher_cache {root}: layer cache of another upstream ({name}, weights "
+                f"{have[:12] or 'unknown'}) than model.teacher {teacher} (weights {want[:12]}); "
+                f"cache the teacher's layers ({hint})"
+            )
+        layers = [int(i) for i in ext.get("layers", [])]
+        missing = [i for i in student.config.target_layers if i not in layers]
+        if missing:
+            raise ConfigError(
+                f"model.teacher_cache {root}: holds layers {layers}, not the target layers "
+                f"{missing} ({hint} --layers ...)"
+            )
+        store = FeatureStore(root)
+        return store, layers, int(ext["layer_dim"])
+
+    def _cached_targets(self, batch: TrainBatch) -> list[torch.Tensor]:
+        """The teacher's target layers for ``batch``'s crops, read from the layer cache."""
+        store, layers, dim = self.teacher_cache
+        model: Any = self.model
+        hop = round(self.sample_rate / model.frame_rate)
+        width = int(model.output_lengths(torch.tensor([batch.waveforms.shape[1]]))[0])
+        frames = model.output_lengths(batch.lengths.cpu()).tolist()
+        assert batch.crop_offsets is not None
+        picks = [layers.index(i) for i in model.config.target_layers]
+        out = torch.zeros(len(picks), len(batch.utt_ids), width, dim)
+        for row, (utt, off, n) in enumerate(
+            zip(batch.utt_ids, batch.crop_offsets.tolist(), frames)
+        ):
+            if utt not in store:
+                raise ConfigError(
+                    f"{utt}: not in model.teacher_cache {store.root} (cache the same data dir)"
+                )
+            cached = store[utt]
+            cached = cached.reshape(cached.shape[0], len(layers), dim)
+            start = int(off) // hop
+            piece = cached[start : start + n][:, picks]
+            if piece.shape[0] != n:
+                raise ConfigError(
+                    f"{utt}: model.teacher_cache {store.root} has {cached.shape[0]} frames, "
+                    f"fewer than the audio's crop needs (cached from other audio?)"
+                )
+            out[:, row, :n] = torch.from_numpy(np.asarray(piece, dtype=np.float32)).permute(1, 0, 2)
+        return [t.to(self.device, non_blocking=True) for t in out]
+
+    def _model_overrides(self, given_streams: bool = False, teacher: Any = None) -> dict[str, Any]:
         """The user's model overrides, plus the label streams' names and sizes (k) for
         models that predict units, unless the user set them. ``given_streams``: the caller
-        passed a corpus with its own label streams (the overrides are then the caller's)."""
+        passed a corpus with its own label streams (the overrides are then the caller's).
+        ``teacher``: a distillation teacher, whose shapes the student takes (before the
+        user's overrides)."""
         from speechssl.models.registry import model_config
 
         overrides = dict(self.cfg.model.overrides)
+        if teacher is not None:
+            from speechssl.models.distilhubert import student_overrides
+
+            overrides = {**student_overrides(teacher), **overrides}
         if self.init_desc is not None:
             from speechssl.models.init import config_overrides
 
@@ -242,7 +360,11 @@ class PretrainTask:
 
     def forward(self, module: nn.Module, batch: TrainBatch) -> StepOutput:
         torch.manual_seed(derive_seed(self.seed, batch.epoch, batch.index, _MODEL_STREAM))
-        out = module(batch.audio_batch().to(self.device, non_blocking=True))
+        audio = batch.audio_batch().to(self.device, non_blocking=True)
+        if self.teacher_cache is not None:
+            out = module(audio, targets=self._cached_targets(batch))
+        else:
+            out = module(audio)
         total = out.loss.total.float()
         scalars = {"loss": total, **{f"loss/{n}": v for n, v in out.loss.terms.items()}}
         scalars.update(out.metrics)
@@ -318,6 +440,8 @@ class PretrainTask:
         return {
             "exp_dir": str(self.cfg.trainer.exp_dir),
             "init_from": self.cfg.model.init_from,
+            "teacher": self.cfg.model.teacher,
+            "teacher_cache": self.cfg.model.teacher_cache,
             "step": step,
             "data": self.cfg.data.dir,
             "labels": labels,

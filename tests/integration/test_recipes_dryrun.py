@@ -238,7 +238,7 @@ def test_pretrain_without_a_known_family_is_refused(family: list[str], message: 
     res = run(REPO / "recipes" / "pretrain.sh", *family, "--dry-run", "true")
     assert res.returncode == 1
     assert (
-        "--family must be one of: best_rq data2vec speaker_dino speaker_vicreg ssast w2v_bert wav2vec2"
+        "--family must be one of: best_rq data2vec distilhubert speaker_dino speaker_vicreg ssast w2v_bert wav2vec2"
         in res.stderr
         and message in res.stderr
     )

@@ -37,7 +37,15 @@ from typing import Any
 from torch import Tensor
 
 from speechssl.errors import CheckpointError, ConfigError
-from speechssl.interop.hf import best_rq, data2vec, hubert, w2v_bert, wav2vec2, wavlm
+from speechssl.interop.hf import (
+    best_rq,
+    data2vec,
+    distilhubert,
+    hubert,
+    w2v_bert,
+    wav2vec2,
+    wavlm,
+)
 from speechssl.interop.hf.common import (
     DESCRIPTION_NAME,
     HEADS_NAME,
@@ -57,7 +65,8 @@ log = logging.getLogger(__name__)
 
 #: our family name -> its interop description
 INTEROPS: dict[str, FamilyInterop] = {
-    m.INTEROP.family: m.INTEROP for m in (hubert, wav2vec2, w2v_bert, data2vec, wavlm, best_rq)
+    m.INTEROP.family: m.INTEROP
+    for m in (hubert, wav2vec2, w2v_bert, data2vec, wavlm, best_rq, distilhubert)
 }
 FAMILIES = tuple(INTEROPS)
 #: transformers model_type -> the family a dir without our side directory imports as
@@ -67,7 +76,7 @@ MODEL_TYPES = {
 #: families trained on k-means labels (`export hf` copies the one their training names)
 KMEANS_FAMILIES = ("hubert", "wavlm")
 # families whose targets never come from k-means (an export refuses a k-means model)
-_NO_KMEANS = ("w2v_bert", "data2vec_audio", "best_rq")
+_NO_KMEANS = ("w2v_bert", "data2vec_audio", "best_rq", "distilhubert")
 # the export description of these families records the pretraining switch
 _RECORDS_PRETRAINING = ("hubert", "wav2vec2")
 
