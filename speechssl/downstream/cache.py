@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from speechssl.downstream.upstreams import Upstream, load_upstream
+from speechssl.downstream.upstreams import Upstream
 from speechssl.errors import ConfigError
 from speechssl.features.dump import (
     DumpOptions,
@@ -28,7 +28,6 @@ from speechssl.features.dump import (
     dump_shard,
     store_meta,
 )
-from speechssl.features.extractors import ExtractorSpec, register_extractor
 from speechssl.features.store import FeatureStore, write_meta
 
 KIND = "layers"
@@ -162,18 +161,3 @@ def open_layer_cache(
         frame_rate=store.meta.frame_rate,
     )
 
-
-def _layers_factory(options: Any, device: torch.device) -> LayerExtractor:
-    """``{"upstream": SPEC, "layers": [..] or None}`` -> the cache's extractor."""
-    if not options or "upstream" not in options:
-        raise ConfigError("a layer cache extractor needs an upstream (speechssl probe cache)")
-    return LayerExtractor(load_upstream(str(options["upstream"]), device), options.get("layers"))
-
-
-# the kind layer caches are written as (``ExtractorRequest`` checks that its kind exists)
-register_extractor(
-    KIND,
-    ExtractorSpec(
-        factory=_layers_factory, help="an upstream's hidden states (speechssl probe cache)"
-    ),
-)
