@@ -83,3 +83,32 @@ def make_voxceleb1(root: Path, *, split_archives: bool = False) -> Path:
         f"0 {rel('id10271', 0, 1)} {rel('id10270', 1, 1)}\n"
     )
     return root
+
+
+# Fluent Speech Commands: (transcription, action, object, location); each intent's audio
+# carries its own tone (write_voice's "speaker" argument), so the intent is learnable
+FSC_INTENTS = [
+    ("Turn on the lights in the kitchen", "activate", "lights", "kitchen"),
+    ("Stop the music", "deactivate", "music", "none"),
+    ("Change language", "change language", "none", "none"),
+]
+FSC_SPEAKERS = {"train": ["2BqVo8kVB2Skwgyb", "4aGjX3AG5xcxeL7a"], "valid": ["R3mexpM2YAtdPbL7"],
+                "test": ["Xygv5loxdZtrywr9"]}  # fmt: skip
+
+
+def make_fluent_speech_commands(root: Path) -> Path:
+    """ROOT/wavs/speakers/<spk>/<uuid>.wav + ROOT/data/{train,valid,test}_data.csv (with the
+    released files' unnamed index column)."""
+    n = 0
+    for split, speakers in FSC_SPEAKERS.items():
+        lines = [",path,speakerId,transcription,action,object,location"]
+        for spk in speakers:
+            for k, (text, action, obj, loc) in enumerate(FSC_INTENTS):
+                for rep in range(2 if split == "train" else 1):
+                    rel = f"wavs/speakers/{spk}/{n:04d}a{k}{rep}-cafe.wav"
+                    write_voice(root / rel, 0.4 + 0.1 * rep, speaker=k, seed=100 + n)
+                    lines.append(f'{n},{rel},{spk},"{text}",{action},{obj},{loc}')
+                    n += 1
+        (root / "data").mkdir(parents=True, exist_ok=True)
+        (root / "data" / f"{split}_data.csv").write_text("\n".join(lines) + "\n")
+    return root

@@ -135,6 +135,22 @@ def add_probing_verbs(verbs: argparse._SubParsersAction) -> None:
     p.add_argument("--tolerant", action="store_true", help="skip and count bad files")
     p.set_defaults(func=_voxceleb1)
 
+    p = verbs.add_parser(
+        "prepare-fluent-speech-commands",
+        help="Fluent Speech Commands -> intent-classification dirs OUT/{train,dev,test} "
+        "(utt2intent)",
+        description=(
+            "Prepare SUPERB intent classification from Fluent Speech Commands' real layout "
+            "ROOT/wavs/speakers/<spk>/<file>.wav and ROOT/data/{train,valid,test}_data.csv "
+            "(columns path,speakerId,transcription,action,object,location; valid -> dev). "
+            "utt2intent holds <action>|<object>|<location>."
+        ),
+    )
+    p.add_argument("--corpus-dir", required=True, metavar="ROOT", help="fluent_speech_commands")
+    p.add_argument("--out", required=True, metavar="DIR", help="writes DIR/{train,dev,test}")
+    p.add_argument("--tolerant", action="store_true", help="skip and count bad rows")
+    p.set_defaults(func=_fluent_speech_commands)
+
 
 def _run_prepare(prepare: Callable[..., object], *args: Any, **kwargs: Any) -> int:
     """Run a corpus preparation and print its summary lines; on a CorpusProblems error
@@ -237,4 +253,12 @@ def _voxceleb1(args: argparse.Namespace) -> int:
         trials_file=args.list,
         dev_speakers=20 if args.dev_speakers is None else args.dev_speakers,
         tolerant=args.tolerant,
+    )
+
+
+def _fluent_speech_commands(args: argparse.Namespace) -> int:
+    from speechssl.data.prep.fluent_speech_commands import prepare_fluent_speech_commands
+
+    return _run_prepare(
+        prepare_fluent_speech_commands, args.corpus_dir, args.out, tolerant=args.tolerant
     )
