@@ -12,6 +12,9 @@ root per task, each with ``train/ dev/ test/`` Kaldi data dirs and the task's la
   ``_unknown_``) plus generated ``_silence_`` clips (1 s of low-level white/pink background
   noise, about one clip per eleven words, written as WAV under ``ks/noise/``), split 60/20/20
   within each class so every class is in training.
+* ``ic/`` (only when asked for): spoken smart-home commands with action/object/location
+  slots, synthesized with the corpus speakers' voices
+  (:mod:`speechssl.downstream.prep_synth_ic`); ``utt2intent``.
 
 Audio is referenced, not copied (``wav.scp`` keeps the corpus's absolute paths). Every output
 file is written atomically; the task roots are rebuilt on each call.
@@ -137,9 +140,13 @@ def prepare_synth_probing(
     scp = {s: _table(d, "wav.scp") for s, d in dirs.items()}
     u2s = {s: _table(d, "utt2spk") for s, d in dirs.items()}
     counts: dict[str, dict[str, int]] = {}
-    bad = sorted(set(tasks) - {"pr", "sid", "ks"})
+    bad = sorted(set(tasks) - {"pr", "sid", "ks", "ic"})
     if bad:
-        raise ConfigError(f"unknown probing task(s) {bad}; bundled-corpus tasks: pr, sid, ks")
+        raise ConfigError(f"unknown probing task(s) {bad}; bundled-corpus tasks: pr, sid, ks, ic")
+    if "ic" in tasks:
+        from speechssl.downstream.prep_synth_ic import prepare_synth_ic
+
+        counts["ic"] = prepare_synth_ic(root, out / "ic", seed=seed)
 
     if "pr" in tasks:
         counts["pr"] = {}

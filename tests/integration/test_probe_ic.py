@@ -131,3 +131,24 @@ def test_ic_label_errors(fsc, tmp_path, capsys):
     assert code == 1
     err = capsys.readouterr().err
     assert utt in err and "<action>|<object>|<location>" in err
+
+
+@pytest.mark.slow
+def test_probe_ic_bundled_corpus(synth_corpus, tmp_path):
+    """IC on commands spoken with the bundled SYNTHETIC corpus's voices (prep + probe)."""
+    from speechssl.downstream.prep_synth_ic import COMMAND_INTENTS
+
+    out = tmp_path / "tasks"
+    assert cli(["probe", "prepare-synth", "--corpus", str(synth_corpus), "--out", str(out),
+                "--tasks", "ic"]) == 0  # fmt: skip
+    spk = {s: set(read_table(out / "ic" / s / "utt2spk").values()) for s in ("train", "test")}
+    assert spk["train"] and not spk["train"] & spk["test"]  # the corpus's speaker split
+    intents = read_table(out / "ic" / "train" / "utt2intent")
+    assert len(intents) == len(spk["train"]) * len(COMMAND_INTENTS)
+    assert set(intents.values()) == {"|".join(i) for i in COMMAND_INTENTS}
+    exp = tmp_path / "ic_mfcc"
+    assert probe(["task=ic", "preset=synth", "upstream=mfcc", f"data.dir={out / 'ic'}",
+                  f"trainer.exp_dir={exp}", "trainer.max_steps=8", "trainer.save_every=8",
+                  "trainer.tensorboard=false", "lr=[1e-2]"]) == 0  # fmt: skip
+    res = json.loads((exp / "results.json").read_text())
+    assert res["task"] == "ic" and 0.0 <= res["test"] <= 1.0
