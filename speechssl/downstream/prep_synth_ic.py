@@ -18,7 +18,7 @@ import hashlib
 import os
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -27,7 +27,7 @@ from speechssl.data.tables import read_table
 from speechssl.errors import ConfigError
 
 if TYPE_CHECKING:
-    from speechssl.data.synth.espeak import VoiceSettings
+    from speechssl.data.synth.espeak import EspeakSynthesizer, VoiceSettings
 
 SAMPLE_RATE = 16000
 SPLITS = ("train", "dev", "test")
@@ -63,7 +63,8 @@ def command_text(action: str, obj: str, location: str, variant: int) -> str:
     return _PHRASES[action][variant % 2].format(object=obj, where=where)
 
 
-def _voices(path: Path) -> dict[str, tuple[VoiceSettings, float]]:
+def read_voices(path: Path) -> dict[str, tuple[VoiceSettings, float]]:
+    """speaker -> (eSpeak settings, warp) from a bundled-corpus ``spk2voice``."""
     from speechssl.data.synth.espeak import VoiceSettings
 
     if not path.is_file():
@@ -81,6 +82,33 @@ def _voices(path: Path) -> dict[str, tuple[VoiceSettings, float]]:
     return out
 
 
+def speak(
+    synth: EspeakSynthesizer, settings: VoiceSettings, warp: float, words: str, seed: int,
+    resamplers: dict[int, Any],
+) -> np.ndarray:  # fmt: skip
+    """``words`` in a corpus speaker's voice: 16 kHz float32, 0.15 s of silence (a faint
+    noise floor) either side, peak 0.5."""
+    import torch
+    import torchaudio
+
+    from speechssl.data.synth import augment
+
+    res = synth.synthesize(words, settings, seed=seed)
+    # the speaker's warp as in the corpus: read the samples at a shifted rate
+    played = max(50, 50 * round(res.sample_rate * warp / 50))
+    if played not in resamplers:
+        resamplers[played] = torchaudio.transforms.Resample(played, SAMPLE_RATE)
+    with torch.no_grad():
+        speech = resamplers[played](
+            torch.from_numpy(res.samples.astype(np.float32) / 32768.0)
+        ).numpy()
+    pad = np.zeros(round(0.15 * SAMPLE_RATE), dtype=np.float32)
+    signal = np.concatenate([pad, speech, pad]).astype(np.float64)
+    signal = signal / (np.abs(signal).max() + 1e-9) * 0.5
+    signal += 3e-4 * augment.white_noise(np.random.default_rng([seed, len(signal)]), len(signal))
+    return signal.astype(np.float32)
+
+
 def _variant(seed: int, spk: str, k: int) -> int:
     return hashlib.sha256(f"{seed}:{spk}:{k}".encode()).digest()[0] % 2
 
@@ -90,20 +118,17 @@ def prepare_synth_ic(
 ) -> dict[str, int]:
     """Write ``out/{train,dev,test}`` (see the module doc); returns utterances per split."""
     import soundfile as sf
-    import torch
-    import torchaudio
 
     from speechssl.data.kaldi_dir import write_data_dir
-    from speechssl.data.synth import augment
     from speechssl.data.synth.espeak import EspeakSynthesizer
     from speechssl.utils.atomic import atomic_dir
 
     root, out = Path(corpus), Path(out)
     synth = EspeakSynthesizer()
     counts: dict[str, int] = {}
-    resamplers: dict[int, torch.nn.Module] = {}
+    resamplers: dict[int, Any] = {}
     for split in SPLITS:
-        voices = _voices(root / split / "spk2voice")
+        voices = read_voices(root / split / "spk2voice")
         wav: dict[str, str] = {}
         spk2: dict[str, str] = {}
         dur: dict[str, float] = {}
@@ -115,22 +140,9 @@ def prepare_synth_ic(
                 for k, (action, obj, loc) in enumerate(COMMAND_INTENTS):
                     utt = f"{spk}-ic{k:02d}"
                     words = command_text(action, obj, loc, _variant(seed, spk, k))
-                    res = synth.synthesize(words, settings, seed=(seed * 7919 + k) % 2**31)
-                    # the speaker's warp as in the corpus: read the samples at a shifted rate
-                    played = max(50, 50 * round(res.sample_rate * warp / 50))
-                    if played not in resamplers:
-                        resamplers[played] = torchaudio.transforms.Resample(played, SAMPLE_RATE)
-                    with torch.no_grad():
-                        speech = resamplers[played](
-                            torch.from_numpy(res.samples.astype(np.float32) / 32768.0)
-                        ).numpy()
-                    pad = np.zeros(round(0.15 * SAMPLE_RATE), dtype=np.float32)
-                    signal = np.concatenate([pad, speech, pad]).astype(np.float64)
-                    rng = np.random.default_rng([seed, k, len(wav)])
-                    signal = signal / (np.abs(signal).max() + 1e-9) * 0.5
-                    signal += 3e-4 * augment.white_noise(rng, len(signal))
-                    sf.write(tmp / f"{utt}.wav", signal.astype(np.float32), SAMPLE_RATE,
-                             subtype="PCM_16")  # fmt: skip
+                    signal = speak(synth, settings, warp, words, (seed * 7919 + k) % 2**31,
+                                   resamplers)  # fmt: skip
+                    sf.write(tmp / f"{utt}.wav", signal, SAMPLE_RATE, subtype="PCM_16")
                     wav[utt] = str((wav_dir / f"{utt}.wav").resolve())
                     spk2[utt], dur[utt] = spk, len(signal) / SAMPLE_RATE
                     text[utt] = words.upper()

@@ -133,6 +133,10 @@ def run_probe(cfg: ProbeConfig, env: DistEnv) -> dict[str, Any]:
     """Train the probe for every lr, pick the best on dev, score test; returns the results."""
     from speechssl.train.trainer import TrainLoop
 
+    if cfg.task.name == "qbe":  # no training: DTW over every layer (speechssl.downstream.qbe)
+        from speechssl.downstream.qbe import run_qbe
+
+        return run_qbe(cfg, env)
     spec = get_task(cfg.task.name)
     exp = Path(cfg.trainer.exp_dir)
     if (exp / "wav.scp").exists():
