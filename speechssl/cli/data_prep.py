@@ -151,6 +151,21 @@ def add_probing_verbs(verbs: argparse._SubParsersAction) -> None:
     p.add_argument("--tolerant", action="store_true", help="skip and count bad rows")
     p.set_defaults(func=_fluent_speech_commands)
 
+    p = verbs.add_parser(
+        "prepare-quesst14",
+        help="QUESST 2014 (English) -> query-by-example root OUT/{dev,test}/{queries,docs,hits}",
+        description=(
+            "Prepare SUPERB query by example from QUESST 2014's layout: ROOT/Audio/*.wav, "
+            "ROOT/{dev,eval}_queries/*.wav, ROOT/language_key_{utterances,dev,eval}.lst "
+            "(nnenglish lines kept) and the ground truth "
+            "ROOT/scoring/groundtruth_quesst14_{dev,eval}/quesst14_{dev,eval}.rttm (eval -> test)."
+        ),
+    )
+    p.add_argument("--corpus-dir", required=True, metavar="ROOT", help="quesst14Database")
+    p.add_argument("--out", required=True, metavar="DIR", help="writes DIR/{dev,test}")
+    p.add_argument("--tolerant", action="store_true", help="skip and count bad list lines")
+    p.set_defaults(func=_quesst14)
+
 
 def _run_prepare(prepare: Callable[..., object], *args: Any, **kwargs: Any) -> int:
     """Run a corpus preparation and print its summary lines; on a CorpusProblems error
@@ -262,3 +277,9 @@ def _fluent_speech_commands(args: argparse.Namespace) -> int:
     return _run_prepare(
         prepare_fluent_speech_commands, args.corpus_dir, args.out, tolerant=args.tolerant
     )
+
+
+def _quesst14(args: argparse.Namespace) -> int:
+    from speechssl.data.prep.quesst14 import prepare_quesst14
+
+    return _run_prepare(prepare_quesst14, args.corpus_dir, args.out, tolerant=args.tolerant)

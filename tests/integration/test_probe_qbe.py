@@ -111,3 +111,35 @@ def test_probe_qbe_bundled_corpus(synth_corpus, tmp_path, capsys):
     assert probe(["task=qbe", "upstream=mfcc", f"data.dir={out / 'qbe'}",
                   f"trainer.exp_dir={tmp_path / 'e2'}", "trainer.device=cpu"]) == 1  # fmt: skip
     assert "hits:1" in capsys.readouterr().err
+
+
+def test_quesst14_prep_and_probe(tmp_path, capsys):
+    """QUESST 2014's English lists on a tiny fixture (tones, not speech), then task=qbe."""
+    from probing_fixtures import make_quesst14
+
+    from speechssl.data.tables import read_table
+
+    db = make_quesst14(tmp_path / "corpus")
+    out = tmp_path / "qbe"
+    assert cli(["data", "prepare-quesst14", "--corpus-dir", str(db), "--out", str(out)]) == 0
+    assert set(read_table(out / "dev" / "docs" / "wav.scp")) == {
+        f"quesst14_0000{i}" for i in range(1, 5)
+    }  # the albanian document is left out
+    assert set(read_table(out / "test" / "queries" / "wav.scp")) == {
+        "quesst14_eval_0001", "quesst14_eval_0002",
+    }  # fmt: skip
+    assert (out / "dev" / "hits").read_text().split("\n")[:3] == [
+        "quesst14_dev_0001 quesst14_00001",
+        "quesst14_dev_0001 quesst14_00004",
+        "quesst14_dev_0002 quesst14_00002",
+    ]
+    exp = tmp_path / "exp"
+    assert probe(["task=qbe", "upstream=fbank", f"data.dir={out}", f"trainer.exp_dir={exp}",
+                  "trainer.device=cpu"]) == 0  # fmt: skip
+    res = json.loads((exp / "results.json").read_text())
+    assert res["counts"]["test"] == {"queries": 2, "queries_with_hits": 2, "docs": 4, "hits": 3}
+    assert 0.0 <= res["test"] <= 1.0
+    # a listed query without audio names the list line
+    (db / "eval_queries" / "quesst14_eval_0002.wav").unlink()
+    assert cli(["data", "prepare-quesst14", "--corpus-dir", str(db), "--out", str(out)]) == 1
+    assert "quesst14_eval_0002.wav" in capsys.readouterr().err
