@@ -166,6 +166,21 @@ def add_probing_verbs(verbs: argparse._SubParsersAction) -> None:
     p.add_argument("--tolerant", action="store_true", help="skip and count bad list lines")
     p.set_defaults(func=_quesst14)
 
+    p = verbs.add_parser(
+        "prepare-diarization",
+        help="LibriMix-style diarization dirs -> speaker-diarization dirs OUT/{train,dev,test} "
+        "(utt2activity)",
+        description=(
+            "Prepare SUPERB speaker diarization from Kaldi dirs ROOT/{train,dev,test} holding "
+            "mixtures (wav.scp, segments, utt2spk, reco2dur) and the reference rttm, as "
+            "LibriMix-style data is prepared: one utterance per recording, its speakers' turns "
+            "in utt2activity (2 speakers at most)."
+        ),
+    )
+    p.add_argument("--corpus-dir", required=True, metavar="ROOT", help="holds train/ dev/ test/")
+    p.add_argument("--out", required=True, metavar="DIR", help="writes DIR/{train,dev,test}")
+    p.set_defaults(func=_diarization)
+
 
 def _run_prepare(prepare: Callable[..., object], *args: Any, **kwargs: Any) -> int:
     """Run a corpus preparation and print its summary lines; on a CorpusProblems error
@@ -283,3 +298,9 @@ def _quesst14(args: argparse.Namespace) -> int:
     from speechssl.data.prep.quesst14 import prepare_quesst14
 
     return _run_prepare(prepare_quesst14, args.corpus_dir, args.out, tolerant=args.tolerant)
+
+
+def _diarization(args: argparse.Namespace) -> int:
+    from speechssl.data.prep.diarization import prepare_diarization
+
+    return _run_prepare(prepare_diarization, args.corpus_dir, args.out)

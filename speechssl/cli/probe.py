@@ -107,8 +107,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     prep.add_argument(
         "--tasks",
         default="pr,sid,ks",
-        help="comma-separated subset of pr,sid,ks,ic,qbe (ic: synthesized spoken commands "
-        "with intent slots; qbe: synthesized spoken word queries)",
+        help="comma-separated subset of pr,sid,ks,ic,qbe,sd (ic: synthesized spoken commands "
+        "with intent slots; qbe: synthesized spoken word queries; sd: two-speaker mixtures)",
     )
     prep.add_argument("--seed", type=int, default=0, help="seed of the splits and noise clips")
     prep.set_defaults(func=_prepare_synth)

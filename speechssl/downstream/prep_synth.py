@@ -15,6 +15,8 @@ root per task, each with ``train/ dev/ test/`` Kaldi data dirs and the task's la
 * ``ic/`` (only when asked for): spoken smart-home commands with action/object/location
   slots, synthesized with the corpus speakers' voices
   (:mod:`speechssl.downstream.prep_synth_ic`); ``utt2intent``.
+* ``sd/`` (only when asked for): two-speaker mixtures with controlled overlap and the
+  mixer's RTTM (:mod:`speechssl.downstream.prep_synth_sd`); ``utt2activity``.
 * ``qbe/`` (only when asked for): spoken single-word queries searched in the corpus's
   multi-word utterances (:func:`speechssl.downstream.qbe.prepare_synth_qbe`).
 
@@ -143,11 +145,15 @@ def prepare_synth_probing(
     scp = {s: _table(d, "wav.scp") for s, d in dirs.items()}
     u2s = {s: _table(d, "utt2spk") for s, d in dirs.items()}
     counts: dict[str, Any] = {}
-    bad = sorted(set(tasks) - {"pr", "sid", "ks", "ic", "qbe"})
+    bad = sorted(set(tasks) - {"pr", "sid", "ks", "ic", "qbe", "sd"})
     if bad:
         raise ConfigError(
-            f"unknown probing task(s) {bad}; bundled-corpus tasks: pr, sid, ks, ic, qbe"
+            f"unknown probing task(s) {bad}; bundled-corpus tasks: pr, sid, ks, ic, qbe, sd"
         )
+    if "sd" in tasks:
+        from speechssl.downstream.prep_synth_sd import prepare_synth_sd
+
+        counts["sd"] = prepare_synth_sd(root, out / "sd", seed=seed)
     if "qbe" in tasks:
         from speechssl.downstream.qbe import prepare_synth_qbe
 

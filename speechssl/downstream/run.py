@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-import speechssl.downstream.tasks_superb2  # noqa: F401  (registers ic)
+import speechssl.downstream.tasks_superb2  # noqa: F401  (registers ic, sd)
 from speechssl import distributed as dist
 from speechssl.distributed import DistEnv
 from speechssl.downstream.cache import cache_layers, open_layer_cache
