@@ -21,7 +21,7 @@ from speechssl.utils.atomic import atomic_write_json, atomic_write_text
 PROBE_JSON = "probe.json"
 PROBE_MD = "probe.md"
 #: task column order (others follow alphabetically)
-TASK_ORDER = ("pr", "asr", "ks", "ic", "sid", "asv", "qbe")
+TASK_ORDER = ("pr", "asr", "ks", "ic", "sid", "asv", "qbe", "sd")
 _ARROW = {"min": "↓", "max": "↑"}
 
 
