@@ -114,6 +114,13 @@ def test_probe_ic_fixture(fsc, tmp_path):
     res = json.loads((exp / "results.json").read_text())
     assert res["task"] == "ic" and res["metric"] == "acc"
     assert 0.0 <= res["test"] <= 1.0 and 0.0 <= res["dev"] <= 1.0
+    # the report: metric direction, the lr picked on dev, the layer-weight plot
+    assert cli(["probe", "report", f"fbank={exp}", "--out", str(tmp_path / "rep")]) == 0
+    table = (tmp_path / "rep" / "probe.md").read_text()
+    assert "| upstream | IC ACC % ↑ |" in table and "| fbank | lr 0.01 |" in table
+    rows = json.loads((tmp_path / "rep" / "probe.json").read_text())
+    assert rows[0]["layer_weights"] == res["layer_weights"]
+    assert (tmp_path / "rep" / "probe_layers.png").stat().st_size > 0
 
 
 def test_ic_label_errors(fsc, tmp_path, capsys):

@@ -139,6 +139,8 @@ def test_quesst14_prep_and_probe(tmp_path, capsys):
     res = json.loads((exp / "results.json").read_text())
     assert res["counts"]["test"] == {"queries": 2, "queries_with_hits": 2, "docs": 4, "hits": 3}
     assert 0.0 <= res["test"] <= 1.0
+    assert cli(["probe", "report", f"fbank={exp}", "--out", str(tmp_path / "rep")]) == 0
+    assert f"| fbank | layer {res['layer']} |" in (tmp_path / "rep" / "probe.md").read_text()
     # a listed query without audio names the list line
     (db / "eval_queries" / "quesst14_eval_0002.wav").unlink()
     assert cli(["data", "prepare-quesst14", "--corpus-dir", str(db), "--out", str(out)]) == 1
