@@ -83,3 +83,62 @@ def make_voxceleb1(root: Path, *, split_archives: bool = False) -> Path:
         f"0 {rel('id10271', 0, 1)} {rel('id10270', 1, 1)}\n"
     )
     return root
+
+
+# Fluent Speech Commands: (transcription, action, object, location); each intent's audio
+# carries its own tone (write_voice's "speaker" argument), so the intent is learnable
+FSC_INTENTS = [
+    ("Turn on the lights in the kitchen", "activate", "lights", "kitchen"),
+    ("Stop the music", "deactivate", "music", "none"),
+    ("Change language", "change language", "none", "none"),
+]
+FSC_SPEAKERS = {"train": ["2BqVo8kVB2Skwgyb", "4aGjX3AG5xcxeL7a"], "valid": ["R3mexpM2YAtdPbL7"],
+                "test": ["Xygv5loxdZtrywr9"]}  # fmt: skip
+
+
+def make_fluent_speech_commands(root: Path) -> Path:
+    """ROOT/wavs/speakers/<spk>/<uuid>.wav + ROOT/data/{train,valid,test}_data.csv (with the
+    released files' unnamed index column)."""
+    n = 0
+    for split, speakers in FSC_SPEAKERS.items():
+        lines = [",path,speakerId,transcription,action,object,location"]
+        for spk in speakers:
+            for k, (text, action, obj, loc) in enumerate(FSC_INTENTS):
+                for rep in range(2 if split == "train" else 1):
+                    rel = f"wavs/speakers/{spk}/{n:04d}a{k}{rep}-cafe.wav"
+                    write_voice(root / rel, 0.4 + 0.1 * rep, speaker=k, seed=100 + n)
+                    lines.append(f'{n},{rel},{spk},"{text}",{action},{obj},{loc}')
+                    n += 1
+        (root / "data").mkdir(parents=True, exist_ok=True)
+        (root / "data" / f"{split}_data.csv").write_text("\n".join(lines) + "\n")
+    return root
+
+
+def make_quesst14(root: Path) -> Path:
+    """quesst14Database: Audio/, dev_queries/, eval_queries/, language_key_*.lst (paths with
+    the database folder first, one non-English line each) and the ground-truth RTTMs. Query
+    k and the documents that hold it share a tone (:func:`write_voice` "speaker" k)."""
+    db = root / "quesst14Database"
+    docs = {"quesst14_00001": 0, "quesst14_00002": 1, "quesst14_00003": 2, "quesst14_00004": 0}
+    lines = []
+    for i, (doc, k) in enumerate(docs.items()):
+        write_voice(db / "Audio" / f"{doc}.wav", 1.0, speaker=k, seed=200 + i)
+        lines.append(f"quesst14Database/Audio/{doc}.wav nnenglish")
+    write_voice(db / "Audio" / "quesst14_00005.wav", 0.5, speaker=3, seed=210)
+    lines.append("quesst14Database/Audio/quesst14_00005.wav albanian")
+    (db / "language_key_utterances.lst").write_text("\n".join(lines) + "\n")
+    for split, pairs in (("dev", [(0, 1), (1, 2)]), ("eval", [(2, 3), (0, 4)])):
+        lst, rttm = [], []
+        for n, (k, seed) in enumerate(pairs, start=1):
+            q = f"quesst14_{split}_{n:04d}"
+            write_voice(db / f"{split}_queries" / f"{q}.wav", 0.3, speaker=k, seed=300 + seed)
+            lst.append(f"quesst14Database/{split}_queries/{q}.wav nnenglish")
+            for doc, dk in docs.items():
+                if dk == k:
+                    rttm.append(f"LEXEME {doc} 1 0.20 0.30 {q} lex <NA> <NA>")
+        lst.append(f"quesst14Database/{split}_queries/quesst14_{split}_0099.wav czech")
+        (db / f"language_key_{split}.lst").write_text("\n".join(lst) + "\n")
+        gt = db / "scoring" / f"groundtruth_quesst14_{split}"
+        gt.mkdir(parents=True)
+        (gt / f"quesst14_{split}.rttm").write_text("\n".join(rttm) + "\n")
+    return db

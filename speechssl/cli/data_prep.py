@@ -135,6 +135,52 @@ def add_probing_verbs(verbs: argparse._SubParsersAction) -> None:
     p.add_argument("--tolerant", action="store_true", help="skip and count bad files")
     p.set_defaults(func=_voxceleb1)
 
+    p = verbs.add_parser(
+        "prepare-fluent-speech-commands",
+        help="Fluent Speech Commands -> intent-classification dirs OUT/{train,dev,test} "
+        "(utt2intent)",
+        description=(
+            "Prepare SUPERB intent classification from Fluent Speech Commands' real layout "
+            "ROOT/wavs/speakers/<spk>/<file>.wav and ROOT/data/{train,valid,test}_data.csv "
+            "(columns path,speakerId,transcription,action,object,location; valid -> dev). "
+            "utt2intent holds <action>|<object>|<location>."
+        ),
+    )
+    p.add_argument("--corpus-dir", required=True, metavar="ROOT", help="fluent_speech_commands")
+    p.add_argument("--out", required=True, metavar="DIR", help="writes DIR/{train,dev,test}")
+    p.add_argument("--tolerant", action="store_true", help="skip and count bad rows")
+    p.set_defaults(func=_fluent_speech_commands)
+
+    p = verbs.add_parser(
+        "prepare-quesst14",
+        help="QUESST 2014 (English) -> query-by-example root OUT/{dev,test}/{queries,docs,hits}",
+        description=(
+            "Prepare SUPERB query by example from QUESST 2014's layout: ROOT/Audio/*.wav, "
+            "ROOT/{dev,eval}_queries/*.wav, ROOT/language_key_{utterances,dev,eval}.lst "
+            "(nnenglish lines kept) and the ground truth "
+            "ROOT/scoring/groundtruth_quesst14_{dev,eval}/quesst14_{dev,eval}.rttm (eval -> test)."
+        ),
+    )
+    p.add_argument("--corpus-dir", required=True, metavar="ROOT", help="quesst14Database")
+    p.add_argument("--out", required=True, metavar="DIR", help="writes DIR/{dev,test}")
+    p.add_argument("--tolerant", action="store_true", help="skip and count bad list lines")
+    p.set_defaults(func=_quesst14)
+
+    p = verbs.add_parser(
+        "prepare-diarization",
+        help="LibriMix-style diarization dirs -> speaker-diarization dirs OUT/{train,dev,test} "
+        "(utt2activity)",
+        description=(
+            "Prepare SUPERB speaker diarization from Kaldi dirs ROOT/{train,dev,test} holding "
+            "mixtures (wav.scp, segments, utt2spk, reco2dur) and the reference rttm, as "
+            "LibriMix-style data is prepared: one utterance per recording, its speakers' turns "
+            "in utt2activity (2 speakers at most)."
+        ),
+    )
+    p.add_argument("--corpus-dir", required=True, metavar="ROOT", help="holds train/ dev/ test/")
+    p.add_argument("--out", required=True, metavar="DIR", help="writes DIR/{train,dev,test}")
+    p.set_defaults(func=_diarization)
+
 
 def _run_prepare(prepare: Callable[..., object], *args: Any, **kwargs: Any) -> int:
     """Run a corpus preparation and print its summary lines; on a CorpusProblems error
@@ -238,3 +284,23 @@ def _voxceleb1(args: argparse.Namespace) -> int:
         dev_speakers=20 if args.dev_speakers is None else args.dev_speakers,
         tolerant=args.tolerant,
     )
+
+
+def _fluent_speech_commands(args: argparse.Namespace) -> int:
+    from speechssl.data.prep.fluent_speech_commands import prepare_fluent_speech_commands
+
+    return _run_prepare(
+        prepare_fluent_speech_commands, args.corpus_dir, args.out, tolerant=args.tolerant
+    )
+
+
+def _quesst14(args: argparse.Namespace) -> int:
+    from speechssl.data.prep.quesst14 import prepare_quesst14
+
+    return _run_prepare(prepare_quesst14, args.corpus_dir, args.out, tolerant=args.tolerant)
+
+
+def _diarization(args: argparse.Namespace) -> int:
+    from speechssl.data.prep.diarization import prepare_diarization
+
+    return _run_prepare(prepare_diarization, args.corpus_dir, args.out)

@@ -22,7 +22,8 @@ class ProbeTaskConfig:
     """Which task and head (group ``task``)."""
 
     name: str = "pr"
-    """Registered probing task (``pr``, ``ks``, ``sid``; see ``speechssl.downstream.tasks``)."""
+    """Registered probing task (``pr``, ``ks``, ``sid``, ``ic``, ``sd``; ``qbe`` (no training,
+    :mod:`speechssl.downstream.qbe`); see ``speechssl.downstream.tasks``)."""
     proj_dim: int = 256
     """Width of the head's projection layer."""
     layer: int = -1

@@ -12,6 +12,13 @@ root per task, each with ``train/ dev/ test/`` Kaldi data dirs and the task's la
   ``_unknown_``) plus generated ``_silence_`` clips (1 s of low-level white/pink background
   noise, about one clip per eleven words, written as WAV under ``ks/noise/``), split 60/20/20
   within each class so every class is in training.
+* ``ic/`` (only when asked for): spoken smart-home commands with action/object/location
+  slots, synthesized with the corpus speakers' voices
+  (:mod:`speechssl.downstream.prep_synth_ic`); ``utt2intent``.
+* ``sd/`` (only when asked for): two-speaker mixtures with controlled overlap and the
+  mixer's RTTM (:mod:`speechssl.downstream.prep_synth_sd`); ``utt2activity``.
+* ``qbe/`` (only when asked for): spoken single-word queries searched in the corpus's
+  multi-word utterances (:func:`speechssl.downstream.qbe.prepare_synth_qbe`).
 
 Audio is referenced, not copied (``wav.scp`` keeps the corpus's absolute paths). Every output
 file is written atomically; the task roots are rebuilt on each call.
@@ -23,6 +30,7 @@ import hashlib
 import os
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -128,7 +136,7 @@ def _silence_clips(out_dir: Path, count: int, seed: int) -> dict[str, tuple[str,
 def prepare_synth_probing(
     corpus: str | os.PathLike[str], out: str | os.PathLike[str], *, seed: int = 0,
     tasks: tuple[str, ...] = ("pr", "sid", "ks"),
-) -> dict[str, dict[str, int]]:  # fmt: skip
+) -> dict[str, Any]:  # fmt: skip
     """Write ``<out>/<task>/{train,dev,test}``; returns utterance counts per task and split."""
     from speechssl.data.synth.alignment import read_alignments
 
@@ -136,10 +144,24 @@ def prepare_synth_probing(
     dirs = _load_corpus(root)
     scp = {s: _table(d, "wav.scp") for s, d in dirs.items()}
     u2s = {s: _table(d, "utt2spk") for s, d in dirs.items()}
-    counts: dict[str, dict[str, int]] = {}
-    bad = sorted(set(tasks) - {"pr", "sid", "ks"})
+    counts: dict[str, Any] = {}
+    bad = sorted(set(tasks) - {"pr", "sid", "ks", "ic", "qbe", "sd"})
     if bad:
-        raise ConfigError(f"unknown probing task(s) {bad}; bundled-corpus tasks: pr, sid, ks")
+        raise ConfigError(
+            f"unknown probing task(s) {bad}; bundled-corpus tasks: pr, sid, ks, ic, qbe, sd"
+        )
+    if "sd" in tasks:
+        from speechssl.downstream.prep_synth_sd import prepare_synth_sd
+
+        counts["sd"] = prepare_synth_sd(root, out / "sd", seed=seed)
+    if "qbe" in tasks:
+        from speechssl.downstream.qbe import prepare_synth_qbe
+
+        counts["qbe"] = prepare_synth_qbe(root, out / "qbe", seed=seed)
+    if "ic" in tasks:
+        from speechssl.downstream.prep_synth_ic import prepare_synth_ic
+
+        counts["ic"] = prepare_synth_ic(root, out / "ic", seed=seed)
 
     if "pr" in tasks:
         counts["pr"] = {}

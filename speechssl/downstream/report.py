@@ -2,8 +2,10 @@
 
 Reads the ``results.json`` of ``speechssl-probe`` experiment dirs and writes, atomically,
 ``probe.json`` (rows ``{"upstream", "task", "metric", "value"}``: the test metric of the lr
-picked on dev, plus ``dev`` and ``lr``) and ``probe.md`` (one row per upstream, one column
-per task, as in the SUPERB paper).
+picked on dev, plus ``dev``, ``lr``, ``mode`` and the learned ``layer_weights``),
+``probe.md`` (one row per upstream, one column per task, as in the SUPERB paper, with each
+metric's direction; then the lr, or for QbE the layer, picked on dev) and
+``probe_layers.png`` (the learned layer weights of every upstream x task run).
 """
 
 from __future__ import annotations
@@ -20,8 +22,9 @@ from speechssl.utils.atomic import atomic_write_json, atomic_write_text
 
 PROBE_JSON = "probe.json"
 PROBE_MD = "probe.md"
+PROBE_PNG = "probe_layers.png"
 #: task column order (others follow alphabetically)
-TASK_ORDER = ("pr", "asr", "ks", "sid", "asv")
+TASK_ORDER = ("pr", "asr", "ks", "ic", "sid", "asv", "qbe", "sd")
 _ARROW = {"min": "↓", "max": "↑"}
 
 
@@ -60,6 +63,8 @@ def collect(runs: Sequence[tuple[str | None, str]]) -> list[dict[str, Any]]:
                 "dev": data["dev"],
                 "lr": data["lr"],
                 "mode": data.get("mode", "max"),
+                "layer_weights": data.get("layer_weights", {}),
+                "layer": data.get("layer"),
                 "exp_dir": str(exp),
             }
         )
@@ -89,6 +94,21 @@ def markdown(rows: Sequence[dict[str, Any]], note: str = "") -> str:
             for t in tasks
         ]
         lines.append(f"| {u} | " + " | ".join(vals) + " |")
+    # what was picked on dev: the lr (trained tasks) or the layer (QbE, no training)
+    lines += ["", "Picked on dev (lr, or the layer where nothing is trained):", ""]
+    lines += ["| upstream | " + " | ".join(t.upper() for t in tasks) + " |"]
+    lines.append("|---|" + "---:|" * len(tasks))
+    for u in upstreams:
+        picks = []
+        for t in tasks:
+            run = cell.get((u, t))
+            if run is None:
+                picks.append("–")
+            elif run["lr"] is not None:
+                picks.append(f"lr {run['lr']:g}")
+            else:
+                picks.append(f"layer {run['layer']}" if run.get("layer") is not None else "–")
+        lines.append(f"| {u} | " + " | ".join(picks) + " |")
     text = "\n".join(lines) + "\n"
     if note:
         text += f"\n{note}\n"
@@ -107,4 +127,41 @@ def write_report(
     table = markdown(rows, note)
     atomic_write_json(out_dir / PROBE_JSON, rows)
     atomic_write_text(out_dir / PROBE_MD, table)
+    plot_layer_weights(rows, out_dir / PROBE_PNG)
     return rows, table
+
+
+def plot_layer_weights(rows: Sequence[dict[str, Any]], path: Path) -> None:
+    """One bar chart per (upstream, task) run of its learned layer weights (softmaxed), the
+    upstreams as rows and the tasks as columns; runs without weights (QbE) are left blank."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tasks = sorted(
+        {r["task"] for r in rows}, key=lambda t: (TASK_ORDER.index(t) if t in TASK_ORDER else 99, t)
+    )
+    upstreams = list(dict.fromkeys(r["upstream"] for r in rows))
+    cell = {(r["upstream"], r["task"]): r for r in rows}
+    fig, axes = plt.subplots(
+        len(upstreams), len(tasks), figsize=(2.6 * len(tasks) + 0.5, 2.0 * len(upstreams) + 0.5),
+        squeeze=False,
+    )  # fmt: skip
+    for i, u in enumerate(upstreams):
+        for j, t in enumerate(tasks):
+            ax = axes[i][j]
+            r = cell.get((u, t))
+            weights = (r or {}).get("layer_weights") or {}
+            if not weights:
+                ax.axis("off")
+                continue
+            layers = sorted(weights, key=int)
+            ax.bar([int(k) for k in layers], [weights[k] for k in layers])
+            ax.set_title(f"{u} / {t}", fontsize=8)
+            ax.tick_params(labelsize=7)
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    os.replace(tmp, path)

@@ -25,6 +25,7 @@ from typing import Any
 
 import torch
 
+import speechssl.downstream.tasks_superb2  # noqa: F401  (registers ic, sd)
 from speechssl import distributed as dist
 from speechssl.distributed import DistEnv
 from speechssl.downstream.cache import cache_layers, open_layer_cache
@@ -132,6 +133,10 @@ def run_probe(cfg: ProbeConfig, env: DistEnv) -> dict[str, Any]:
     """Train the probe for every lr, pick the best on dev, score test; returns the results."""
     from speechssl.train.trainer import TrainLoop
 
+    if cfg.task.name == "qbe":  # no training: DTW over every layer (speechssl.downstream.qbe)
+        from speechssl.downstream.qbe import run_qbe
+
+        return run_qbe(cfg, env)
     spec = get_task(cfg.task.name)
     exp = Path(cfg.trainer.exp_dir)
     if (exp / "wav.scp").exists():

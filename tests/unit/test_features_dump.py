@@ -245,7 +245,10 @@ def test_library_api_and_option_errors(data_dir: Path, tmp_path: Path) -> None:
 
 
 #: kinds that cannot be built without artifacts, and where their own test lives
-NEEDS_ARTIFACTS = {"model": "tests/integration/test_model_features_dump.py (a trained model dir)"}
+NEEDS_ARTIFACTS = {
+    "model": "tests/integration/test_model_features_dump.py (a trained model dir)",
+    "layers": "tests/integration/test_probe.py (a probing layer cache, made with an upstream)",
+}
 
 
 def _registered() -> list[str]:
