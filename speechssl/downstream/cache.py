@@ -28,23 +28,9 @@ from speechssl.features.dump import (
     dump_shard,
     store_meta,
 )
-from speechssl.features.extractors import ExtractorSpec, register_extractor
 from speechssl.features.store import FeatureStore, write_meta
 
 KIND = "layers"
-
-
-def _refuse_factory(settings: Any, device: torch.device) -> Any:
-    raise ConfigError(
-        "--kind layers (a probing layer cache) is written by speechssl probe cache, which "
-        "runs the upstream itself; features dump cannot build it"
-    )
-
-
-# the kind must be known to the feature store (ExtractorRequest checks it); the cache hands
-# its extractor to dump_shard itself, so this factory is never the way a cache is made
-register_extractor(KIND, ExtractorSpec(factory=_refuse_factory, help="probing layer cache "
-                                       "(made by speechssl probe cache)"))  # fmt: skip
 
 
 class LayerCacheError(ConfigError):
@@ -174,4 +160,3 @@ def open_layer_cache(
         layer_dim=int(want["layer_dim"]),
         frame_rate=store.meta.frame_rate,
     )
-

@@ -89,7 +89,7 @@ class ExtractorSpec:
 EXTRACTORS: Registry[ExtractorSpec] = Registry("feature extractor")
 
 #: modules that register extractors when imported (missing ones are skipped)
-EXTRACTOR_MODULES: list[str] = ["speechssl.downstream.upstreams", "speechssl.downstream.cache"]
+EXTRACTOR_MODULES: list[str] = ["speechssl.downstream.upstreams"]
 
 
 def register_extractor(name: str, spec: ExtractorSpec) -> None:

@@ -245,10 +245,7 @@ def test_library_api_and_option_errors(data_dir: Path, tmp_path: Path) -> None:
 
 
 #: kinds that cannot be built without artifacts, and where their own test lives
-NEEDS_ARTIFACTS = {
-    "model": "tests/integration/test_model_features_dump.py (a trained model dir)",
-    "layers": "tests/integration/test_probe.py (a probing layer cache, made with an upstream)",
-}
+NEEDS_ARTIFACTS = {"model": "tests/integration/test_model_features_dump.py (a trained model dir)"}
 
 
 def _registered() -> list[str]:
