@@ -196,7 +196,15 @@ stage_probe() {
   fi
   for task in ${probe_tasks//,/ }; do
     for up in $probe_upstreams; do
-      if [[ $up =~ ^iter[0-9]+$ ]]; then spec=$exp_dir/$up/train; else spec=$up; fi
+      if [[ $up =~ ^iter([0-9]+)$ ]]; then
+        if ((BASH_REMATCH[1] > num_iterations)); then
+          log "probe: skipping upstream $up (--num-iterations $num_iterations)"
+          continue
+        fi
+        spec=$exp_dir/$up/train
+      else
+        spec=$up
+      fi
       name=$(basename "$up")
       # shellcheck disable=SC2086  # override strings are lists of words
       run_jobs "$probe_cmd" "$logs/probe_${task}_$name.log" \
