@@ -95,14 +95,18 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
     prep = verbs.add_parser(
         "prepare-synth",
-        help="probing task data (PR, SID, KS) from a bundled SYNTHETIC corpus",
+        help="probing task data (PR, ASR, KS, SID, ASV) from a bundled SYNTHETIC corpus",
         description="Turn a corpus from 'speechssl data synth' into task roots OUT/<task>/"
         "{train,dev,test}: pr (utt2phones from ali.phones), sid (utt2spk, split by utterance "
-        "within speakers), ks (utt2keyword plus generated _silence_ noise clips).",
+        "within speakers), ks (utt2keyword plus generated _silence_ noise clips), asr (text, "
+        "chars.txt), asv (the corpus's speaker-disjoint splits, dev/test trials of every "
+        "utterance pair).",
     )
     prep.add_argument("--corpus", required=True, help="synth corpus root (train/ dev/ test/)")
     prep.add_argument("--out", required=True, help="where the task roots go")
-    prep.add_argument("--tasks", default="pr,sid,ks", help="comma-separated subset of pr,sid,ks")
+    prep.add_argument(
+        "--tasks", default="pr,sid,ks", help="comma-separated subset of pr,asr,ks,sid,asv"
+    )
     prep.add_argument("--seed", type=int, default=0, help="seed of the splits and noise clips")
     prep.set_defaults(func=_prepare_synth)
 

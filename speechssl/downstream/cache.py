@@ -24,7 +24,6 @@ from speechssl.downstream.upstreams import Upstream
 from speechssl.errors import ConfigError
 from speechssl.features.dump import (
     DumpOptions,
-    ExtractorRequest,
     ShardResult,
     dump_shard,
     store_meta,
@@ -119,8 +118,8 @@ def cache_layers(
     if (out_dir / "meta.json").is_file():
         _check_identity(out_dir, extractor.describe())
     write_meta(out_dir, store_meta(extractor, KIND, opts, Path(data)))
-    request = ExtractorRequest(kind=KIND, device=str(upstream.device))
-    return [dump_shard(data, out_dir, request, opts, r, extractor) for r in range(nshard)]
+    # the upstream is already built here (no registered kind to rebuild it from a request)
+    return [dump_shard(data, out_dir, None, opts, r, extractor) for r in range(nshard)]
 
 
 def _check_identity(root: Path, want: dict[str, Any]) -> None:

@@ -239,13 +239,13 @@ def iter_features(
 def dump_shard(
     data: str | os.PathLike[str],
     out: str | os.PathLike[str],
-    request: ExtractorRequest,
+    request: ExtractorRequest | None,
     opts: DumpOptions,
     rank: int,
     extractor: FeatureExtractor | None = None,
 ) -> ShardResult:
     """Write shard ``rank`` of ``opts.nshard`` (no-op if it is already complete, unless
-    ``opts.overwrite``), holding the shard's lock (:class:`~speechssl.utils.lock.LockedError`
+    ``opts.overwrite``) with ``extractor``, else one built from ``request``; holding the shard's lock (:class:`~speechssl.utils.lock.LockedError`
     if another process writes it)."""
     out_dir = Path(out)
     what = f"shard {rank} of {opts.nshard} of a feature store"
@@ -259,14 +259,17 @@ def dump_shard(
 def _write_shard(
     data: str | os.PathLike[str],
     out_dir: Path,
-    request: ExtractorRequest,
+    request: ExtractorRequest | None,
     opts: DumpOptions,
     rank: int,
     extractor: FeatureExtractor | None,
 ) -> ShardResult:
     start_time = time.perf_counter()
     data_dir = KaldiDataDir(data, allow_pipes=opts.allow_pipes)
-    extractor = extractor or request.build()
+    if extractor is None:
+        if request is None:
+            raise ValueError("dump_shard needs an extractor or an ExtractorRequest")
+        extractor = request.build()
     utts = data_dir.utt_ids()
     lo, hi = shard_range(len(utts), opts.nshard, rank)
     mine = utts[lo:hi]
