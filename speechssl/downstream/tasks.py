@@ -63,7 +63,7 @@ from speechssl.downstream.featurizer import Featurizer
 from speechssl.downstream.heads import LinearCTCHead, MeanPoolClassifier
 from speechssl.downstream.metrics import accuracy, edit_distance_counts, equal_error_rate, min_dcf
 from speechssl.downstream.upstreams import Upstream
-from speechssl.errors import ConfigError, ItemError, LabelError
+from speechssl.errors import ConfigError, ItemError
 from speechssl.registry import Registry
 from speechssl.train.task import BatchInfo, StepOutput
 
@@ -315,10 +315,13 @@ class SpeechRecognition(ProbeTaskSpec):
         return CharVocabulary.from_texts(train_labels).tokens
 
     def encode(self, utt: str, label: Any, vocab: dict[str, int], where: str) -> Any:
-        try:
-            return CharVocabulary(list(vocab)).encode(label, utt)
-        except LabelError as exc:
-            raise ProbeLabelError(utt, exc.reason, where) from None
+        unknown = sorted({c for c in label if not c.isspace() and vocab.get(c, 0) < 2})
+        if unknown:
+            raise ProbeLabelError(
+                utt, f"character(s) {' '.join(unknown)} are not in the character vocabulary "
+                "(the task root's chars.txt, else the training transcripts)", where,
+            )  # fmt: skip
+        return CharVocabulary(list(vocab)).encode(label, utt)
 
     def check_frames(self, utt: str, frames: int, target: Any) -> None:
         need = len(target) + sum(1 for a, b in itertools.pairwise(target) if a == b)

@@ -1,6 +1,7 @@
 """Probing end to end on the tiny bundled SYNTHETIC corpus: task data prep, layer caches,
-`speechssl-probe` on PR, KS and SID (lr sweep, best on dev, test scored), resume, the
-report, and the errors for bad input."""
+`speechssl-probe` on PR, ASR, KS, SID and ASV (lr sweep, best on dev, test scored) over a
+speechssl model dir, a transformers dir and the baselines, resume, the report, the errors
+for bad input; and the five tasks on the real-layout fixtures through the prep verbs."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import torch
 
 from speechssl.cli.main import main as cli
 from speechssl.downstream.cli import main as probe_main
+from speechssl.downstream.tasks import SPLITS
 
 
 def probe(args: list[str]) -> int:
@@ -32,15 +34,25 @@ QUICK = ["preset=synth", "trainer.max_steps=6", "trainer.save_every=3", "trainer
 def tasks(synth_corpus, tmp_path_factory):
     root = tmp_path_factory.mktemp("probe")
     assert (
-        cli(["probe", "prepare-synth", "--corpus", str(synth_corpus), "--out", str(root / "tasks")])
+        cli(["probe", "prepare-synth", "--corpus", str(synth_corpus), "--out", str(root / "tasks"),
+             "--tasks", "pr,asr,ks,sid,asv"])
         == 0
-    )
+    )  # fmt: skip
     from speechssl.models import create_model
     from speechssl.models.io import save_model_dir
 
     torch.manual_seed(0)
     model = create_model("hubert_tiny", **{"encoder.num_layers": 2}).eval()
     save_model_dir(model, root / "model")
+    # a transformers HubertModel dir (random weights, 320-sample stride = 50 Hz frames)
+    from transformers import HubertConfig, HubertModel
+
+    hf = HubertConfig(
+        hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=48,
+        conv_dim=(16,) * 5, conv_kernel=(10, 4, 4, 2, 2), conv_stride=(5, 4, 4, 2, 2),
+        num_conv_pos_embeddings=8, num_conv_pos_embedding_groups=2,
+    )  # fmt: skip
+    HubertModel(hf).eval().save_pretrained(root / "hf")
     return root
 
 
@@ -97,7 +109,7 @@ def test_probe_tasks_cache_report(tasks, tmp_path):
 
 
 def _probe_runs(tasks, tmp_path, cases) -> list[str]:
-    t, model = tasks / "tasks", str(tasks / "model")
+    t = tasks / "tasks"
     runs = []
     for task, upstream, extra in cases:
         exp = tmp_path / f"{task}_{Path(upstream).name}"
@@ -105,13 +117,13 @@ def _probe_runs(tasks, tmp_path, cases) -> list[str]:
                       f"trainer.exp_dir={exp}", *QUICK, *extra])  # fmt: skip
         assert code == 0, (task, upstream)
         res = json.loads((exp / "results.json").read_text())
-        assert res["task"] == task and res["metric"] == ("per" if task == "pr" else "acc")
+        assert res["task"] == task and res["metric"] == task_metric(task)
         assert np.isfinite(res["test"]) and res["test"] >= 0
         assert res["lr"] in [r["lr"] for r in res["sweep"]]
-        best = (min if task == "pr" else max)(r["dev"] for r in res["sweep"])
+        best = (min if res["mode"] == "min" else max)(r["dev"] for r in res["sweep"])
         assert res["dev"] == best
         weights = json.loads((exp / "layer_weights.json").read_text())
-        assert len(weights["layers"]) == (3 if upstream == model else 1)
+        assert len(weights["layers"]) == (1 if upstream in ("fbank", "mfcc") else 3)
         assert abs(sum(weights["weights"]) - 1) < 1e-5
         log = [
             json.loads(x)
@@ -125,7 +137,51 @@ def _probe_runs(tasks, tmp_path, cases) -> list[str]:
 
 
 def task_metric(task: str) -> str:
-    return "per" if task == "pr" else "acc"
+    return {"pr": "per", "asr": "wer", "ks": "acc", "sid": "acc", "asv": "eer"}[task]
+
+
+def test_probe_asr_asv_upstreams_report(tasks, tmp_path):
+    """ASR and ASV on the bundled corpus over a speechssl dir, a transformers dir and fbank
+    (narrow heads: the SUPERB widths are the task files' defaults)."""
+    model, hf = str(tasks / "model"), str(tasks / "hf")
+    small = ["lr=[1e-3]", "task.proj_dim=32"]
+    runs = _probe_runs(tasks, tmp_path, [
+        ("asr", "fbank", ["lr=[1e-2,1e-3]", "task.proj_dim=32"]),
+        ("asr", hf, small),
+        ("asv", model, small),
+        ("asv", "fbank", small),
+        ("pr", hf, ["lr=[1e-2]"]),
+    ])  # fmt: skip
+    asr = json.loads((tmp_path / "asr_fbank" / "results.json").read_text())
+    assert set(asr["test_metrics"]) == {"wer", "cer", "loss"}
+    assert asr["test_metrics"]["wer"] == asr["test"] <= 2.0
+    asv = json.loads((tmp_path / "asv_fbank" / "results.json").read_text())
+    assert set(asv["test_metrics"]) == {"eer", "min_dcf"}
+    assert 0.0 <= asv["test"] <= 1.0 and 0.0 <= asv["test_metrics"]["min_dcf"] <= 1.0 + 1e-9
+    assert cli(["probe", "report", *runs, "--out", str(tmp_path / "summary")]) == 0
+    table = (tmp_path / "summary" / "probe.md").read_text()
+    assert "ASR WER % ↓" in table and "ASV EER % ↓" in table
+
+
+def test_prepare_synth_asr_asv(tasks):
+    from speechssl.data.tables import read_table
+    from speechssl.downstream.asv import read_trials
+
+    t = tasks / "tasks"
+    spk = {s: set(read_table(t / "asv" / s / "utt2spk").values()) for s in SPLITS}
+    assert not spk["train"] & spk["dev"] and not spk["train"] & spk["test"]
+    for split in ("dev", "test"):
+        utts = set(read_table(t / "asv" / split / "utt2spk"))
+        trials = read_trials(t / "asv" / split / "trials", known_utts=utts)
+        n = len(utts)
+        assert len(trials) == n * (n - 1) // 2
+        assert any(tr.target for tr in trials) and not all(tr.target for tr in trials)
+    text = read_table(t / "asr" / "train" / "text")
+    assert all(v.strip() for v in text.values())
+    chars = (t / "asr" / "chars.txt").read_text().split()
+    for split in SPLITS:
+        for v in read_table(t / "asr" / split / "text").values():
+            assert set(v.replace(" ", "")) <= set(chars)
 
 
 def test_cached_layers_equal_upstream_output(tasks, tmp_path):
@@ -195,6 +251,31 @@ def test_probe_errors(tasks, tmp_path, capsys):
         root / "train" / "utt2phones", lambda ls: [ls[0].split()[0] + (" " + phone) * 5000, *ls[1:]]
     )
     assert "CTC needs at least one frame per phone" in run("pr", root)
+    # an empty transcript
+    root = _copy(t / "asr", tmp_path / "notext")
+    utt = (root / "train" / "text").read_text().split()[0]
+    _edit(root / "train" / "text", lambda ls: [utt, *ls[1:]])
+    err = run("asr", root)
+    assert utt in err and "empty transcript" in err
+    # a character in test that the vocabulary (the task root's chars.txt) lacks
+    root = _copy(t / "asr", tmp_path / "newchar")
+    utt = (root / "test" / "text").read_text().split()[0]
+    _edit(root / "test" / "text", lambda ls: [utt + " CAF\u00c9", *ls[1:]])
+    err = run("asr", root)
+    assert utt in err and "character(s) \u00c9 are not in the character vocabulary" in err
+    # without chars.txt the vocabulary is the training transcripts' characters
+    (root / "chars.txt").unlink()
+    assert "not in the character vocabulary" in run("asr", root)
+    # a trial naming an utterance that is not in its split
+    root = _copy(t / "asv", tmp_path / "badtrial")
+    _edit(
+        root / "test" / "trials", lambda ls: [*ls, "spk99-000001 " + ls[0].split()[1] + " target"]
+    )
+    err = run("asv", root)
+    assert "spk99-000001" in err and "not in the data dir" in err
+    # beam settings belong to asr
+    err = run("pr", t / "pr", "fbank", "task.lexicon=lex.txt")
+    assert "task.lexicon/task.lm are beam-search settings of task asr" in err
     # a cache made from another upstream
     cache = tmp_path / "shared_cache"
     assert cli(["probe", "cache", "--upstream", "fbank", "--data", str(t / "sid" / "train"),
