@@ -140,6 +140,15 @@ def task_metric(task: str) -> str:
     return {"pr": "per", "asr": "wer", "ks": "acc", "sid": "acc", "asv": "eer"}[task]
 
 
+def test_probe_asr_asv_fbank(tasks, tmp_path):
+    """The default suite's ASR and ASV runs: fbank, narrow heads, two steps."""
+    quick = ["lr=[1e-3]", "task.proj_dim=16", "trainer.max_steps=2", "trainer.save_every=2"]
+    _probe_runs(tasks, tmp_path, [("asr", "fbank", quick), ("asv", "fbank", quick)])
+    asv = json.loads((tmp_path / "asv_fbank" / "results.json").read_text())
+    assert set(asv["test_metrics"]) == {"eer", "min_dcf"}
+
+
+@pytest.mark.slow
 def test_probe_asr_asv_upstreams_report(tasks, tmp_path):
     """ASR and ASV on the bundled corpus over a speechssl dir, a transformers dir and fbank
     (narrow heads: the SUPERB widths are the task files' defaults)."""
