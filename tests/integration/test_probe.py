@@ -388,3 +388,55 @@ def test_probe_ddp_two_processes(tasks, tmp_path):
     assert [r["step"] for r in log if r["kind"] == "dev"] == [3, 6]
     res_json = json.loads((exp / "results.json").read_text())
     assert 0 <= res_json["test"] <= 1
+
+
+def _speech_commands(root: Path) -> Path:
+    """Speech Commands v0.01's layout: <word>/<hash>_nohash_<n>.wav, the two lists and
+    _background_noise_/ (yes/no are keywords, bed/marvin become _unknown_)."""
+    from audio_fixtures import write_audio
+
+    clips = [("yes", "0a7c2a8d", 0), ("yes", "1b4c9b89", 0), ("yes", "2c6d9e1f", 1),
+             ("no", "0a7c2a8d", 0), ("no", "2c6d9e1f", 2), ("no", "3d7e0f2a", 0),
+             ("bed", "0a7c2a8d", 0), ("marvin", "2c6d9e1f", 0), ("marvin", "3d7e0f2a", 1)]  # fmt: skip
+    for i, (word, h, n) in enumerate(clips):
+        write_audio(root / word / f"{h}_nohash_{n}.wav", 1.0, seed=i, subtype="PCM_16")
+    (root / "validation_list.txt").write_text(
+        "yes/1b4c9b89_nohash_0.wav\nno/3d7e0f2a_nohash_0.wav\nmarvin/2c6d9e1f_nohash_0.wav\n"
+    )
+    (root / "testing_list.txt").write_text(
+        "yes/2c6d9e1f_nohash_1.wav\nno/2c6d9e1f_nohash_2.wav\nmarvin/3d7e0f2a_nohash_1.wav\n"
+    )
+    write_audio(root / "_background_noise_" / "white_noise.wav", 10.5, seed=50, subtype="PCM_16")
+    return root
+
+
+def test_probe_real_layout_fixtures(tmp_path):
+    """The five tasks on tiny corpora in their real layouts, through the prep verbs:
+    LibriSpeech -> asr, pr; Speech Commands -> ks; VoxCeleb1 -> sid, asv (fbank upstream).
+    The LibriSpeech fixture has one split (dev-clean), prepared into train, dev and test."""
+    from probing_fixtures import make_librispeech_pr, make_voxceleb1
+
+    libri = make_librispeech_pr(tmp_path / "librispeech")
+    vox = make_voxceleb1(tmp_path / "voxceleb1")
+    sc = _speech_commands(tmp_path / "speech_commands_v0.01")
+    roots = tmp_path / "tasks"
+    for split in SPLITS:
+        base = ["data", "prepare-librispeech", "--corpus-dir", str(libri), "--split", "dev-clean"]
+        assert cli([*base, "--out", str(roots / "asr" / split)]) == 0
+        assert cli([*base, "--out", str(roots / "pr" / split), "--lexicon",
+                    str(libri / "lexicon.txt"), "--skip-oov",
+                    "--phones-txt", str(roots / "pr" / "phones.txt")]) == 0  # fmt: skip
+    assert cli(["data", "prepare-speech-commands", "--corpus-dir", str(sc),
+                "--out", str(roots / "ks")]) == 0  # fmt: skip
+    assert cli(["data", "prepare-voxceleb1", "--task", "sid", "--corpus-dir", str(vox),
+                "--out", str(roots / "sid")]) == 0  # fmt: skip
+    assert cli(["data", "prepare-voxceleb1", "--task", "asv", "--corpus-dir", str(vox),
+                "--out", str(roots / "asv"), "--dev-speakers", "2"]) == 0  # fmt: skip
+    for task in ("pr", "asr", "ks", "sid", "asv"):
+        exp = tmp_path / f"exp_{task}"
+        code = probe([f"task={task}", "upstream=fbank", f"data.dir={roots / task}",
+                      f"trainer.exp_dir={exp}", *QUICK, "lr=[1e-3]", "task.proj_dim=16",
+                      "trainer.max_steps=2", "trainer.save_every=2"])  # fmt: skip
+        assert code == 0, task
+        res = json.loads((exp / "results.json").read_text())
+        assert res["metric"] == task_metric(task) and np.isfinite(res["test"]), res
