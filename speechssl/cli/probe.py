@@ -95,20 +95,23 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
     prep = verbs.add_parser(
         "prepare-synth",
-        help="probing task data (PR, SID, KS, IC) from a bundled SYNTHETIC corpus",
+        help="probing task data (PR, ASR, KS, SID, ASV, IC, QbE, SD) from a bundled SYNTHETIC corpus",
         description="Turn a corpus from 'speechssl data synth' into task roots OUT/<task>/"
         "{train,dev,test}: pr (utt2phones from ali.phones), sid (utt2spk, split by utterance "
-        "within speakers), ks (utt2keyword plus generated _silence_ noise clips), ic (asked "
-        "for in --tasks: spoken commands with action|object|location slots in utt2intent, "
-        "synthesized with the corpus speakers' voices).",
+        "within speakers), ks (utt2keyword plus generated _silence_ noise clips), asr (text, "
+        "chars.txt), asv (the corpus's speaker-disjoint splits, dev/test trials of every "
+        "utterance pair), ic (spoken commands with action|object|location slots in utt2intent, "
+        "synthesized with the corpus speakers' voices), qbe (synthesized spoken word queries), "
+        "sd (two-speaker mixtures with RTTM).",
     )
     prep.add_argument("--corpus", required=True, help="synth corpus root (train/ dev/ test/)")
     prep.add_argument("--out", required=True, help="where the task roots go")
     prep.add_argument(
         "--tasks",
         default="pr,sid,ks",
-        help="comma-separated subset of pr,sid,ks,ic,qbe,sd (ic: synthesized spoken commands "
-        "with intent slots; qbe: synthesized spoken word queries; sd: two-speaker mixtures)",
+        help="comma-separated subset of pr,asr,ks,sid,asv,ic,qbe,sd (ic: synthesized spoken "
+        "commands with intent slots; qbe: synthesized spoken word queries; sd: two-speaker "
+        "mixtures)",
     )
     prep.add_argument("--seed", type=int, default=0, help="seed of the splits and noise clips")
     prep.set_defaults(func=_prepare_synth)

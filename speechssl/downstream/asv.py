@@ -126,9 +126,15 @@ class AMSoftmaxLoss(nn.Module):
         return F.normalize(embeddings, dim=-1) @ F.normalize(self.weight, dim=-1).T
 
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        cos = self.cosine(embeddings)
-        margin = F.one_hot(labels, cos.shape[-1]).to(cos.dtype) * self.m
-        return F.cross_entropy(self.s * (cos - margin), labels)
+        return self.loss_from_cosine(self.cosine(embeddings), labels, self.s, self.m)
+
+    @staticmethod
+    def loss_from_cosine(
+        cos: torch.Tensor, labels: torch.Tensor, s: float = 30.0, m: float = 0.4
+    ) -> torch.Tensor:
+        """The AM-softmax loss of ``[N, classes]`` cosines (see :meth:`cosine`)."""
+        margin = F.one_hot(labels, cos.shape[-1]).to(cos.dtype) * m
+        return F.cross_entropy(s * (cos - margin), labels)
 
 
 @dataclass(frozen=True)

@@ -22,10 +22,22 @@ class ProbeTaskConfig:
     """Which task and head (group ``task``)."""
 
     name: str = "pr"
-    """Registered probing task (``pr``, ``ks``, ``sid``, ``ic``, ``sd``; ``qbe`` (no training,
-    :mod:`speechssl.downstream.qbe`); see ``speechssl.downstream.tasks``)."""
+    """Registered probing task (``pr``, ``asr``, ``ks``, ``sid``, ``asv``, ``ic``, ``sd``;
+    ``qbe`` (no training, :mod:`speechssl.downstream.qbe`); see ``speechssl.downstream.tasks``)."""
     proj_dim: int = 256
-    """Width of the head's projection layer."""
+    """Width of the head's projection layer (asr: also the BiLSTM width per direction;
+    asv: the x-vector's input projection)."""
+    lexicon: str = ""
+    """asr only: a lexicon for flashlight's beam search, one ``WORD W O R D |`` line per
+    word (its characters, then the word boundary); empty: greedy decoding."""
+    lm: str = ""
+    """asr only: a KenLM n-gram (ARPA or binary) for the beam search (needs ``lexicon``)."""
+    beam_size: int = 50
+    """asr only: beam width of the lexicon search."""
+    lm_weight: float = 2.0
+    """asr only: weight of the LM score in the beam search."""
+    word_score: float = 0.0
+    """asr only: score added per word in the beam search."""
     layer: int = -1
     """Hidden state to probe (0 = input of layer 1); -1 learns a weighted sum of all."""
     layer_norm: bool = False
@@ -34,6 +46,14 @@ class ProbeTaskConfig:
     def __post_init__(self) -> None:
         if self.proj_dim < 1:
             raise ConfigError(f"task.proj_dim must be >= 1, got {self.proj_dim}")
+        if (self.lexicon or self.lm) and self.name != "asr":
+            raise ConfigError(
+                f"task.lexicon/task.lm are beam-search settings of task asr, not {self.name}"
+            )
+        if self.lm and not self.lexicon:
+            raise ConfigError("task.lm needs task.lexicon (the beam search is lexicon-based)")
+        if self.beam_size < 1:
+            raise ConfigError(f"task.beam_size must be >= 1, got {self.beam_size}")
         if self.layer < -1:
             raise ConfigError(
                 f"task.layer must be >= 0, or -1 for a weighted sum; got {self.layer}"

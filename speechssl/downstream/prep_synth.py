@@ -8,6 +8,12 @@ root per task, each with ``train/ dev/ test/`` Kaldi data dirs and the task's la
   ``pr/phones.txt`` is the corpus's phone inventory (without silence).
 * ``sid/``: every utterance of every split, re-split *by utterance within each speaker*
   (60/20/20, deterministic), so test speakers are training speakers; label ``utt2spk``.
+* ``asr/``: the corpus's own (speaker-disjoint) splits with their ``text``;
+  ``asr/chars.txt`` lists every character of the corpus's transcripts (the output units).
+* ``asv/``: the corpus's own splits, which hold disjoint speakers: the head trains on the
+  ``train`` speakers; ``dev/trials`` and ``test/trials`` pair every two utterances of the
+  split (``target`` when they share a speaker; at most :data:`MAX_TRIALS` pairs, a seeded
+  sample beyond that).
 * ``ks/``: the isolated-word utterances (``utt2keyword``: the ten keywords or
   ``_unknown_``) plus generated ``_silence_`` clips (1 s of low-level white/pink background
   noise, about one clip per eleven words, written as WAV under ``ks/noise/``), split 60/20/20
@@ -36,6 +42,7 @@ import numpy as np
 
 from speechssl.data.kaldi_dir import KaldiDataDir, write_data_dir
 from speechssl.data.tables import read_table
+from speechssl.downstream.asv import Trial, write_trials
 from speechssl.errors import ConfigError
 from speechssl.utils.atomic import atomic_write_text
 
@@ -47,6 +54,8 @@ NOISE_SPEAKER = "noise"
 #: split of the n-th (shuffled) utterance of a class/speaker, cycling: 60/20/20
 _PATTERN = ("train", "dev", "test", "train", "train", "train", "train", "train", "dev", "test")
 SPLITS = ("train", "dev", "test")
+TASKS = ("pr", "asr", "ks", "sid", "asv", "ic", "qbe", "sd")
+MAX_TRIALS = 20000
 
 
 def _order(utts: list[str], seed: int) -> list[str]:
@@ -75,6 +84,17 @@ def phones_from_alignment(frames: list[str], silence: str = SIL) -> list[str]:
             seq.append(p)
         prev = p
     return seq
+
+
+def all_pair_trials(utt2spk: Mapping[str, str], seed: int) -> list[Trial]:
+    """Every unordered pair of utterances as a trial (``target`` for the same speaker), in
+    sorted order; beyond :data:`MAX_TRIALS` pairs, a seeded sample of them."""
+    utts = sorted(utt2spk)
+    pairs = [(a, b) for i, a in enumerate(utts) for b in utts[i + 1 :]]
+    if len(pairs) > MAX_TRIALS:
+        keep = np.random.default_rng(seed).choice(len(pairs), MAX_TRIALS, replace=False)
+        pairs = [pairs[i] for i in sorted(keep)]
+    return [Trial(a, b, utt2spk[a] == utt2spk[b]) for a, b in pairs]
 
 
 def _load_corpus(root: Path) -> dict[str, KaldiDataDir]:
@@ -145,10 +165,10 @@ def prepare_synth_probing(
     scp = {s: _table(d, "wav.scp") for s, d in dirs.items()}
     u2s = {s: _table(d, "utt2spk") for s, d in dirs.items()}
     counts: dict[str, Any] = {}
-    bad = sorted(set(tasks) - {"pr", "sid", "ks", "ic", "qbe", "sd"})
+    bad = sorted(set(tasks) - set(TASKS))
     if bad:
         raise ConfigError(
-            f"unknown probing task(s) {bad}; bundled-corpus tasks: pr, sid, ks, ic, qbe, sd"
+            f"unknown probing task(s) {bad}; bundled-corpus tasks: {', '.join(TASKS)}"
         )
     if "sd" in tasks:
         from speechssl.downstream.prep_synth_sd import prepare_synth_sd
@@ -187,6 +207,36 @@ def prepare_synth_probing(
         atomic_write_text(
             out / "pr" / "phones.txt", "\n".join(p for p in inventory if p != SIL) + "\n"
         )
+
+    if "asr" in tasks:
+        counts["asr"] = {}
+        chars: set[str] = set()
+        for split, d in dirs.items():
+            text = _table(d, "text")
+            members = {u: (d, scp[split], u2s[split]) for u in d.utt_ids()}
+            empty = [u for u in members if not text.get(u, "").strip()]
+            if empty:
+                raise ConfigError(f"{empty[0]}: no transcript in {d.path / 'text'}")
+            for u in members:
+                chars.update(c for c in text[u] if not c.isspace())
+            _write_subset(out / "asr" / split, members, "text", text)
+            counts["asr"][split] = len(members)
+        atomic_write_text(out / "asr" / "chars.txt", "".join(f"{c}\n" for c in sorted(chars)))
+
+    if "asv" in tasks:
+        counts["asv"] = {}
+        for split, d in dirs.items():
+            members = {u: (d, scp[split], u2s[split]) for u in d.utt_ids()}
+            _write_subset(out / "asv" / split, members, "utt2spk", u2s[split])
+            counts["asv"][split] = len(members)
+            if split != "train":
+                trials = all_pair_trials(u2s[split], seed)
+                if not any(t.target for t in trials) or all(t.target for t in trials):
+                    raise ConfigError(
+                        f"{d.path}: asv trials need two speakers and a speaker with two "
+                        "utterances (the corpus is too small)"
+                    )
+                write_trials(out / "asv" / split / "trials", trials)
 
     everyone = {u: (dirs[s], scp[s], u2s[s]) for s in SPLITS for u in dirs[s].utt_ids()}
     if "sid" in tasks:

@@ -102,11 +102,12 @@ def _reduce(sums: dict[str, float], weight: float) -> tuple[dict[str, float], fl
     return total, sum(w for _, w in parts)
 
 
-def evaluate_split(task: ProbeTask, name: str) -> float:
+def evaluate_split(task: ProbeTask, name: str) -> dict[str, float]:
+    """Every metric of a split (the task's own under its name, e.g. ``wer``, ``eer``)."""
     task.model.eval()
     with torch.no_grad():
         sums, weight = _reduce(*task.score_split(task.model, name))
-    return metric_value(sums, weight, task.spec.metric)
+    return {k: metric_value(sums, weight, k) for k in sums}
 
 
 def _settings_digest(cfg: ProbeConfig, lr: float, upstream: Upstream) -> str:
@@ -142,6 +143,7 @@ def run_probe(cfg: ProbeConfig, env: DistEnv) -> dict[str, Any]:
     if (exp / "wav.scp").exists():
         raise ConfigError(f"trainer.exp_dir={exp} is a Kaldi data dir; point it at a new dir")
     vocab, targets = load_task_data(spec, Path(cfg.data.dir))
+    spec = spec.configured(cfg.task, vocab)
     upstream = load_upstream(cfg.upstream, env.device)
     layer = cfg.task.layer if cfg.task.layer >= 0 else None
     if layer is not None and layer >= upstream.num_layers:
@@ -167,7 +169,7 @@ def run_probe(cfg: ProbeConfig, env: DistEnv) -> dict[str, Any]:
         done = exp / f"{lr_name(lr)}.done.json"
         digest = _settings_digest(cfg, lr, upstream)
         if done.is_file():
-            record = json.loads(done.read_text())
+            record: dict[str, Any] = json.loads(done.read_text())
             if record.get("settings") != digest:
                 raise ConfigError(
                     f"{done}: a finished run with other settings (upstream, data or config); "
@@ -193,9 +195,11 @@ def run_probe(cfg: ProbeConfig, env: DistEnv) -> dict[str, Any]:
             "run": str(run_dir),
             "settings": digest,
             "steps": summary.step,
-            "dev": evaluate_split(task, "dev"),
-            "test": evaluate_split(task, "test"),
         }
+        for split in ("dev", "test"):
+            scores = evaluate_split(task, split)
+            record[split] = scores.get(spec.metric, math.nan)
+            record[f"{split}_metrics"] = scores
         if env.is_main:
             atomic_write_json(done, record)
         sweep.append(record)
@@ -219,6 +223,8 @@ def run_probe(cfg: ProbeConfig, env: DistEnv) -> dict[str, Any]:
         "lr": best["lr"],
         "dev": best["dev"],
         "test": best["test"],
+        "dev_metrics": best.get("dev_metrics", {}),
+        "test_metrics": best.get("test_metrics", {}),
         "sweep": [{"lr": r["lr"], "dev": r["dev"], "test": r["test"]} for r in sweep],
         "layer_weights": {str(k): v for k, v in featurizer.layer_weights().items()},
         "data": str(Path(cfg.data.dir).resolve()),

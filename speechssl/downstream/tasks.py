@@ -7,9 +7,14 @@ which head it trains, its loss and its metric (name and direction):
 name  label file       head                                        metric
 ====  ===============  ==========================================  ========
 pr    ``utt2phones``   projection + linear, CTC over phones        ``per``
+asr   ``text``         projection + 2 x BiLSTM, CTC over characters ``wer``
 ks    ``utt2keyword``  projection + mean pooling + linear          ``acc``
 sid   ``utt2spk``      projection + mean pooling + linear          ``acc``
+asv   ``utt2spk``      x-vector TDNN + AM-softmax; cosine trials   ``eer``
 ====  ===============  ==========================================  ========
+
+ASV scores whole splits at once (:attr:`ProbeTaskSpec.pooled`): every utterance's
+embedding is gathered from all ranks, then the split's ``trials`` file is scored.
 
 :class:`ProbeTask` trains the featurizer and head on a task's ``train`` split with
 :class:`~speechssl.train.trainer.TrainLoop` (its checkpoints, resume, logs, DDP), either from
@@ -22,6 +27,7 @@ sequence, a cache that lacks an utterance or was made from another upstream.
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import math
@@ -35,9 +41,27 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from speechssl import distributed as dist
 from speechssl.distributed import DistEnv
+from speechssl.downstream.asr import (
+    BLANK,
+    WORD_BOUNDARY,
+    BiLSTMCTCHead,
+    CharVocabulary,
+    beam_decode,
+    ctc_loss,
+    greedy_decode,
+)
+from speechssl.downstream.asv import (
+    XVECTOR_LAYERS,
+    AMSoftmaxLoss,
+    XVectorHead,
+    read_trials,
+    score_trials,
+)
 from speechssl.downstream.featurizer import Featurizer
 from speechssl.downstream.heads import LinearCTCHead, MeanPoolClassifier
+from speechssl.downstream.metrics import accuracy, edit_distance_counts, equal_error_rate, min_dcf
 from speechssl.downstream.upstreams import Upstream
 from speechssl.errors import ConfigError, ItemError
 from speechssl.registry import Registry
@@ -65,6 +89,17 @@ class ProbeTaskSpec:
     metric: str = ""
     mode: str = "max"  # which direction of the metric is better
     description: str = ""
+    pooled: bool = False
+    """The metric is computed over a whole split (:meth:`score_pooled`), not summed over
+    batches (:meth:`score`)."""
+
+    def configured(self, task: Any, vocab: list[str]) -> ProbeTaskSpec:
+        """The spec for one run (``task``: its :class:`ProbeTaskConfig`); most tasks have
+        no per-run settings."""
+        return self
+
+    def check_data(self, root: Path, labels: dict[str, dict[str, Any]]) -> None:
+        """Refuse a task root whose extra files disagree with its labels (e.g. trials)."""
 
     def parse(self, utt: str, value: str, where: str) -> Any:
         value = value.strip()
@@ -102,6 +137,14 @@ class ProbeTaskSpec:
         """``(sums, weight)`` for the metric: ``sums[metric] / weight`` is the metric."""
         raise NotImplementedError
 
+    def outputs(self, out: Any, utts: list[str]) -> dict[str, Any]:
+        """Per-utterance outputs kept for :meth:`score_pooled` (pooled tasks only)."""
+        raise NotImplementedError
+
+    def score_pooled(self, outputs: dict[str, Any], data_dir: Path) -> dict[str, float]:
+        """Metrics of a whole split from every utterance's output (pooled tasks only)."""
+        raise NotImplementedError
+
 
 TASKS: Registry[ProbeTaskSpec] = Registry("probing task")
 
@@ -126,7 +169,7 @@ class ClassificationTask(ProbeTaskSpec):
     ) -> tuple[dict[str, float], float]:
         y = torch.tensor(targets, device=out.device)
         loss = F.cross_entropy(out, y, reduction="sum")
-        correct = float((out.argmax(-1) == y).sum())
+        correct = accuracy(y, out.argmax(-1)) * len(targets)
         return {"acc": correct, "loss": float(loss)}, float(len(targets))
 
 
@@ -217,17 +260,186 @@ class PhoneRecognition(ProbeTaskSpec):
     def score(
         self, out: tuple[Tensor, Tensor], targets: list[Any], frames: Tensor
     ) -> tuple[dict[str, float], float]:
-        import torchaudio
-
         hyps = self.greedy(out[0], frames)
-        edits = sum(torchaudio.functional.edit_distance(r, h) for r, h in zip(targets, hyps))
+        counts = edit_distance_counts(
+            [[str(p) for p in r] for r in targets], [[str(p) for p in h] for h in hyps]
+        )
+        edits = counts.errors
         loss = float(self._ctc(out, targets, "sum"))
         ref_len = float(sum(len(r) for r in targets))
         # every value is divided by the reference length: per = edits / phones
         return {"per": float(edits), "loss": loss}, ref_len
 
 
-for _spec in (PhoneRecognition(), KeywordSpotting(), SpeakerIdentification()):
+class SpeechRecognition(ProbeTaskSpec):
+    """SUPERB ASR: a 2-layer BiLSTM CTC head over characters (:mod:`.asr`), scored by WER.
+
+    The head's projection and LSTM width are ``task.proj_dim`` (SUPERB: 1024 for both).
+    Decoding is greedy unless ``task.lexicon`` is set: then flashlight's lexicon beam
+    search (with ``task.lm``, a KenLM model, if given) decodes dev and test.
+    """
+
+    name = "asr"
+    label_file = "text"
+    metric = "wer"
+    mode = "min"
+    description = "speech recognition: BiLSTM CTC over characters (word error rate)"
+
+    def __init__(self, vocab: CharVocabulary | None = None, beam: dict[str, Any] | None = None):
+        self.vocab = vocab
+        self.beam = beam
+
+    def configured(self, task: Any, vocab: list[str]) -> ProbeTaskSpec:
+        beam = None
+        if task.lexicon:
+            beam = {
+                "lexicon": task.lexicon, "lm": task.lm or None, "beam_size": task.beam_size,
+                "lm_weight": task.lm_weight, "word_score": task.word_score,
+            }  # fmt: skip
+        return SpeechRecognition(CharVocabulary(vocab), beam)
+
+    def parse(self, utt: str, value: str, where: str) -> str:
+        text = " ".join(value.split())
+        if not text:
+            raise ProbeLabelError(utt, "empty transcript in text", where)
+        return text
+
+    def classes(self, train_labels: Sequence[Any], root: Path) -> list[str]:
+        """Blank, the word boundary ``|``, then the characters: ``<root>/chars.txt`` (one
+        per line; the task's full character set) if present, else the training
+        transcripts' characters."""
+        inventory = root / "chars.txt"
+        if inventory.is_file():
+            chars = [ln.strip() for ln in inventory.read_text().splitlines() if ln.strip()]
+            return CharVocabulary([BLANK, WORD_BOUNDARY, *chars]).tokens
+        return CharVocabulary.from_texts(train_labels).tokens
+
+    def encode(self, utt: str, label: Any, vocab: dict[str, int], where: str) -> Any:
+        unknown = sorted({c for c in label if not c.isspace() and vocab.get(c, 0) < 2})
+        if unknown:
+            raise ProbeLabelError(
+                utt, f"character(s) {' '.join(unknown)} are not in the character vocabulary "
+                "(the task root's chars.txt, else the training transcripts)", where,
+            )  # fmt: skip
+        return CharVocabulary(list(vocab)).encode(label, utt)
+
+    def check_frames(self, utt: str, frames: int, target: Any) -> None:
+        need = len(target) + sum(1 for a, b in itertools.pairwise(target) if a == b)
+        if frames < need:
+            raise ProbeLabelError(
+                utt, f"the upstream gives {frames} frames for a transcript of {len(target)} "
+                f"characters and word boundaries; CTC needs at least {need}",
+            )  # fmt: skip
+
+    def build_head(self, in_dim: int, num_classes: int, proj_dim: int) -> nn.Module:
+        return BiLSTMCTCHead(in_dim, num_classes, hidden=proj_dim, proj_dim=proj_dim)
+
+    def loss(
+        self, out: tuple[Tensor, Tensor], targets: list[Any], frames: Tensor
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        loss = ctc_loss(out[0], out[1], targets)
+        return loss, {"loss": loss.detach()}
+
+    def decode(self, out: tuple[Tensor, Tensor]) -> list[str]:
+        if self.vocab is None:
+            raise ConfigError("the asr task was not configured with its vocabulary")
+        if self.beam is None:
+            return greedy_decode(out[0], out[1], self.vocab)
+        return beam_decode(out[0], out[1], self.vocab, **self.beam)
+
+    def score(
+        self, out: tuple[Tensor, Tensor], targets: list[Any], frames: Tensor
+    ) -> tuple[dict[str, float], float]:
+        assert self.vocab is not None
+        hyps = self.decode(out)
+        refs = [self.vocab.decode(t) for t in targets]
+        words = edit_distance_counts([r.split() for r in refs], [h.split() for h in hyps])
+        chars = edit_distance_counts([list(r) for r in refs], [list(h) for h in hyps])
+        loss = float(ctc_loss(out[0], out[1], targets)) * len(targets)
+        # wer = word edits / reference words; cer and loss share that weight, so they are
+        # rescaled here to come out per character and per utterance
+        w = float(words.ref_length)
+        return {
+            "wer": float(words.errors),
+            "cer": chars.errors / chars.ref_length * w,
+            "loss": loss / len(targets) * w,
+        }, w
+
+
+class SpeakerEmbeddingHead(nn.Module):
+    """SUPERB ASV's trained part: x-vector embedding + AM-softmax over training speakers.
+
+    ``forward(feats, frames) -> (embeddings [N, E], cosines to each speaker [N, S])``.
+    """
+
+    def __init__(self, in_dim: int, num_speakers: int, proj_dim: int) -> None:
+        super().__init__()
+        self.xvector = XVectorHead(in_dim, proj_dim=proj_dim)
+        self.amsoftmax = AMSoftmaxLoss(self.xvector.embed_dim, num_speakers)
+
+    def forward(self, feats: Tensor, frames: Tensor) -> tuple[Tensor, Tensor]:
+        emb = self.xvector(feats, frames)
+        return emb, self.amsoftmax.cosine(emb)
+
+
+class SpeakerVerification(ProbeTaskSpec):
+    """SUPERB ASV: x-vector + AM-softmax (s 30, m 0.4) trained on the ``train`` speakers;
+    ``dev`` and ``test`` hold other speakers and a Kaldi ``trials`` file each, scored by the
+    cosine of the two utterances' embeddings. Metrics: EER (picks the lr) and minDCF
+    (p_target 0.01)."""
+
+    name = "asv"
+    label_file = "utt2spk"
+    metric = "eer"
+    mode = "min"
+    description = "speaker verification: x-vector + AM-softmax, cosine trials (EER, minDCF)"
+    pooled = True
+    min_frames = sum((context - 1) * dilation for context, dilation, _ in XVECTOR_LAYERS) + 1
+
+    def check_data(self, root: Path, labels: dict[str, dict[str, Any]]) -> None:
+        speakers = set(labels["train"].values())
+        if len(speakers) < 2:
+            raise ConfigError(f"{root / 'train'}: asv needs at least 2 training speakers")
+        for split in ("dev", "test"):
+            read_trials(root / split / "trials", known_utts=labels[split])
+
+    def encode(self, utt: str, label: Any, vocab: dict[str, int], where: str) -> Any:
+        # dev/test speakers are held out: only training utterances have a class
+        return vocab.get(label, -1)
+
+    def check_frames(self, utt: str, frames: int, target: Any) -> None:
+        if frames < self.min_frames:
+            raise ProbeLabelError(
+                utt, f"the upstream gives {frames} frames; the x-vector TDNN needs at least "
+                f"{self.min_frames}",
+            )  # fmt: skip
+
+    def build_head(self, in_dim: int, num_classes: int, proj_dim: int) -> nn.Module:
+        return SpeakerEmbeddingHead(in_dim, num_classes, proj_dim)
+
+    def loss(
+        self, out: tuple[Tensor, Tensor], targets: list[Any], frames: Tensor
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        _, cos = out
+        y = torch.tensor(targets, device=cos.device)
+        loss = AMSoftmaxLoss.loss_from_cosine(cos, y)
+        return loss, {"loss": loss.detach()}
+
+    def outputs(self, out: tuple[Tensor, Tensor], utts: list[str]) -> dict[str, Any]:
+        emb = out[0].detach().float().cpu()
+        return {u: emb[i] for i, u in enumerate(utts)}
+
+    def score_pooled(self, outputs: dict[str, Any], data_dir: Path) -> dict[str, float]:
+        trials = read_trials(data_dir / "trials", known_utts=outputs)
+        scores, labels = score_trials(outputs, trials)
+        eer, _ = equal_error_rate(scores, labels)
+        return {"eer": eer, "min_dcf": min_dcf(scores, labels, p_target=0.01)}
+
+
+for _spec in (
+    PhoneRecognition(), SpeechRecognition(), KeywordSpotting(), SpeakerIdentification(),
+    SpeakerVerification(),
+):  # fmt: skip
     TASKS.add(_spec.name, _spec)
 
 
@@ -288,6 +500,7 @@ def load_task_data(spec: ProbeTaskSpec, root: Path) -> tuple[list[str], dict[str
                 f"data.dir={root}: no {split}/ data dir (a task root holds train/, dev/, test/)"
             )
         raw[split] = read_labels(spec, d)
+    spec.check_data(root, raw)
     vocab = spec.classes(list(raw["train"].values()), root)
     index = {c: i for i, c in enumerate(vocab)}
     encoded = {
@@ -467,6 +680,19 @@ class ProbeTask:
         """Weighted metric sums over a split (this rank's share of its batches)."""
         split = self.splits[name]
         plan = self._plans[name][self.env.rank :: self.env.world_size]
+        if self.spec.pooled:
+            outputs: dict[str, Any] = {}
+            for i, utts in enumerate(plan):
+                batch = self.make_batch(split, utts, 0, i)
+                out = module(batch.feats.to(self.device).float(), batch.frames.to(self.device))
+                outputs.update(self.spec.outputs(out, batch.utt_ids))
+            for part in dist.all_gather_objects(outputs):
+                outputs.update(part)
+            # every rank computes the same metrics over the whole split; each returns a
+            # 1/world share, so summing over ranks gives them back
+            share = 1.0 / self.env.world_size
+            metrics = self.spec.score_pooled(outputs, split.data_dir)
+            return {k: v * share for k, v in metrics.items()}, share
         sums: dict[str, float] = {}
         weight = 0.0
         for i, utts in enumerate(plan):

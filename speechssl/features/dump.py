@@ -245,8 +245,9 @@ def dump_shard(
     extractor: FeatureExtractor | None = None,
 ) -> ShardResult:
     """Write shard ``rank`` of ``opts.nshard`` (no-op if it is already complete, unless
-    ``opts.overwrite``) with ``extractor``, else the one ``request`` is or builds, holding the shard's lock (:class:`~speechssl.utils.lock.LockedError`
-    if another process writes it)."""
+    ``opts.overwrite``) with ``extractor``, else the one ``request`` is or builds, holding
+    the shard's lock (:class:`~speechssl.utils.lock.LockedError` if another process writes
+    it)."""
     out_dir = Path(out)
     what = f"shard {rank} of {opts.nshard} of a feature store"
     with exclusive_lock(out_dir, what, name=shard_lock_name(rank, opts.nshard)):

@@ -1,6 +1,7 @@
 """Probing end to end on the tiny bundled SYNTHETIC corpus: task data prep, layer caches,
-`speechssl-probe` on PR, KS and SID (lr sweep, best on dev, test scored), resume, the
-report, and the errors for bad input."""
+`speechssl-probe` on PR, ASR, KS, SID and ASV (lr sweep, best on dev, test scored) over a
+speechssl model dir, a transformers dir and the baselines, resume, the report, the errors
+for bad input; and the five tasks on the real-layout fixtures through the prep verbs."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import torch
 
 from speechssl.cli.main import main as cli
 from speechssl.downstream.cli import main as probe_main
+from speechssl.downstream.tasks import SPLITS
 
 
 def probe(args: list[str]) -> int:
@@ -32,15 +34,25 @@ QUICK = ["preset=synth", "trainer.max_steps=6", "trainer.save_every=3", "trainer
 def tasks(synth_corpus, tmp_path_factory):
     root = tmp_path_factory.mktemp("probe")
     assert (
-        cli(["probe", "prepare-synth", "--corpus", str(synth_corpus), "--out", str(root / "tasks")])
+        cli(["probe", "prepare-synth", "--corpus", str(synth_corpus), "--out", str(root / "tasks"),
+             "--tasks", "pr,asr,ks,sid,asv"])
         == 0
-    )
+    )  # fmt: skip
     from speechssl.models import create_model
     from speechssl.models.io import save_model_dir
 
     torch.manual_seed(0)
     model = create_model("hubert_tiny", **{"encoder.num_layers": 2}).eval()
     save_model_dir(model, root / "model")
+    # a transformers HubertModel dir (random weights, 320-sample stride = 50 Hz frames)
+    from transformers import HubertConfig, HubertModel
+
+    hf = HubertConfig(
+        hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=48,
+        conv_dim=(16,) * 5, conv_kernel=(10, 4, 4, 2, 2), conv_stride=(5, 4, 4, 2, 2),
+        num_conv_pos_embeddings=8, num_conv_pos_embedding_groups=2,
+    )  # fmt: skip
+    HubertModel(hf).eval().save_pretrained(root / "hf")
     return root
 
 
@@ -97,7 +109,7 @@ def test_probe_tasks_cache_report(tasks, tmp_path):
 
 
 def _probe_runs(tasks, tmp_path, cases) -> list[str]:
-    t, model = tasks / "tasks", str(tasks / "model")
+    t = tasks / "tasks"
     runs = []
     for task, upstream, extra in cases:
         exp = tmp_path / f"{task}_{Path(upstream).name}"
@@ -105,13 +117,13 @@ def _probe_runs(tasks, tmp_path, cases) -> list[str]:
                       f"trainer.exp_dir={exp}", *QUICK, *extra])  # fmt: skip
         assert code == 0, (task, upstream)
         res = json.loads((exp / "results.json").read_text())
-        assert res["task"] == task and res["metric"] == ("per" if task == "pr" else "acc")
+        assert res["task"] == task and res["metric"] == task_metric(task)
         assert np.isfinite(res["test"]) and res["test"] >= 0
         assert res["lr"] in [r["lr"] for r in res["sweep"]]
-        best = (min if task == "pr" else max)(r["dev"] for r in res["sweep"])
+        best = (min if res["mode"] == "min" else max)(r["dev"] for r in res["sweep"])
         assert res["dev"] == best
         weights = json.loads((exp / "layer_weights.json").read_text())
-        assert len(weights["layers"]) == (3 if upstream == model else 1)
+        assert len(weights["layers"]) == (1 if upstream in ("fbank", "mfcc") else 3)
         assert abs(sum(weights["weights"]) - 1) < 1e-5
         log = [
             json.loads(x)
@@ -125,7 +137,60 @@ def _probe_runs(tasks, tmp_path, cases) -> list[str]:
 
 
 def task_metric(task: str) -> str:
-    return "per" if task == "pr" else "acc"
+    return {"pr": "per", "asr": "wer", "ks": "acc", "sid": "acc", "asv": "eer"}[task]
+
+
+def test_probe_asr_asv_fbank(tasks, tmp_path):
+    """The default suite's ASR and ASV runs: fbank, narrow heads, two steps."""
+    quick = ["lr=[1e-3]", "task.proj_dim=16", "trainer.max_steps=2", "trainer.save_every=2"]
+    _probe_runs(tasks, tmp_path, [("asr", "fbank", quick), ("asv", "fbank", quick)])
+    asv = json.loads((tmp_path / "asv_fbank" / "results.json").read_text())
+    assert set(asv["test_metrics"]) == {"eer", "min_dcf"}
+
+
+@pytest.mark.slow
+def test_probe_asr_asv_upstreams_report(tasks, tmp_path):
+    """ASR and ASV on the bundled corpus over a speechssl dir, a transformers dir and fbank
+    (narrow heads: the SUPERB widths are the task files' defaults)."""
+    model, hf = str(tasks / "model"), str(tasks / "hf")
+    small = ["lr=[1e-3]", "task.proj_dim=32"]
+    runs = _probe_runs(tasks, tmp_path, [
+        ("asr", "fbank", ["lr=[1e-2,1e-3]", "task.proj_dim=32"]),
+        ("asr", hf, small),
+        ("asv", model, small),
+        ("asv", "fbank", small),
+        ("pr", hf, ["lr=[1e-2]"]),
+    ])  # fmt: skip
+    asr = json.loads((tmp_path / "asr_fbank" / "results.json").read_text())
+    assert set(asr["test_metrics"]) == {"wer", "cer", "loss"}
+    assert asr["test_metrics"]["wer"] == asr["test"] <= 2.0
+    asv = json.loads((tmp_path / "asv_fbank" / "results.json").read_text())
+    assert set(asv["test_metrics"]) == {"eer", "min_dcf"}
+    assert 0.0 <= asv["test"] <= 1.0 and 0.0 <= asv["test_metrics"]["min_dcf"] <= 1.0 + 1e-9
+    assert cli(["probe", "report", *runs, "--out", str(tmp_path / "summary")]) == 0
+    table = (tmp_path / "summary" / "probe.md").read_text()
+    assert "ASR WER % ↓" in table and "ASV EER % ↓" in table
+
+
+def test_prepare_synth_asr_asv(tasks):
+    from speechssl.data.tables import read_table
+    from speechssl.downstream.asv import read_trials
+
+    t = tasks / "tasks"
+    spk = {s: set(read_table(t / "asv" / s / "utt2spk").values()) for s in SPLITS}
+    assert not spk["train"] & spk["dev"] and not spk["train"] & spk["test"]
+    for split in ("dev", "test"):
+        utts = set(read_table(t / "asv" / split / "utt2spk"))
+        trials = read_trials(t / "asv" / split / "trials", known_utts=utts)
+        n = len(utts)
+        assert len(trials) == n * (n - 1) // 2
+        assert any(tr.target for tr in trials) and not all(tr.target for tr in trials)
+    text = read_table(t / "asr" / "train" / "text")
+    assert all(v.strip() for v in text.values())
+    chars = (t / "asr" / "chars.txt").read_text().split()
+    for split in SPLITS:
+        for v in read_table(t / "asr" / split / "text").values():
+            assert set(v.replace(" ", "")) <= set(chars)
 
 
 def test_cached_layers_equal_upstream_output(tasks, tmp_path):
@@ -195,6 +260,31 @@ def test_probe_errors(tasks, tmp_path, capsys):
         root / "train" / "utt2phones", lambda ls: [ls[0].split()[0] + (" " + phone) * 5000, *ls[1:]]
     )
     assert "CTC needs at least one frame per phone" in run("pr", root)
+    # an empty transcript
+    root = _copy(t / "asr", tmp_path / "notext")
+    utt = (root / "train" / "text").read_text().split()[0]
+    _edit(root / "train" / "text", lambda ls: [utt, *ls[1:]])
+    err = run("asr", root)
+    assert utt in err and "empty transcript" in err
+    # a character in test that the vocabulary (the task root's chars.txt) lacks
+    root = _copy(t / "asr", tmp_path / "newchar")
+    utt = (root / "test" / "text").read_text().split()[0]
+    _edit(root / "test" / "text", lambda ls: [utt + " CAF\u00c9", *ls[1:]])
+    err = run("asr", root)
+    assert utt in err and "character(s) \u00c9 are not in the character vocabulary" in err
+    # without chars.txt the vocabulary is the training transcripts' characters
+    (root / "chars.txt").unlink()
+    assert "not in the character vocabulary" in run("asr", root)
+    # a trial naming an utterance that is not in its split
+    root = _copy(t / "asv", tmp_path / "badtrial")
+    _edit(
+        root / "test" / "trials", lambda ls: [*ls, "spk99-000001 " + ls[0].split()[1] + " target"]
+    )
+    err = run("asv", root)
+    assert "spk99-000001" in err and "not in the data dir" in err
+    # beam settings belong to asr
+    err = run("pr", t / "pr", "fbank", "task.lexicon=lex.txt")
+    assert "task.lexicon/task.lm are beam-search settings of task asr" in err
     # a cache made from another upstream
     cache = tmp_path / "shared_cache"
     assert cli(["probe", "cache", "--upstream", "fbank", "--data", str(t / "sid" / "train"),
@@ -298,3 +388,55 @@ def test_probe_ddp_two_processes(tasks, tmp_path):
     assert [r["step"] for r in log if r["kind"] == "dev"] == [3, 6]
     res_json = json.loads((exp / "results.json").read_text())
     assert 0 <= res_json["test"] <= 1
+
+
+def _speech_commands(root: Path) -> Path:
+    """Speech Commands v0.01's layout: <word>/<hash>_nohash_<n>.wav, the two lists and
+    _background_noise_/ (yes/no are keywords, bed/marvin become _unknown_)."""
+    from audio_fixtures import write_audio
+
+    clips = [("yes", "0a7c2a8d", 0), ("yes", "1b4c9b89", 0), ("yes", "2c6d9e1f", 1),
+             ("no", "0a7c2a8d", 0), ("no", "2c6d9e1f", 2), ("no", "3d7e0f2a", 0),
+             ("bed", "0a7c2a8d", 0), ("marvin", "2c6d9e1f", 0), ("marvin", "3d7e0f2a", 1)]  # fmt: skip
+    for i, (word, h, n) in enumerate(clips):
+        write_audio(root / word / f"{h}_nohash_{n}.wav", 1.0, seed=i, subtype="PCM_16")
+    (root / "validation_list.txt").write_text(
+        "yes/1b4c9b89_nohash_0.wav\nno/3d7e0f2a_nohash_0.wav\nmarvin/2c6d9e1f_nohash_0.wav\n"
+    )
+    (root / "testing_list.txt").write_text(
+        "yes/2c6d9e1f_nohash_1.wav\nno/2c6d9e1f_nohash_2.wav\nmarvin/3d7e0f2a_nohash_1.wav\n"
+    )
+    write_audio(root / "_background_noise_" / "white_noise.wav", 10.5, seed=50, subtype="PCM_16")
+    return root
+
+
+def test_probe_real_layout_fixtures(tmp_path):
+    """The five tasks on tiny corpora in their real layouts, through the prep verbs:
+    LibriSpeech -> asr, pr; Speech Commands -> ks; VoxCeleb1 -> sid, asv (fbank upstream).
+    The LibriSpeech fixture has one split (dev-clean), prepared into train, dev and test."""
+    from probing_fixtures import make_librispeech_pr, make_voxceleb1
+
+    libri = make_librispeech_pr(tmp_path / "librispeech")
+    vox = make_voxceleb1(tmp_path / "voxceleb1")
+    sc = _speech_commands(tmp_path / "speech_commands_v0.01")
+    roots = tmp_path / "tasks"
+    for split in SPLITS:
+        base = ["data", "prepare-librispeech", "--corpus-dir", str(libri), "--split", "dev-clean"]
+        assert cli([*base, "--out", str(roots / "asr" / split)]) == 0
+        assert cli([*base, "--out", str(roots / "pr" / split), "--lexicon",
+                    str(libri / "lexicon.txt"), "--skip-oov",
+                    "--phones-txt", str(roots / "pr" / "phones.txt")]) == 0  # fmt: skip
+    assert cli(["data", "prepare-speech-commands", "--corpus-dir", str(sc),
+                "--out", str(roots / "ks")]) == 0  # fmt: skip
+    assert cli(["data", "prepare-voxceleb1", "--task", "sid", "--corpus-dir", str(vox),
+                "--out", str(roots / "sid")]) == 0  # fmt: skip
+    assert cli(["data", "prepare-voxceleb1", "--task", "asv", "--corpus-dir", str(vox),
+                "--out", str(roots / "asv"), "--dev-speakers", "2"]) == 0  # fmt: skip
+    for task in ("pr", "asr", "ks", "sid", "asv"):
+        exp = tmp_path / f"exp_{task}"
+        code = probe([f"task={task}", "upstream=fbank", f"data.dir={roots / task}",
+                      f"trainer.exp_dir={exp}", *QUICK, "lr=[1e-3]", "task.proj_dim=16",
+                      "trainer.max_steps=2", "trainer.save_every=2"])  # fmt: skip
+        assert code == 0, task
+        res = json.loads((exp / "results.json").read_text())
+        assert res["metric"] == task_metric(task) and np.isfinite(res["test"]), res
