@@ -65,8 +65,12 @@ fi
 parse_options "$@"
 family_conf=${recipe_utils_dir%/utils}/conf/$family.conf
 if [[ -z $family || ! -f $family_conf ]]; then
-  families=$(cd "${recipe_utils_dir%/utils}/conf" && ls -- *.conf | sed 's/\.conf$//' | tr '\n' ' ')
-  die "--family must be one of: ${families% } (a recipes/conf/FAMILY.conf), got '$family'"
+  families=()
+  for conf in "${recipe_utils_dir%/utils}"/conf/*.conf; do
+    conf=${conf##*/}
+    families+=("${conf%.conf}")
+  done
+  die "--family must be one of: ${families[*]} (a recipes/conf/FAMILY.conf), got '$family'"
 fi
 # the family's defaults first, then the command line again, so every flag given wins
 parse_options --config "$family_conf" "$@"
