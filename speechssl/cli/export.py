@@ -81,7 +81,12 @@ def _kmeans_dir(args: argparse.Namespace, desc: dict, family: str) -> Path | Non
     if args.bare or family not in KMEANS_FAMILIES:
         return None
     labels = ((desc.get("extra") or {}).get("training") or {}).get("labels") or []
-    found = [lab.get("kmeans") for lab in labels if lab.get("kmeans")]
+    found: list[str] = []
+    for lab in labels:
+        km = lab.get("kmeans")  # the label dir's record: {"path", "sha256", ...}
+        path = km.get("path") if isinstance(km, dict) else km
+        if path:
+            found.append(str(path))
     if len(found) == 1 and Path(found[0]).is_dir():
         return Path(found[0])
     if found:
