@@ -6,7 +6,6 @@ Each command is the one a user types (python -m for the venv-independent entry p
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import torch
 from train_helpers import base_overrides, run_train
@@ -15,9 +14,8 @@ from speechssl.cli.main import main
 
 
 def test_import_continue_export_dry_run(synth_corpus, synth_km_labels, tmp_path, capsys) -> None:
-    from huggingface_hub import ModelCard
-
     import transformers as tr
+    from huggingface_hub import ModelCard
 
     hf = tmp_path / "hf"
     torch.manual_seed(0)
