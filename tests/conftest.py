@@ -22,6 +22,25 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 @pytest.fixture(autouse=True)
+def _restore_root_logging():
+    """Entry points called in-process (``speechssl-train``/``speechssl-probe`` ``main``) set up
+    root logging on the stream of the moment, which pytest closes after the test; put the
+    root logger back so later tests do not log into a closed stream."""
+    import logging
+
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    for handler in list(root.handlers):
+        if handler not in handlers:
+            root.removeHandler(handler)
+    for handler in handlers:
+        if handler not in root.handlers:
+            root.addHandler(handler)
+    root.setLevel(level)
+
+
+@pytest.fixture(autouse=True)
 def _seed() -> None:
     import random
 
