@@ -42,6 +42,7 @@ from speechssl.errors import ConfigError, DataDirError, ItemError
 from speechssl.features.extractors import FeatureExtractor, create_extractor, extractor_settings
 from speechssl.features.store import (
     META_FILE,
+    UTT_LIST,
     ShardWriter,
     StoreMeta,
     shard_is_complete,
@@ -334,7 +335,7 @@ def prepare_store(
     utts = data_dir.utt_ids()
     if not utts:
         raise DataDirError(str(data), "the data dir has no utterances (utt2spk is empty)")
-    check_output_dir(out, META_FILE, "feature store")
+    check_output_dir(out, META_FILE, "feature store", own=(UTT_LIST,))
     extractor = request.build()
     old_meta = Path(out) / META_FILE
     if opts.overwrite and old_meta.exists():

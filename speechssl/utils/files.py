@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Collection
 from pathlib import Path
 
 from speechssl.errors import ConfigError
@@ -18,12 +19,15 @@ def sha256_file(path: str | os.PathLike[str], block_size: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
-def check_output_dir(path: str | os.PathLike[str], marker: str, what: str) -> None:
+def check_output_dir(
+    path: str | os.PathLike[str], marker: str, what: str, own: Collection[str] = ()
+) -> None:
     """Refuse to write a ``what`` into ``path`` when it exists and is something else: a file,
     or a non-empty directory without ``marker`` (the file every ``what`` has), such as a Kaldi
     data dir passed as ``--out`` by mistake, whose files would be mixed with (or, where the
     output replaces the directory, lost to) the output. Hidden entries (temporaries, locks)
-    do not count."""
+    do not count, nor files named in ``own`` that a ``what`` writes before its ``marker``
+    (so ranks preparing one output at once do not refuse each other)."""
     root = Path(path)
     if not root.exists():
         return
@@ -31,7 +35,9 @@ def check_output_dir(path: str | os.PathLike[str], marker: str, what: str) -> No
         raise ConfigError(f"{root}: exists and is not a directory; name a new output directory")
     if (root / marker).exists():
         return
-    visible = sorted(p.name for p in root.iterdir() if not p.name.startswith("."))
+    visible = sorted(
+        p.name for p in root.iterdir() if not p.name.startswith(".") and p.name not in own
+    )
     if visible:
         more = f" and {len(visible) - 4} more" if len(visible) > 4 else ""
         raise ConfigError(

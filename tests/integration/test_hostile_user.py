@@ -175,6 +175,22 @@ def test_a_data_dir_given_as_output_is_refused_and_left_intact(
     assert {p.name: p.read_bytes() for p in small_dir.iterdir()} == before
 
 
+def test_rank_of_a_store_another_rank_is_preparing_is_not_refused(
+    small_dir: Path, tmp_path: Path
+) -> None:
+    """Regression (the main job's stage 7): ranks dumping one store at once; rank 1 had
+    written ``utterances.txt`` but not yet ``meta.json`` when rank 0 looked, and rank 0 was
+    refused as "exists and is not a feature store (it holds utterances.txt)"."""
+    out = tmp_path / "store"
+    out.mkdir()
+    utts = sorted(line.split()[0] for line in (small_dir / "utt2spk").read_text().splitlines())
+    (out / "utterances.txt").write_text("".join(f"{u}\n" for u in utts))
+    args = ["--data", str(small_dir), "--kind", "mfcc", "--out", str(out), "--device", "cpu"]
+    assert _dump(*args, "--nshard", "2", "--rank", "0") == 0
+    assert _dump(*args, "--nshard", "2", "--rank", "1") == 0
+    assert (out / "meta.json").is_file()
+
+
 # --- concurrent writers --------------------------------------------------------------------
 
 HOLD_SHARD = (
