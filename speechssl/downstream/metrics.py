@@ -163,13 +163,10 @@ def phone_error_rate(
 
 
 def _as_1d(values: ArrayLike | torch.Tensor, what: str) -> np.ndarray:
-    try:
-        import torch
+    import torch
 
-        if isinstance(values, torch.Tensor):
-            values = values.detach().cpu().numpy()
-    except ImportError:  # pragma: no cover - torch is a hard dependency
-        pass
+    if isinstance(values, torch.Tensor):
+        values = values.detach().cpu().numpy()
     arr = np.asarray(values)
     if arr.ndim != 1:
         raise MetricInputError(what, f"expected a 1-D sequence, got shape {tuple(arr.shape)}")
