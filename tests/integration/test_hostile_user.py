@@ -251,6 +251,26 @@ def test_second_writer_of_a_label_shard_is_refused_naming_the_holder(
     assert (out / "shard-00000-of-00001.done.json").is_file()
 
 
+def test_second_fit_into_one_kmeans_dir_is_refused_naming_the_holder(
+    synth_km_labels: dict[str, Path], tmp_path: Path, capsys
+) -> None:
+    units = synth_km_labels["dev"].parents[2]
+    out = tmp_path / "km"
+    args = ["kmeans", "fit", "--features", str(units / "mfcc" / "dev"), "--k", "4",
+            "--out", str(out), "--device", "cpu"]  # fmt: skip
+    holder = _hold(tmp_path, ".km.kmeans.lock")
+    try:
+        assert main(args) == 1
+        line = _error_line(capsys.readouterr().err, "speechssl kmeans: error: ")
+        assert f"k-means output dir km is in use by PID {holder.pid} on " in line
+        assert not out.exists()  # the refused fit wrote nothing
+    finally:
+        holder.kill()
+        holder.wait()
+    assert main(args) == 0  # the holder is gone: free at once
+    assert (out / "kmeans.json").is_file()
+
+
 def test_labels_from_an_empty_data_dir_are_an_error(
     synth_km_labels: dict[str, Path], tmp_path: Path, capsys
 ) -> None:
