@@ -319,6 +319,32 @@ def test_secrets_in_the_environment_never_reach_logs_or_outputs(
             assert secret not in text, f"${name} leaked into {where}"
 
 
+def test_a_config_reading_a_secret_from_the_environment_is_refused(
+    monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    from speechssl.downstream.cli import main as probe_main
+    from speechssl.train.cli import main as train_main
+
+    for name, value in SECRETS.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("SPEECHSSL_PROBE_DATA", "/data/train")
+    for entry, prefix in ((train_main, "speechssl-train"), (probe_main, "speechssl-probe")):
+        for var in ("HF_TOKEN", "WANDB_API_KEY", "AWS_SECRET_ACCESS_KEY"):
+            with pytest.raises(SystemExit) as exit_:
+                entry(["--cfg", "job", f"data.dir=${{oc.env:{var},/tmp}}"])
+            assert exit_.value.code == 1
+            err = capsys.readouterr().err
+            lines = err.strip().splitlines()
+            assert len(lines) == 1 and lines[0].startswith(f"{prefix}: error: data.dir: "), err
+            assert f"reads ${{oc.env:{var}}}, which looks like a secret" in lines[0]
+            assert SECRETS[var] not in err
+        # other environment variables stay usable in configs (--cfg job prints unresolved)
+        with pytest.raises(SystemExit) as exit_:
+            entry(["--cfg", "job", "data.dir=${oc.env:SPEECHSSL_PROBE_DATA}"])
+        assert exit_.value.code == 0
+        assert "dir: ${oc.env:SPEECHSSL_PROBE_DATA}" in capsys.readouterr().out
+
+
 # --- tampered files -----------------------------------------------------------------------
 
 
