@@ -23,6 +23,7 @@ def resolve_source(src: str, revision: str | None = None) -> tuple[Path, str | N
     if not _HUB_ID.fullmatch(src):
         raise CheckpointError(f"{src}: no such directory, and not a hub id (ORG/NAME)")
     from huggingface_hub import constants, snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
 
     patterns = ["*.json", "*.safetensors"]
     try:
@@ -31,7 +32,7 @@ def resolve_source(src: str, revision: str | None = None) -> tuple[Path, str | N
                 src, revision=revision, allow_patterns=patterns, local_files_only=True
             )
         ), src
-    except Exception:  # not (completely) in the cache: fall through to a download
+    except LocalEntryNotFoundError:  # not (completely) in the cache: try a download
         pass
     if constants.HF_HUB_OFFLINE:
         raise HubError(

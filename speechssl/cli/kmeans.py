@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import sys
@@ -142,8 +143,8 @@ def cmd_fit(args: argparse.Namespace) -> int:
 
     from speechssl import distributed as udist
     from speechssl.features.store import FeatureStore
-    from speechssl.units.kmeans import KMeansConfig, fit_kmeans
-    from speechssl.units.stream import store_fingerprint
+    from speechssl.units.kmeans import KMeansConfig
+    from speechssl.utils.lock import exclusive_lock
 
     _set_threads(args.threads)
     fraction = args.fraction
@@ -178,20 +179,42 @@ def cmd_fit(args: argparse.Namespace) -> int:
         rank, world = env.rank, env.world_size
         store = FeatureStore(args.features)
         out = Path(args.out)
-        if not args.overwrite and cfg.same_fit_exists(out, store_fingerprint(store)):
+        with contextlib.ExitStack() as held:
             if rank == 0:
-                print(f"{out}: model with the same settings and data exists; nothing to do")
-            return 0
-        result = fit_kmeans(store, cfg)
-        if rank == 0:
-            result.model.save(out, overwrite=True)
-            m = result.model.meta
-            keys = ("k", "num_frames", "schedule", "iterations", "converged",
-                    "inertia_per_frame", "empty_clusters", "seconds")  # fmt: skip
-            print(json.dumps({"out": str(out), **{k: m[k] for k in keys}, "world_size": world}))
-        udist.barrier()
+                # one fit per output dir at a time; the lock file sits beside the dir, which
+                # the save replaces as a whole
+                held.enter_context(
+                    exclusive_lock(
+                        out.absolute().parent,
+                        f"k-means output dir {out.name}",
+                        name=f".{out.name}.kmeans.lock",
+                    )
+                )
+            return _fit_into(args, cfg, store, out, rank, world)
     finally:
         udist.shutdown_distributed(env)
+
+
+def _fit_into(
+    args: argparse.Namespace, cfg: Any, store: Any, out: Path, rank: int, world: int
+) -> int:
+    """Fit unless the same fit exists in ``out`` (``--overwrite`` refits); rank 0 saves."""
+    from speechssl import distributed as udist
+    from speechssl.units.kmeans import fit_kmeans
+    from speechssl.units.stream import store_fingerprint
+
+    if not args.overwrite and cfg.same_fit_exists(out, store_fingerprint(store)):
+        if rank == 0:
+            print(f"{out}: model with the same settings and data exists; nothing to do")
+        return 0
+    result = fit_kmeans(store, cfg)
+    if rank == 0:
+        result.model.save(out, overwrite=True)
+        m = result.model.meta
+        keys = ("k", "num_frames", "schedule", "iterations", "converged",
+                "inertia_per_frame", "empty_clusters", "seconds")  # fmt: skip
+        print(json.dumps({"out": str(out), **{k: m[k] for k in keys}, "world_size": world}))
+    udist.barrier()
     return 0
 
 

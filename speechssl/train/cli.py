@@ -26,6 +26,7 @@ import dataclasses
 import difflib
 import logging
 import os
+import re
 import sys
 import typing
 from collections.abc import Mapping, Sequence
@@ -108,6 +109,32 @@ def _refuse_factories(node: Any, path: str) -> None:
     elif isinstance(node, list | tuple):
         for i, value in enumerate(node):
             _refuse_factories(value, f"{path}[{i}]")
+
+
+#: an ``${oc.env:NAME}`` interpolation (with or without a default) and the variable names
+#: that look like credentials
+_ENV_INTERPOLATION = re.compile(r"\$\{\s*oc\.env\s*:\s*([A-Za-z_][A-Za-z0-9_]*)")
+_SECRET_NAME = re.compile(r"TOKEN|SECRET|PASSW|API_?KEY|ACCESS_?KEY|CREDENTIAL", re.IGNORECASE)
+
+
+def refuse_secret_env(node: Any, path: str = "") -> None:
+    """Refuse a config value that reads a credential from the environment
+    (``${oc.env:HF_TOKEN}``): every config value is written resolved to ``config.yaml`` and
+    the TensorBoard hparams, so a secret read this way would be stored in the exp dir."""
+    if isinstance(node, Mapping):
+        for key, value in node.items():
+            refuse_secret_env(value, f"{path}.{key}" if path else str(key))
+    elif isinstance(node, list | tuple):
+        for i, value in enumerate(node):
+            refuse_secret_env(value, f"{path}[{i}]")
+    elif isinstance(node, str):
+        for name in _ENV_INTERPOLATION.findall(node):
+            if _SECRET_NAME.search(name):
+                raise ConfigError(
+                    f"{path}: reads ${{oc.env:{name}}}, which looks like a secret; configs are "
+                    "saved resolved into the exp dir, so credentials stay in the environment "
+                    "(`speechssl export hf --push` reads HF_TOKEN itself)"
+                )
 
 
 def _field_types(cls: type) -> dict[str, Any]:
@@ -256,6 +283,7 @@ def compose(overrides: Sequence[str], config_dir: str | None = None, app: App | 
         del cfg["hydra"]
     task = OmegaConf.to_container(cfg, resolve=False)
     refuse_targets(task)
+    refuse_secret_env(task)
     refuse_unknown_keys(task, app.schema)
     if "model" in cfg and cfg.model.get("init_from") and not _names_a_model(overrides):
         # the architecture comes from model.init_from: the default preset does not apply

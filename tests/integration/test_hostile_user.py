@@ -251,6 +251,26 @@ def test_second_writer_of_a_label_shard_is_refused_naming_the_holder(
     assert (out / "shard-00000-of-00001.done.json").is_file()
 
 
+def test_second_fit_into_one_kmeans_dir_is_refused_naming_the_holder(
+    synth_km_labels: dict[str, Path], tmp_path: Path, capsys
+) -> None:
+    units = synth_km_labels["dev"].parents[2]
+    out = tmp_path / "km"
+    args = ["kmeans", "fit", "--features", str(units / "mfcc" / "dev"), "--k", "4",
+            "--out", str(out), "--device", "cpu"]  # fmt: skip
+    holder = _hold(tmp_path, ".km.kmeans.lock")
+    try:
+        assert main(args) == 1
+        line = _error_line(capsys.readouterr().err, "speechssl kmeans: error: ")
+        assert f"k-means output dir km is in use by PID {holder.pid} on " in line
+        assert not out.exists()  # the refused fit wrote nothing
+    finally:
+        holder.kill()
+        holder.wait()
+    assert main(args) == 0  # the holder is gone: free at once
+    assert (out / "kmeans.json").is_file()
+
+
 def test_labels_from_an_empty_data_dir_are_an_error(
     synth_km_labels: dict[str, Path], tmp_path: Path, capsys
 ) -> None:
@@ -297,6 +317,32 @@ def test_secrets_in_the_environment_never_reach_logs_or_outputs(
     for name, secret in SECRETS.items():
         for where, text in texts.items():
             assert secret not in text, f"${name} leaked into {where}"
+
+
+def test_a_config_reading_a_secret_from_the_environment_is_refused(
+    monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    from speechssl.downstream.cli import main as probe_main
+    from speechssl.train.cli import main as train_main
+
+    for name, value in SECRETS.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("SPEECHSSL_PROBE_DATA", "/data/train")
+    for entry, prefix in ((train_main, "speechssl-train"), (probe_main, "speechssl-probe")):
+        for var in ("HF_TOKEN", "WANDB_API_KEY", "AWS_SECRET_ACCESS_KEY"):
+            with pytest.raises(SystemExit) as exit_:
+                entry(["--cfg", "job", f"data.dir=${{oc.env:{var},/tmp}}"])
+            assert exit_.value.code == 1
+            err = capsys.readouterr().err
+            lines = err.strip().splitlines()
+            assert len(lines) == 1 and lines[0].startswith(f"{prefix}: error: data.dir: "), err
+            assert f"reads ${{oc.env:{var}}}, which looks like a secret" in lines[0]
+            assert SECRETS[var] not in err
+        # other environment variables stay usable in configs (--cfg job prints unresolved)
+        with pytest.raises(SystemExit) as exit_:
+            entry(["--cfg", "job", "data.dir=${oc.env:SPEECHSSL_PROBE_DATA}"])
+        assert exit_.value.code == 0
+        assert "dir: ${oc.env:SPEECHSSL_PROBE_DATA}" in capsys.readouterr().out
 
 
 # --- tampered files -----------------------------------------------------------------------
