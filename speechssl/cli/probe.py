@@ -116,7 +116,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "chars.txt), asv (the corpus's speaker-disjoint splits, dev/test trials of every "
         "utterance pair), ic (spoken commands with action|object|location slots in utt2intent, "
         "synthesized with the corpus speakers' voices), qbe (synthesized spoken word queries), "
-        "sd (two-speaker mixtures with RTTM).",
+        "sd (two-speaker mixtures with RTTM). ER and SF have no synthetic stand-in (no "
+        "emotions, no slot-annotated queries): prepare them from IEMOCAP / Audio SNIPS with "
+        "'speechssl data prepare-iemocap' / 'prepare-snips'.",
     )
     prep.add_argument("--corpus", required=True, help="synth corpus root (train/ dev/ test/)")
     prep.add_argument("--out", required=True, help="where the task roots go")

@@ -100,6 +100,11 @@ def test_prepare_iemocap_errors(iemocap, tmp_path, capsys):
      ).write_bytes(wav.read_bytes())  # fmt: skip
     assert prepare(bad, tmp_path / "out3") == 1
     assert "Ses05F_impro01_F009" in capsys.readouterr().err
+    # a labelled utterance of a kept class without its audio
+    (bad / "Session1" / "sentences" / "wav" / "Ses01F_impro01" / "Ses01F_impro01_M001.wav").unlink()
+    assert prepare(bad, tmp_path / "out4") == 1
+    err = capsys.readouterr().err
+    assert "Ses01F_impro01_M001" in err and "labelled but no" in err
 
 
 def test_er_loss_and_accuracy_match_independent_computation(iemocap):
