@@ -100,8 +100,8 @@ class SlotFilling(ProbeTaskSpec):
         unknown = sorted({t for t in label.split() if is_tag(t) and t not in vocab})
         if unknown:
             raise ProbeLabelError(
-                utt, f"slot tag(s) {' '.join(unknown)} are not in the task root's {SLOTS}",
-                where,
+                utt, f"slot tag(s) {' '.join(unknown)} are not in the slot vocabulary (the "
+                f"task root's {SLOTS}, else the training labels' slots)", where,
             )  # fmt: skip
         try:
             return SlotVocabulary(list(vocab)).encode(label, utt)

@@ -207,7 +207,10 @@ def test_sf_label_errors(snips, tmp_path, capsys):
                   f"trainer.exp_dir={tmp_path / 'exp'}", "preset=synth"])  # fmt: skip
     assert code == 1
     err = capsys.readouterr().err
-    assert utt in err and "B-genre E-genre are not in the task root's slots.txt" in err
+    assert (
+        utt in err
+        and "B-genre E-genre are not in the slot vocabulary (the task root's slots.txt" in err
+    )
     path.write_text("\n".join([f"{utt} PLAY B-artist JAZZ", *lines[1:]]) + "\n")
     assert probe(["task=sf", "upstream=fbank", f"data.dir={bad}",
                   f"trainer.exp_dir={tmp_path / 'exp'}", "preset=synth"]) == 1  # fmt: skip

@@ -66,9 +66,14 @@ class UnknownSlotError(MalformedTranscriptError):
     kind = "unknown-slot"
 
 
+#: letters NFKD does not decompose, folded as SUPERB folds them
+_NO_DECOMPOSITION = str.maketrans({"Æ": "A", "Ð": "D", "Ø": "O", "æ": "a", "ð": "d", "ø": "o"})
+
+
 def fold_ascii(word: str) -> str:
-    """``CAFÉ`` -> ``CAFE``: letters with diacritics lose them (NFKD, marks dropped)."""
-    decomposed = unicodedata.normalize("NFKD", word)
+    """``CAFÉ`` -> ``CAFE``: letters with diacritics lose them (NFKD, marks dropped;
+    ``Æ Ð Ø`` -> ``A D O``)."""
+    decomposed = unicodedata.normalize("NFKD", word.translate(_NO_DECOMPOSITION))
     return "".join(c for c in decomposed if not unicodedata.combining(c))
 
 
