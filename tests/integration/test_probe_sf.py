@@ -195,8 +195,16 @@ def test_tagged_transcript_vocabulary_round_trip(snips):
 
 def test_sf_label_errors(snips, tmp_path, capsys):
     _, out = snips
-    with pytest.raises(ValueError, match="never closed"):
-        parse_tagged("PLAY B-artist X")
+    for bad_label, reason in [
+        ("PLAY B-artist X", "never closed"),
+        ("B-a B-b X E-b E-a", "inside the open B-a"),
+        ("PLAY X E-artist", "without a matching B-artist"),
+        ("B-artist E-artist PLAY", "holds no word"),
+        ("B-a E-a", "no words"),
+    ]:
+        with pytest.raises(ValueError, match=reason):
+            parse_tagged(bad_label)
+    assert parse_tagged(" PLAY  B-a X Y E-a ") == ["PLAY", "B-a", "X", "Y", "E-a"]
     bad = tmp_path / "sf"
     shutil.copytree(out, bad)
     path = bad / "dev" / "utt2slots"
