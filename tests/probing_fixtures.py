@@ -142,3 +142,75 @@ def make_quesst14(root: Path) -> Path:
         gt.mkdir(parents=True)
         (gt / f"quesst14_{split}.rttm").write_text("\n".join(rttm) + "\n")
     return db
+
+
+# IEMOCAP: per session one improvised and one scripted dialog; each utterance's audio
+# carries its emotion's tone (write_voice "speaker" = class index), so the task is learnable.
+# fru and xxx are left out by the task; exc is merged into hap.
+IEMOCAP_CLASSES = {"ang": 0, "hap": 1, "exc": 1, "neu": 2, "sad": 3}
+IEMOCAP_TURNS = [  # (dialog suffix, turn, label)
+    ("impro01", "F000", "neu"), ("impro01", "M000", "ang"), ("impro01", "F001", "fru"),
+    ("impro01", "M001", "sad"), ("script01_1", "F000", "hap"), ("script01_1", "M000", "exc"),
+    ("script01_1", "F001", "xxx"), ("script01_1", "M001", "neu"), ("script01_1", "F002", "ang"),
+    ("script01_1", "M002", "sad"),
+]  # fmt: skip
+
+
+def make_iemocap(root: Path) -> Path:
+    """IEMOCAP_full_release/Session{1..5}/sentences/wav/<dialog>/<utt>.wav and
+    Session{n}/dialog/EmoEvaluation/<dialog>.txt (with the annotators' vote lines)."""
+    base = root / "IEMOCAP_full_release"
+    n = 0
+    for s in range(1, 6):
+        sdir = base / f"Session{s}"
+        labels: dict[str, list[str]] = {}
+        for k, (suffix, turn, label) in enumerate(IEMOCAP_TURNS):
+            dialog = f"Ses0{s}F_{suffix}"
+            utt = f"{dialog}_{turn}"
+            cls = IEMOCAP_CLASSES.get(label, 4)
+            write_voice(sdir / "sentences" / "wav" / dialog / f"{utt}.wav", 0.3 + 0.02 * k,
+                        speaker=cls, seed=500 + n)  # fmt: skip
+            n += 1
+            start = 1.0 + 3 * k
+            head = ["% [START_TIME - END_TIME] TURN_NAME EMOTION [V, A, D]", ""]
+            labels.setdefault(dialog, head).extend([
+                f"[{start:.4f} - {start + 2.1:.4f}]\t{utt}\t{label}\t[2.5000, 2.5000, 2.5000]",
+                "C-E2:\tNeutral;\t()",
+                "A-E3:\tval 3; act 2; dom  2;\t()",
+                "",
+            ])  # fmt: skip
+        for dialog, lines in labels.items():
+            path = sdir / "dialog" / "EmoEvaluation" / f"{dialog}.txt"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text("\n".join(lines) + "\n")
+    return base
+
+
+# Audio SNIPS (SUPERB's layout): (words, tags, intent); punctuation and accented letters are
+# normalised by the preparer. Each template's audio carries its own tone.
+SNIPS_TEMPLATES = [
+    ("PLAY BEYONCÉ", "O artist", "PlayMusic"),
+    ("ADD SONG TO ROCK LIST .", "O music_item O playlist playlist O", "AddToPlaylist"),
+    ("PLAY MUSIC", "O O", "PlayMusic"),
+]
+SNIPS_SPEAKERS = {"train": ["Ivy", "Joanna"], "valid": ["Aditi"], "test": ["Brian"]}
+
+
+def make_snips(root: Path) -> Path:
+    """SNIPS/all.iob.snips.txt, SNIPS/slots.txt, SNIPS/{train,valid,test}/<spk>-snips-<split>-
+    <n>.wav; the train folder also holds a dev speaker's files (left out by the task)."""
+    base = root / "SNIPS"
+    lines = []
+    folders = {split: list(spks) for split, spks in SNIPS_SPEAKERS.items()}
+    folders["train"].append("Aditi")  # SUPERB uses Aditi for dev only
+    seed = 700
+    for split, speakers in folders.items():
+        for spk in speakers:
+            for n, (words, tags, intent) in enumerate(SNIPS_TEMPLATES):
+                utt = f"{spk}-snips-{split}-{n}"
+                write_voice(base / split / f"{utt}.wav", 0.7, speaker=n, seed=seed)
+                seed += 1
+                lines.append(f"{utt} BOS {words} EOS\tO {tags} {intent}")
+    (base / "all.iob.snips.txt").write_text("\n".join(lines) + "\n")
+    (base / "slots.txt").write_text("O\nplaylist\nmusic_item\nartist")
+    return base

@@ -152,6 +152,45 @@ def add_probing_verbs(verbs: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_fluent_speech_commands)
 
     p = verbs.add_parser(
+        "prepare-iemocap",
+        help="IEMOCAP -> emotion-recognition fold roots OUT/fold{1..5}/{train,dev,test} "
+        "(utt2emotion)",
+        description=(
+            "Prepare SUPERB emotion recognition from IEMOCAP's real layout "
+            "ROOT/Session{1..5}/sentences/wav/<dialog>/<utt>.wav and "
+            "ROOT/Session{1..5}/dialog/EmoEvaluation/<dialog>.txt. Four classes: neu, hap "
+            "(exc merged in), ang, sad; the other labels are left out by the task definition "
+            "and counted per label. Fold k: test = Session k, train/dev = the other "
+            "sessions (a seeded random --dev-ratio to dev). Train one probe per fold root and "
+            "average with 'speechssl probe folds'."
+        ),
+    )
+    p.add_argument("--corpus-dir", required=True, metavar="ROOT", help="IEMOCAP_full_release")
+    p.add_argument("--out", required=True, metavar="DIR", help="writes DIR/fold{1..5}/...")
+    p.add_argument(
+        "--dev-ratio", type=float, default=0.2, help="share of the training sessions for dev"
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed of the train/dev split")
+    p.add_argument("--tolerant", action="store_true", help="skip and count bad utterances")
+    p.set_defaults(func=_iemocap)
+
+    p = verbs.add_parser(
+        "prepare-snips",
+        help="Audio SNIPS -> slot-filling dirs OUT/{train,dev,test} (utt2slots) + slots.txt",
+        description=(
+            "Prepare SUPERB slot filling from the Audio SNIPS layout SUPERB uses: "
+            "ROOT/all.iob.snips.txt ('<spk>-snips-<split>-<n> BOS words EOS<TAB>O tags "
+            "intent'), ROOT/slots.txt and ROOT/{train,valid,test}/<spk>-snips-<split>-<n>.wav "
+            "(valid -> dev), with SUPERB's speakers per split. utt2slots holds the words with "
+            "each slot value between B-<slot> and E-<slot>."
+        ),
+    )
+    p.add_argument("--corpus-dir", required=True, metavar="ROOT", help="SNIPS folder")
+    p.add_argument("--out", required=True, metavar="DIR", help="writes DIR/{train,dev,test}")
+    p.add_argument("--tolerant", action="store_true", help="skip and count bad utterances")
+    p.set_defaults(func=_snips)
+
+    p = verbs.add_parser(
         "prepare-quesst14",
         help="QUESST 2014 (English) -> query-by-example root OUT/{dev,test}/{queries,docs,hits}",
         description=(
@@ -292,6 +331,21 @@ def _fluent_speech_commands(args: argparse.Namespace) -> int:
     return _run_prepare(
         prepare_fluent_speech_commands, args.corpus_dir, args.out, tolerant=args.tolerant
     )
+
+
+def _iemocap(args: argparse.Namespace) -> int:
+    from speechssl.data.prep.iemocap import prepare_iemocap
+
+    return _run_prepare(
+        prepare_iemocap, args.corpus_dir, args.out, dev_ratio=args.dev_ratio, seed=args.seed,
+        tolerant=args.tolerant,
+    )  # fmt: skip
+
+
+def _snips(args: argparse.Namespace) -> int:
+    from speechssl.data.prep.snips import prepare_snips
+
+    return _run_prepare(prepare_snips, args.corpus_dir, args.out, tolerant=args.tolerant)
 
 
 def _quesst14(args: argparse.Namespace) -> int:

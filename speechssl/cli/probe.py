@@ -55,6 +55,20 @@ def _report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _folds(args: argparse.Namespace) -> int:
+    from speechssl.downstream.tasks_superb3 import (
+        fold_markdown,
+        fold_summary,
+        write_fold_summary,
+    )
+
+    summary = fold_summary(args.runs)
+    if args.out:
+        write_fold_summary(summary, args.out)
+    print(fold_markdown(summary), end="")
+    return 0
+
+
 def add_parser(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser(
         "probe",
@@ -102,7 +116,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "chars.txt), asv (the corpus's speaker-disjoint splits, dev/test trials of every "
         "utterance pair), ic (spoken commands with action|object|location slots in utt2intent, "
         "synthesized with the corpus speakers' voices), qbe (synthesized spoken word queries), "
-        "sd (two-speaker mixtures with RTTM).",
+        "sd (two-speaker mixtures with RTTM). ER and SF have no synthetic stand-in (no "
+        "emotions, no slot-annotated queries): prepare them from IEMOCAP / Audio SNIPS with "
+        "'speechssl data prepare-iemocap' / 'prepare-snips'.",
     )
     prep.add_argument("--corpus", required=True, help="synth corpus root (train/ dev/ test/)")
     prep.add_argument("--out", required=True, help="where the task roots go")
@@ -129,3 +145,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     report.add_argument("--out", required=True, help="dir for probe.json and probe.md")
     report.add_argument("--note", default="", help="a line printed under the table")
     report.set_defaults(func=_report)
+
+    folds = verbs.add_parser(
+        "folds",
+        help="per-fold and mean test metric of one upstream's fold runs (ER's 5 sessions)",
+        description="Read the results.json of speechssl-probe runs of one task and upstream "
+        "on the fold roots OUT/fold<k> of 'speechssl data prepare-iemocap' and print each "
+        "fold's test metric, their mean (SUPERB's ER number) and std; --out also writes them "
+        "as JSON.",
+    )
+    folds.add_argument("runs", nargs="+", metavar="EXP_DIR", help="one probe exp dir per fold")
+    folds.add_argument("--out", default="", help="JSON file to write the summary to")
+    folds.set_defaults(func=_folds)

@@ -22,7 +22,8 @@ class ProbeTaskConfig:
     """Which task and head (group ``task``)."""
 
     name: str = "pr"
-    """Registered probing task (``pr``, ``asr``, ``ks``, ``sid``, ``asv``, ``ic``, ``sd``;
+    """Registered probing task (``pr``, ``asr``, ``ks``, ``sid``, ``asv``, ``ic``, ``sd``,
+    ``er``, ``sf``;
     ``qbe`` (no training, :mod:`speechssl.downstream.qbe`); see ``speechssl.downstream.tasks``)."""
     proj_dim: int = 256
     """Width of the head's projection layer (asr: also the BiLSTM width per direction;

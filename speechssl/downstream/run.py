@@ -28,6 +28,7 @@ import torch
 import speechssl.downstream.tasks_superb2  # noqa: F401  (registers ic, sd)
 from speechssl import distributed as dist
 from speechssl.distributed import DistEnv
+from speechssl.downstream import tasks_superb3  # noqa: F401  (registers er, sf)
 from speechssl.downstream.cache import cache_layers, open_layer_cache
 from speechssl.downstream.config import ProbeConfig
 from speechssl.downstream.featurizer import Featurizer
