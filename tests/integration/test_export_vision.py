@@ -4,8 +4,6 @@ parity, no missing/unexpected keys, heads in the side dir, ``--bare``, and back.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
