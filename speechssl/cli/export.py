@@ -114,7 +114,8 @@ def add_verbs(verbs: argparse._SubParsersAction) -> None:
         "--bare",
         action="store_true",
         help="only the bare encoder class AutoModel loads (HubertModel, Wav2Vec2Model, "
-        "WavLMModel, Wav2Vec2BertModel for w2v-BERT and BEST-RQ, ...), no speechssl/ side dir",
+        "WavLMModel, Wav2Vec2BertModel for w2v-BERT and BEST-RQ, IJepaModel for the image "
+        "families' ViT, ...), no speechssl/ side dir",
     )
     hf.add_argument("--overwrite", action="store_true", help="replace an existing OUT")
     hf.add_argument(

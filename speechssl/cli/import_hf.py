@@ -85,9 +85,9 @@ def _import_hf(args: argparse.Namespace) -> int:
 def add_verbs(verbs: argparse._SubParsersAction) -> None:
     hf = verbs.add_parser(
         "hf",
-        help="transformers HuBERT / wav2vec 2.0 / data2vec audio / w2v-BERT / WavLM -> model dir",
+        help="transformers HuBERT / wav2vec 2.0 / data2vec audio / w2v-BERT / WavLM / I-JEPA ViT -> model dir",
         description="Import a Hugging Face transformers model (Hubert*, Wav2Vec2*, "
-        "Data2VecAudio*, Wav2Vec2Bert*, WavLM*) as a speechssl model dir. SRC is a local directory "
+        "Data2VecAudio*, Wav2Vec2Bert*, WavLM*, IJepa* -- the image families' ViT) as a speechssl model dir. SRC is a local directory "
         "or a hub id, read from the local HF cache (downloaded when online). Every "
         "architecture field comes from its config.json; our own exports are restored exactly "
         "from their speechssl/ side dir. Weights transformers has no place for (e.g. HuBERT's "

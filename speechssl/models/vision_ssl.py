@@ -21,6 +21,8 @@ patch, row-major; the pre-LN encoder's final LayerNorm is in ``last_hidden_state
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -270,6 +272,8 @@ class DINOVisionConfig:
     """Width of the head's MLP (2048 in DINO)."""
     head_bottleneck_dim: int = 32
     """Bottleneck before the prototypes (256 in DINO)."""
+    head_batch_norm: bool = False
+    """BatchNorm in the head's MLP (DINO's ``use_bn``)."""
     student_temp: float = 0.1
     """Student softmax temperature."""
     teacher_temp: float = 0.04
@@ -347,13 +351,16 @@ class DINOVisionModel(PatchEncoderModel):
         views = augment_views(batch.images, self.config.views, 2, generator)
         flat = views.flatten(0, 1)
         n = batch.batch_size
-        student = self.head(self.pooled(flat)).view(2, n, -1)
-        with torch.no_grad():
+        pooled = self.pooled(flat)
+        student = self.head(pooled).view(2, n, -1)
+        with torch.no_grad(), _batch_statistics(self._teacher_parts()):
             teacher = self._logits(self._teacher_parts(), flat).view(2, n, -1)
         record = self.objective(student, teacher, int(self.teacher.num_updates))
         metrics = {
             "ema_decay": torch.tensor(self.teacher.decay),
             "teacher_entropy": _mean_entropy(teacher - self.objective.center, self.config.teacher_temp),
+            # spread of the pooled features across images: near 0, every image looks alike
+            "embedding_std": feature_std(pooled[:n]),
         }  # fmt: skip
         return PretrainOutput(
             loss=record, metrics=metrics, num_frames=_num_patches_frames(batch, self, 2)
@@ -366,6 +373,28 @@ class DINOVisionModel(PatchEncoderModel):
 
     def after_optimizer_step(self, num_updates: int) -> None:
         self.teacher.update(_tower_parts(self.frontend, self.encoder, self.head), num_updates)
+
+
+@contextlib.contextmanager
+def _batch_statistics(module: nn.Module) -> Iterator[None]:
+    """BatchNorm layers of the (always eval-mode) teacher normalise by the batch's own
+    statistics, as DINO's teacher head does (its teacher runs in training mode)."""
+    norms = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    for m in norms:
+        m.train()
+    try:
+        yield
+    finally:
+        for m in norms:
+            m.eval()
+
+
+def _across_images_std(x: Tensor) -> Tensor:
+    """Mean over patches and dimensions of the std over images of ``x [N, P, D]``."""
+    with torch.no_grad():
+        if x.shape[0] < 2:
+            return x.new_zeros((), dtype=torch.float32)
+        return x.float().std(dim=0).mean()
 
 
 def _mean_entropy(logits: Tensor, temperature: float) -> Tensor:
@@ -385,6 +414,7 @@ def build_dino_vision(config: DINOVisionConfig) -> DINOVisionModel:
         config.out_dim,
         hidden_dim=config.head_hidden_dim,
         bottleneck_dim=config.head_bottleneck_dim,
+        batch_norm=config.head_batch_norm,
     )
     objective = DINOObjective(
         config.out_dim,
@@ -399,9 +429,20 @@ def build_dino_vision(config: DINOVisionConfig) -> DINOVisionModel:
 
 
 def dino_vision_tiny_config() -> DINOVisionConfig:
-    """DINO on 8x8 digits: tiny ViT, head 128 -> 32 -> 256 prototypes, temperatures 0.1 /
-    0.04, centre momentum 0.9, EMA 0.996 -> 1 over 1000 updates."""
-    return DINOVisionConfig()
+    """DINO on 8x8 digits: tiny ViT, head 128 -> 32 -> 256 prototypes with BatchNorm in the
+    head's MLP (DINO's ``use_bn``), temperatures 0.1 / 0.04, centre momentum 0.9, EMA
+    0.99 -> 1 over 1000 updates.
+
+    Why BatchNorm: the mean-pooled output of the random-init tiny ViT barely differs
+    between digits (per-dimension spread about 0.03, the sine-cosine positions dominate
+    the 2x2 patches), so the teacher's logits differ between images by about 0.005;
+    divided by the teacher temperature that is a near-uniform target once the centre has
+    removed the common part, and the student followed it into uniform collapse (teacher
+    entropy log K = 5.5 by step 50 at any learning rate tried, 71% validation probe).
+    BatchNorm in the head separates the images before the prototypes (the teacher's uses
+    the batch statistics, as DINO's training-mode teacher does). EMA 0.99 instead of
+    0.996: a 300-update run needs a teacher that moves within it."""
+    return DINOVisionConfig(head_batch_norm=True, ema_decay=0.99)
 
 
 # --------------------------------------------------------------------------- MAE
@@ -485,7 +526,11 @@ class MAEVisionModel(PatchEncoderModel):
         full = full + self.decoder_position.to(full.dtype)
         pred = self.decoder_pred(self.decoder(full, None).last_hidden_state)
         record = self.objective(pred, patches, mask)
-        metrics = {"mask_fraction": mask.float().mean().detach()}
+        metrics = {
+            "mask_fraction": mask.float().mean().detach(),
+            # spread across images of the pooled visible-patch latents (0: image-blind)
+            "embedding_std": feature_std(latent.mean(dim=1)),
+        }
         return PretrainOutput(loss=record, metrics=metrics, num_frames=n * p)
 
 
@@ -602,7 +647,8 @@ class IJEPAVisionModel(PatchEncoderModel):
         with torch.no_grad():
             parts = self.teacher.model
             assert isinstance(parts, nn.ModuleDict)
-            targets = _gather_rows(_tower_encode(parts, batch.images), target_idx)
+            latents = _tower_encode(parts, batch.images)
+            targets = _gather_rows(latents, target_idx)
         context = self.encoder(_gather_rows(x, context_idx), None).last_hidden_state
         pos = self.predictor_position.to(x.dtype).expand(n, -1, -1)
         ctx = self.predictor_embed(context) + _gather_rows(pos, context_idx)
@@ -615,6 +661,10 @@ class IJEPAVisionModel(PatchEncoderModel):
             "mask_fraction": mask.float().mean().detach(),
             "ema_decay": torch.tensor(self.teacher.decay),
             "target_std": feature_std(targets),
+            # spread across images at a fixed patch position: 0 when the target latents
+            # encode only where a patch is (a collapse target_std cannot see)
+            "target_image_std": _across_images_std(latents),
+            "embedding_std": feature_std(latents.mean(dim=1)),
         }
         return PretrainOutput(loss=record, metrics=metrics, num_frames=n * p)
 

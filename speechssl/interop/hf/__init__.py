@@ -42,6 +42,7 @@ from speechssl.interop.hf import (
     data2vec,
     distilhubert,
     hubert,
+    vit,
     w2v_bert,
     wav2vec2,
     wavlm,
@@ -68,6 +69,7 @@ INTEROPS: dict[str, FamilyInterop] = {
     m.INTEROP.family: m.INTEROP
     for m in (hubert, wav2vec2, w2v_bert, data2vec, wavlm, best_rq, distilhubert)
 }
+INTEROPS.update({fam.family: fam for fam in vit.INTEROPS})
 FAMILIES = tuple(INTEROPS)
 #: transformers model_type -> the family a dir without our side directory imports as
 MODEL_TYPES = {
@@ -208,7 +210,7 @@ def _preset_for(
 ) -> tuple[str, Any, bool]:
     """The family preset whose sizes match the imported architecture (exact: also every
     encoder/front-end field), with ``arch`` and ``overrides`` applied on top."""
-    names = [n for n in list_models("audio") if get_spec(n).family == family]
+    names = [n for n in list_models() if get_spec(n).family == family]
     enc = arch["encoder"]
     want = (enc["dim"], enc["num_layers"], enc["num_heads"], enc["ffn_dim"])
 
@@ -228,6 +230,7 @@ def _map_hf_weights(
 ) -> tuple[dict[str, Tensor], bool]:
     """``transformers`` weights -> ours (q/k/v fused). Unexpected or missing encoder
     weights are a :class:`CheckpointError`; returns ``(weights, heads_present)``."""
+    state = fam.from_hf_state(model, state)
     enc_map, head_map = fam.hf_names(model)
     prefix = fam.wrapper_prefix
     wrapped = any(k.startswith(prefix) for k in state)

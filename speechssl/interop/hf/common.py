@@ -143,6 +143,11 @@ class FamilyInterop:
                 side[name] = value
         return hf, side
 
+    def from_hf_state(self, model: PretrainModel, state: dict[str, Tensor]) -> dict[str, Tensor]:
+        """``transformers`` weights reshaped to ours before the names are mapped (identity
+        here; the image families reshape the patch conv and the position table)."""
+        return state
+
     def hf_names(
         self, model: PretrainModel
     ) -> tuple[dict[str, tuple[str, str]], dict[str, tuple[str, str]]]:
