@@ -1,0 +1,72 @@
+"""tools/bench/cpu_suite.sh: argument handling and the commands it runs (--dry-run)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+SUITE = REPO / "tools/bench/cpu_suite.sh"
+PARTS = ("features", "loader", "kmeans39", "kmeans768", "train_step")
+
+
+def suite(*args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHON": sys.executable}
+    return subprocess.run(
+        ["bash", str(SUITE), *args], capture_output=True, text=True, env=env, timeout=60
+    )
+
+
+def test_dry_run_lists_every_part_with_its_command(tmp_path: Path) -> None:
+    res = suite("--dry-run", "--out", str(tmp_path / "o"))
+    assert res.returncode == 0, res.stderr
+    lines = dict(line.split(":", 1) for line in res.stdout.splitlines())
+    assert tuple(lines) == PARTS
+    for part, cmd in lines.items():
+        assert cmd.startswith(f" {sys.executable} tools/bench/"), cmd
+        script = cmd.split()[1]
+        assert (REPO / script).is_file(), script
+        assert cmd.endswith(f"{tmp_path}/o/{part}.jsonl"), cmd
+    assert "--peers torchaudio --profile" in lines["features"]
+    assert "--dim 39 --k 100" in lines["kmeans39"] and "--peers sklearn" in lines["kmeans39"]
+    # without --full the slow sklearn 768-d run is the recorded one, named in the line
+    assert "--recorded-peer" in lines["kmeans768"]
+    assert (REPO / "docs/results/bench/kmeans_fit768c.jsonl").is_file()
+    assert not (tmp_path / "o").exists()  # a dry run writes nothing
+
+
+def test_full_times_sklearn_on_768() -> None:
+    res = suite("--dry-run", "--full", "--only", "kmeans768")
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.startswith("kmeans768:")
+    assert "--peers sklearn --peer-repeats 1" in res.stdout
+    assert "--recorded-peer" not in res.stdout
+
+
+def test_bad_arguments_are_one_line_errors() -> None:
+    for args, words in (
+        (("--only", "features,nope"), "unknown part 'nope'"),
+        (("--frobnicate",), "unknown argument '--frobnicate'"),
+        (("--out",), "--out needs a directory"),
+    ):
+        res = suite(*args)
+        assert res.returncode == 2, args
+        assert res.stderr.count("\n") == 1 and words in res.stderr, res.stderr
+        assert res.stdout == ""
+
+
+def test_help_names_the_parts() -> None:
+    res = suite("--help")
+    assert res.returncode == 0
+    for part in PARTS:
+        assert f"{part}.jsonl" in res.stdout
+    assert "--dry-run" in res.stdout
+
+
+def test_recommended_only_runs_just_that_part() -> None:
+    # the error for an unknown part recommends --only with the listed parts: they work
+    res = suite("--dry-run", "--only", "loader,train_step")
+    assert res.returncode == 0, res.stderr
+    assert [line.split(":")[0] for line in res.stdout.splitlines()] == ["loader", "train_step"]
