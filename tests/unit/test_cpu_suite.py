@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 SUITE = REPO / "tools/bench/cpu_suite.sh"
@@ -70,3 +73,33 @@ def test_recommended_only_runs_just_that_part() -> None:
     res = suite("--dry-run", "--only", "loader,train_step")
     assert res.returncode == 0, res.stderr
     assert [line.split(":")[0] for line in res.stdout.splitlines()] == ["loader", "train_step"]
+
+
+def test_kmeans_bench_recorded_peer(tmp_path: Path) -> None:
+    # --recorded-peer (the suite's 768-d comparison) reads the sklearn line of an earlier run
+    # on the same generated data and refuses a file without one for these data
+    bench = [sys.executable, str(REPO / "tools/bench/kmeans.py"), "fit", "--dim", "4"]
+    small = ["--k", "3", "--data", "gmm", "--peers", "", "--ours", '{"default": {}}']
+    small += ["--repeats", "1", "--threads", "1", "--tmp", str(tmp_path)]
+
+    def run(*extra: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [*bench, *small, *extra], capture_output=True, text=True, cwd=REPO, timeout=120
+        )
+
+    first = run("--frames", "600")
+    assert first.returncode == 0, first.stderr
+    rec = json.loads(first.stdout)
+    rec.update(peer="sklearn", peer_s=rec["ours_s"] * 30, peer_inertia=rec["ours_inertia"] * 1.01)
+    recorded = tmp_path / "recorded.jsonl"
+    recorded.write_text(json.dumps(rec) + "\n")
+    res = run("--frames", "600", "--recorded-peer", str(recorded))
+    assert res.returncode == 0, res.stderr
+    line = json.loads(res.stdout)
+    assert line["peer"] == "sklearn" and line["peer_source"] == f"recorded: {recorded}"
+    # ours_s is rounded to ms in the line, the ratio is not
+    assert line["ratio"] == pytest.approx(rec["peer_s"] / line["ours_s"], rel=0.05)
+    assert line["inertia_ratio"] == round(line["ours_inertia"] / rec["peer_inertia"], 5)
+    other = run("--frames", "900", "--recorded-peer", str(recorded))
+    assert other.returncode == 1
+    assert "has no sklearn line for these data" in other.stderr
