@@ -46,6 +46,7 @@ from speechssl.features import (
     MfccOptions,
     compute_features,
     kaldi,
+    numba_kernels,
     tables,
 )
 
@@ -250,7 +251,9 @@ def cpu_profile(args: argparse.Namespace, waves: list[np.ndarray], feat: str) ->
     nf = kaldi.num_frames(lengths, opts.frame)
     frames = int(nf.sum())
     padded_size = opts.frame.padded_window_size
-    rows = tables.CHUNK_ELEMENTS // padded_size  # our CPU chunk
+    # our CPU chunk: the numba path's FFT size, or the torch path's
+    numba_path = kaldi.select_backend(batch, opts) == "numba"
+    rows = (numba_kernels.FFT_ELEMENTS if numba_path else tables.CHUNK_ELEMENTS) // padded_size
     chunk = torch.randn(rows, padded_size)
     chunk_out = torch.empty_like(chunk)
     tail = torch.randn(frames % rows, padded_size)
