@@ -103,3 +103,13 @@ def test_kmeans_bench_recorded_peer(tmp_path: Path) -> None:
     other = run("--frames", "900", "--recorded-peer", str(recorded))
     assert other.returncode == 1
     assert "has no sklearn line for these data" in other.stderr
+
+
+def test_features_bench_rejects_unknown_peer_and_profile_feature() -> None:
+    bench = [sys.executable, str(REPO / "tools/bench/features.py")]
+    for args, words in (
+        (["--peers", "torchaudio,nope"], "unknown --peers ['nope']"),
+        (["--profile-feats", "plp"], "unknown --profile-feats ['plp']"),
+    ):
+        res = subprocess.run([*bench, *args], capture_output=True, text=True, timeout=120)
+        assert res.returncode == 2 and words in res.stderr, res.stderr
