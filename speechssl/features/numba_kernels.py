@@ -18,8 +18,9 @@ chunk's buffers stay in cache and torch's FFT runs at its fastest size), each in
 Tables (window, mel filters, DCT) come from :mod:`speechssl.features.tables`, shared with the
 torch and Triton paths. Numerics follow the torch path step by step in float32 (separate
 multiply and subtract in pre-emphasis, float32 window product, float32 log); sums (the frame
-mean, the energy, the mel and DCT products) are accumulated in float64, so they are at
-least as close to an exact computation as the peers' float32 sums. Only float32 without
+mean, the energy, the mel and DCT products) are accumulated in float64 (in whatever order
+vectorises: the kernels allow reassociation and no other fast-math), so they are at least as
+close to an exact computation as the peers' float32 sums. Only float32 without
 dither is fused here (dither and float64 run on the torch path).
 
 The kernels are compiled on first use and cached on disk by numba (``cache=True``). With
