@@ -23,6 +23,7 @@ from the device name), from CUDA-event timings and the bytes each pass must move
     python tools/bench/features.py --long-seconds 3 --num-utts 8 --repeats 3   # quick
     OMP_NUM_THREADS=1 python tools/bench/features.py --threads 1 --clock cpu  # busy machine
     OMP_NUM_THREADS=2 python tools/bench/features.py --profile    # + where our CPU time goes
+    python tools/bench/features.py --peers torchaudio --profile   # the issue-21 figures only
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ from speechssl.features import (
     MfccOptions,
     compute_features,
     kaldi,
+    numba_kernels,
     tables,
 )
 
@@ -116,6 +118,13 @@ def emit(record: dict[str, Any]) -> None:
     print(json.dumps(record), flush=True)
 
 
+#: the CPU peers (--peers): ours is timed against each of them, one at a time
+CPU_PEERS = ("torchaudio", "kaldi-native-fbank", "librosa")
+
+#: torchaudio's median seconds per (feature, case), kept for --profile's 5x budget
+PEER_SECONDS: dict[tuple[str, str], float] = {}
+
+
 def cpu_cases(args: argparse.Namespace, inputs: dict[str, list[np.ndarray]]) -> None:
     import kaldi_native_fbank as knf
     import librosa
@@ -182,12 +191,17 @@ def cpu_case(
             "fbank": lambda: compute_features(batch, lengths, fbank_opts),
             "mfcc": lambda: compute_features(batch, lengths, mfcc_opts),
         }
+        wanted = set(args.peers.split(","))
         for feat in ("fbank", "mfcc"):
             for peer, fn in peers[feat].items():
+                if not any(peer.startswith(w) for w in wanted):
+                    continue
                 # ours against one peer at a time: a peer's own thread pool (numpy's BLAS
                 # under librosa) spins after its calls and would slow whatever runs next
                 t = interleaved_medians({"ours": ours_fn[feat], peer: fn}, args.repeats)
                 ours, t_peer = t["ours"], t[peer]
+                if peer.startswith("torchaudio"):
+                    PEER_SECONDS[(feat, case)] = t_peer
                 emit(
                     {
                         "what": f"{feat} {case}",
@@ -217,21 +231,29 @@ STAGES = {
 }
 
 
-def cpu_profile(args: argparse.Namespace, waves: list[np.ndarray]) -> None:
-    """Where our CPU fbank time goes on the batch case: self CPU time per pipeline stage
-    (torch profiler, summed over ``--repeats`` calls, reported per call), next to
-    torchaudio's per-utterance total, and what the 5x target leaves for everything but the
-    FFT."""
+def cpu_profile(args: argparse.Namespace, waves: list[np.ndarray], feat: str) -> None:
+    """Where our CPU time goes on the batch case (``feat``: fbank or mfcc): self CPU time
+    per pipeline stage (torch profiler, summed over ``--repeats`` calls, reported per call),
+    the FFT alone on as many frames (the floor of anything built on torch.fft) against our
+    whole call, and what the 5x target leaves, from torchaudio's time in the batch case of
+    this run (run with the torchaudio peer; without it the profile times torchaudio here)."""
     import torchaudio.compliance.kaldi as K
     from torch.profiler import ProfilerActivity, profile
 
-    opts = FbankOptions(frame=FrameOptions(sample_frequency=RATE), mel=MelOptions(num_mel_bins=80))
+    frame = FrameOptions(sample_frequency=RATE)
+    opts: FbankOptions | MfccOptions = (
+        FbankOptions(frame=frame, mel=MelOptions(num_mel_bins=80))
+        if feat == "fbank"
+        else MfccOptions(frame=frame)
+    )
     batch, lengths = padded(waves, "cpu")
     tw = [torch.from_numpy(w) for w in waves]
     nf = kaldi.num_frames(lengths, opts.frame)
     frames = int(nf.sum())
     padded_size = opts.frame.padded_window_size
-    rows = tables.CHUNK_ELEMENTS // padded_size  # our CPU chunk
+    # our CPU chunk: the numba path's FFT size, or the torch path's
+    numba_path = kaldi.select_backend(batch, opts) == "numba"
+    rows = (numba_kernels.FFT_ELEMENTS if numba_path else tables.CHUNK_ELEMENTS) // padded_size
     chunk = torch.randn(rows, padded_size)
     chunk_out = torch.empty_like(chunk)
     tail = torch.randn(frames % rows, padded_size)
@@ -249,24 +271,30 @@ def cpu_profile(args: argparse.Namespace, waves: list[np.ndarray]) -> None:
             torch.mul(chunk, 0.5, out=chunk_out)
 
     def padded_output() -> None:
-        # a fresh zeroed [N, F, 80] output, as every call returns (page-faulted anew)
+        # a fresh zeroed [N, F, D] output, as every call returns (page-faulted anew)
         torch.zeros(len(waves), int(nf.max()), opts.dim)
 
+    def peer_run() -> None:
+        if feat == "fbank":
+            for w in tw:
+                K.fbank(w.unsqueeze(0), num_mel_bins=80, dither=0.0, energy_floor=0.0)
+        else:
+            for w in tw:
+                K.mfcc(w.unsqueeze(0), dither=0.0, energy_floor=0.0)
+
+    fns: dict[str, Callable[[], Any]] = {
+        "ours": lambda: compute_features(batch, lengths, opts),
+        "fft": fft_only,
+        "pass": one_pass,
+        "output": padded_output,
+    }
+    peer_seconds = PEER_SECONDS.get((feat, "batch"))
+    if peer_seconds is None:
+        fns["peer"] = peer_run
     with torch.inference_mode():
-        t = interleaved_medians(
-            {
-                "ours": lambda: compute_features(batch, lengths, opts),
-                "peer": lambda: [
-                    K.fbank(w.unsqueeze(0), num_mel_bins=80, dither=0.0, energy_floor=0.0)
-                    for w in tw
-                ],
-                "fft": fft_only,
-                "pass": one_pass,
-                "output": padded_output,
-            },
-            args.repeats,
-        )
-        ours, peer, fft_alone = t["ours"], t["peer"], t["fft"]
+        t = interleaved_medians(fns, args.repeats)
+        ours, fft_alone = t["ours"], t["fft"]
+        peer = t["peer"] if peer_seconds is None else peer_seconds
         with profile(activities=[ProfilerActivity.CPU]) as prof:
             for _ in range(args.repeats):
                 compute_features(batch, lengths, opts)
@@ -277,12 +305,14 @@ def cpu_profile(args: argparse.Namespace, waves: list[np.ndarray]) -> None:
     budget_ms = peer / 5 * 1e3
     emit(
         {
-            "what": "fbank batch profile",
+            "what": f"{feat} batch profile",
             "device": "cpu",
             "threads": torch.get_num_threads(),
+            "clock": args.clock,
             "ours_ms": round(ours * 1e3, 2),
-            "peer": "torchaudio.compliance.kaldi.fbank",
+            "peer": f"torchaudio.compliance.kaldi.{feat}",
             "peer_ms": round(peer * 1e3, 2),
+            "peer_timed": "in the batch case above" if peer_seconds is not None else "here",
             "ratio": round(peer / ours, 2),
             "stage_ms_profiled": {k: round(v, 2) for k, v in stages.items()},
             "rfft_alone_ms": round(fft_alone * 1e3, 2),
@@ -438,9 +468,25 @@ def main() -> None:
         "--profile", action="store_true", help="CPU: also a per-stage profile of the batch case"
     )
     parser.add_argument(
+        "--profile-feats",
+        default="fbank,mfcc",
+        help="comma list of features --profile covers (fbank, mfcc)",
+    )
+    parser.add_argument(
+        "--peers",
+        default=",".join(CPU_PEERS),
+        help=f"CPU: comma list of peers to time ours against (of {', '.join(CPU_PEERS)})",
+    )
+    parser.add_argument(
         "--clock", choices=["wall", "cpu"], default="wall", help="cpu: process CPU time"
     )
     args = parser.parse_args()
+    unknown = set(args.peers.split(",")) - set(CPU_PEERS) - {""}
+    if unknown:
+        parser.error(f"unknown --peers {sorted(unknown)}; known: {', '.join(CPU_PEERS)}")
+    bad = set(args.profile_feats.split(",")) - {"fbank", "mfcc"}
+    if bad:
+        parser.error(f"unknown --profile-feats {sorted(bad)}; known: fbank, mfcc")
     if args.clock == "cpu":
         CLOCK["fn"] = time.process_time
     torch.set_num_threads(args.threads)
@@ -448,7 +494,8 @@ def main() -> None:
     if not args.no_cpu:
         cpu_cases(args, inputs)
         if args.profile:
-            cpu_profile(args, inputs["batch"])
+            for feat in args.profile_feats.split(","):
+                cpu_profile(args, inputs["batch"], feat)
     if torch.cuda.is_available():
         cuda_cases(args, inputs)
 

@@ -249,7 +249,9 @@ def case_fit(args: argparse.Namespace) -> None:
                 # initialisation (sample read, k-means++ restarts, their Lloyd refinement)
                 "ours_init_s": res.model.meta["history"][0]["seconds"],
             }  # fmt: skip
-            if not peers:
+            if args.recorded_peer:
+                emit({**base, **recorded_peer(args.recorded_peer, base, ours_s, ours_inertia)})
+            elif not peers:
                 emit(base)
             for peer, (peer_s, peer_inertia) in peer_results.items():
                 emit({
@@ -263,6 +265,30 @@ def case_fit(args: argparse.Namespace) -> None:
                     "peer_inertia": peer_inertia, "ratio": round(peer_s / ours_s, 2),
                     "inertia_ratio": round(ours_inertia / peer_inertia, 5),
                 })  # fmt: skip
+
+
+def recorded_peer(
+    path: str, base: dict[str, Any], ours_s: float, ours_inertia: float
+) -> dict[str, Any]:
+    """The scikit-learn line of an earlier run of this script on the same generated data
+    (same case, frames, dim, k, data and generator settings), for a peer too slow to rerun:
+    the inertias compare exactly, the ratio only as far as the two machines are alike."""
+    same = ("frames", "dim", "k", "data", "components", "spread", "corpus_frames", "copies")
+    for line in Path(path).read_text().splitlines():
+        rec = json.loads(line) if line.strip() else {}
+        if (
+            rec.get("what") == "kmeans_fit"
+            and rec.get("peer") == "sklearn"
+            and all(rec.get(f) == base.get(f) for f in same)
+        ):
+            return {
+                "peer": "sklearn", "peer_source": f"recorded: {path}",
+                "peer_s": rec["peer_s"], "peer_inertia": rec["peer_inertia"],
+                "peer_threads": rec.get("threads"), "peer_clock": rec.get("clock"),
+                "ratio": round(rec["peer_s"] / ours_s, 2),
+                "inertia_ratio": round(ours_inertia / rec["peer_inertia"], 5),
+            }  # fmt: skip
+    raise SystemExit(f"kmeans.py: error: {path} has no sklearn line for these data")
 
 
 def case_assign(args: argparse.Namespace) -> None:
@@ -438,6 +464,11 @@ def main() -> None:
     ap.add_argument("--chunk-elems", type=int, help="distance-matrix elements per chunk")
     ap.add_argument("--tmp", help="where to put generated stores (default: system temp)")
     ap.add_argument("--store", help=argparse.SUPPRESS)
+    ap.add_argument(
+        "--recorded-peer",
+        help="fit with --peers '': compare ours with the sklearn line of this earlier "
+        "JSON-lines file on the same generated data (for a peer too slow to rerun)",
+    )
     args = ap.parse_args()
     if args.clock == "cpu":
         CLOCK["fn"] = time.process_time
