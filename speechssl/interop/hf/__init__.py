@@ -42,6 +42,7 @@ from speechssl.interop.hf import (
     data2vec,
     distilhubert,
     hubert,
+    ssast,
     w2v_bert,
     wav2vec2,
     wavlm,
@@ -66,7 +67,7 @@ log = logging.getLogger(__name__)
 #: our family name -> its interop description
 INTEROPS: dict[str, FamilyInterop] = {
     m.INTEROP.family: m.INTEROP
-    for m in (hubert, wav2vec2, w2v_bert, data2vec, wavlm, best_rq, distilhubert)
+    for m in (hubert, wav2vec2, w2v_bert, data2vec, wavlm, best_rq, distilhubert, ssast)
 }
 FAMILIES = tuple(INTEROPS)
 #: transformers model_type -> the family a dir without our side directory imports as
@@ -76,7 +77,7 @@ MODEL_TYPES = {
 #: families trained on k-means labels (`export hf` copies the one their training names)
 KMEANS_FAMILIES = ("hubert", "wavlm")
 # families whose targets never come from k-means (an export refuses a k-means model)
-_NO_KMEANS = ("w2v_bert", "data2vec_audio", "best_rq", "distilhubert")
+_NO_KMEANS = ("w2v_bert", "data2vec_audio", "best_rq", "distilhubert", "ssast")
 # the export description of these families records the pretraining switch
 _RECORDS_PRETRAINING = ("hubert", "wav2vec2")
 
@@ -228,6 +229,7 @@ def _map_hf_weights(
 ) -> tuple[dict[str, Tensor], bool]:
     """``transformers`` weights -> ours (q/k/v fused). Unexpected or missing encoder
     weights are a :class:`CheckpointError`; returns ``(weights, heads_present)``."""
+    state = fam.hf_state_in(model, state, where)
     enc_map, head_map = fam.hf_names(model)
     prefix = fam.wrapper_prefix
     wrapped = any(k.startswith(prefix) for k in state)

@@ -143,6 +143,13 @@ class FamilyInterop:
                 side[name] = value
         return hf, side
 
+    def hf_state_in(
+        self, model: PretrainModel, state: dict[str, Tensor], where: str
+    ) -> dict[str, Tensor]:
+        """``transformers`` weights as the name map expects them; a family whose values
+        are laid out differently from ours (SSAST's patch kernel) rearranges them here."""
+        return state
+
     def hf_names(
         self, model: PretrainModel
     ) -> tuple[dict[str, tuple[str, str]], dict[str, tuple[str, str]]]:
