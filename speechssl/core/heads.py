@@ -58,6 +58,11 @@ class DINOHead(nn.Module):
         hidden_dim: MLP width (2048 in DINO).
         bottleneck_dim: size before the last layer (256 in DINO).
         num_layers: MLP layers before the bottleneck output (3 in DINO).
+        batch_norm: BatchNorm after each hidden layer (DINO's ``use_bn``, its choice for
+            convolutional backbones): it takes the component every item shares out of the
+            hidden features, which otherwise decides the normalised output of inputs that
+            differ little (e.g. mean-pooled utterances) and leaves the centred teacher
+            uniform.
     """
 
     def __init__(
@@ -68,6 +73,7 @@ class DINOHead(nn.Module):
         hidden_dim: int = 2048,
         bottleneck_dim: int = 256,
         num_layers: int = 3,
+        batch_norm: bool = False,
     ) -> None:
         super().__init__()
         if num_layers < 1 or min(out_dim, hidden_dim, bottleneck_dim) < 1:
@@ -75,7 +81,10 @@ class DINOHead(nn.Module):
         layers: list[nn.Module] = []
         prev = in_dim
         for _ in range(num_layers - 1):
-            layers += [nn.Linear(prev, hidden_dim), nn.GELU()]
+            layers.append(nn.Linear(prev, hidden_dim))
+            if batch_norm:
+                layers.append(nn.BatchNorm1d(hidden_dim))
+            layers.append(nn.GELU())
             prev = hidden_dim
         layers.append(nn.Linear(prev, bottleneck_dim))
         self.mlp = nn.Sequential(*layers)

@@ -121,6 +121,10 @@ class SpeakerSSLConfig:
     """DINO head MLP width."""
     head_bottleneck_dim: int = 32
     """DINO head bottleneck."""
+    head_batch_norm: bool = False
+    """BatchNorm in the DINO head's hidden layers (DINO's ``use_bn``). Mean-pooled crops of
+    different utterances differ little at the start, so without it the centred teacher is
+    the same (uniform) for every item and DINO collapses (``teacher_entropy`` = log K)."""
     student_temp: float = 0.1
     """DINO student temperature."""
     teacher_temp: float = 0.04
@@ -281,7 +285,7 @@ def build_speaker_ssl(config: SpeakerSSLConfig) -> SpeakerSSLModel:
     if config.loss == "dino":
         head = DINOHead(
             config.encoder.dim, config.out_dim, hidden_dim=config.head_hidden_dim,
-            bottleneck_dim=config.head_bottleneck_dim,
+            bottleneck_dim=config.head_bottleneck_dim, batch_norm=config.head_batch_norm,
         )  # fmt: skip
         objective = DINOObjective(
             config.out_dim, student_temp=config.student_temp, teacher_temp=config.teacher_temp,
@@ -297,8 +301,10 @@ def build_speaker_ssl(config: SpeakerSSLConfig) -> SpeakerSSLModel:
 
 def speaker_dino_tiny_config() -> SpeakerSSLConfig:
     """DINO speaker embeddings: 40-bin fbank at 50 Hz, 2 layers of 64, 1 s crops, head
-    128 -> 32 -> 256, temperatures 0.1 / 0.04, EMA 0.996 -> 1 over 1000 updates."""
-    return SpeakerSSLConfig(loss="dino")
+    128 -> 32 -> 256 with BatchNorm (without it the teacher collapses to uniform within
+    20 updates on the bundled corpus), temperatures 0.1 / 0.04, EMA 0.996 -> 1 over 1000
+    updates."""
+    return SpeakerSSLConfig(loss="dino", head_batch_norm=True)
 
 
 def speaker_vicreg_tiny_config() -> SpeakerSSLConfig:
