@@ -32,7 +32,7 @@ opt train_config_dir conf/train "extra Hydra config dir for speechssl-train, use
 opt train_nodes 1 "nodes for pretraining"
 opt train_nproc 1 "processes (GPUs) per node for pretraining"
 opt ref_world_size "" "GPUs of the published setup: gradient accumulation = this / (nodes x nproc); 0: none"
-probe_options "mfcc fbank model" "model (EXP_DIR/train, shown as FAMILY), teacher (--teacher)"
+probe_options "mfcc fbank model" "model (EXP_DIR/train, shown as FAMILY), random (the model's config with random weights: random-init:EXP_DIR/train), teacher (--teacher)"
 export_options
 
 add_data_stages # 1 data, 2 validate
@@ -65,6 +65,7 @@ probe_upstream() {
   probe_name=$(basename "$1") probe_spec=$1
   case $1 in
     model) probe_name=$family probe_spec=$exp_dir/train ;;
+    random) probe_name=random-init probe_spec=random-init:$exp_dir/train ;;
     teacher) probe_spec=$teacher ;;
   esac
 }
