@@ -42,6 +42,7 @@ from speechssl.interop.hf import (
     data2vec,
     distilhubert,
     hubert,
+    speaker,
     ssast,
     w2v_bert,
     wav2vec2,
@@ -84,6 +85,8 @@ _RECORDS_PRETRAINING = ("hubert", "wav2vec2")
 
 def interop_for(family: str | None) -> FamilyInterop:
     """The interop of ``family``; other families are a :class:`ConfigError`."""
+    if family in speaker.NO_TRANSFORMERS_CLASS:
+        raise ConfigError(speaker.NO_TRANSFORMERS_CLASS[family])
     if family not in INTEROPS:
         raise ConfigError(f"export to transformers supports {', '.join(FAMILIES)}, not {family!r}")
     return INTEROPS[family]
