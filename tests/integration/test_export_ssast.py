@@ -9,22 +9,17 @@ in one line, and what the line recommends (their model dir) loads and probes."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 from model_fixtures import load_synth
 from transformers import ASTModel
 
+from speechssl.cli.main import main
 from speechssl.errors import ConfigError
 from speechssl.interop.hf import export_to_transformers, import_transformers_dir
 from speechssl.models import create_model
 from speechssl.models.io import load_model_dir, save_model_dir
 
-REPO = Path(__file__).resolve().parents[2]
 TOL = 1e-4
 
 
@@ -43,14 +38,6 @@ def _randomized(name: str, **overrides):
         for p in model.parameters():
             p.add_(torch.randn_like(p) * 0.1)
     return model.eval()
-
-
-def _cli(*args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    return subprocess.run(
-        [sys.executable, "-m", "speechssl.cli.main", *args],
-        env=env, capture_output=True, text=True, timeout=180,
-    )  # fmt: skip
 
 
 def _ours_vs_ast(model, hf, waves, lengths) -> list[float]:
@@ -108,35 +95,46 @@ def test_ssast_bare_export_imports_with_learned_positions(audio, tmp_path):
     assert max(_ours_vs_ast(model, again.eval(), waves, lengths)) <= TOL
 
 
-def test_ssast_export_refuses_what_ast_cannot_hold(tmp_path):
-    with pytest.raises(ConfigError, match="cls_tokens=0 .*model.cls_tokens=2"):
+@pytest.mark.slow  # a one-step training run as a subprocess (about 20-30 s on 2 shared cores)
+def test_ssast_export_refuses_what_ast_cannot_hold(synth_corpus, tmp_path):
+    from train_helpers import base_overrides, run_train
+
+    with pytest.raises(ConfigError, match=r"cls_tokens=0 .*\+model\.overrides\.cls_tokens=2"):
         export_to_transformers(create_model("ssast_tiny", cls_tokens=0), tmp_path / "x")
-    # and the recommended setting exports
-    export_to_transformers(create_model("ssast_tiny", cls_tokens=2), tmp_path / "y")
+    # the recommended override exists: a run given it trains a model that exports
+    exp = tmp_path / "exp"
+    res = run_train(
+        [*base_overrides(), "model=ssast_tiny", f"data.dir={synth_corpus / 'train'}",
+         f"trainer.exp_dir={exp}", "trainer.max_steps=1", "trainer.export_final=true",
+         "+model.overrides.cls_tokens=2"],
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr[-2000:]
+    export_to_transformers(load_model_dir(exp / "final"), tmp_path / "y")
 
 
 def test_ssast_export_and_import_from_the_command_line(tmp_path):
     torch.manual_seed(0)
     src = save_model_dir(create_model("ssast_tiny"), tmp_path / "md")
-    res = _cli("export", "hf", str(src), str(tmp_path / "hf"))
-    assert res.returncode == 0, res.stderr[-2000:]
-    res = _cli("import", "hf", str(tmp_path / "hf"), str(tmp_path / "back"))
-    assert res.returncode == 0, res.stderr[-2000:]
+    assert main(["export", "hf", str(src), str(tmp_path / "hf")]) == 0
+    assert main(["import", "hf", str(tmp_path / "hf"), str(tmp_path / "back")]) == 0
     a, b = load_model_dir(src).state_dict(), load_model_dir(tmp_path / "back").state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
 @pytest.mark.parametrize("name", ["speaker_dino_tiny", "speaker_vicreg_tiny"])
-def test_speaker_families_refuse_hf_export_and_the_model_dir_works(name, audio, tmp_path):
+def test_speaker_families_refuse_hf_export_and_the_model_dir_works(name, audio, tmp_path, capsys):
     from speechssl.downstream.upstreams import load_upstream
 
     waves, lengths = audio
     torch.manual_seed(0)
     src = save_model_dir(create_model(name), tmp_path / "md")
-    res = _cli("export", "hf", str(src), str(tmp_path / "hf"))
-    assert res.returncode == 1 and not (tmp_path / "hf").exists()
-    lines = res.stderr.strip().splitlines()
-    assert len(lines) == 1 and "Traceback" not in res.stderr, res.stderr
+    capsys.readouterr()
+    assert main(["export", "hf", str(src), str(tmp_path / "hf")]) == 1
+    assert not (tmp_path / "hf").exists()
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in err, err
     family = name.removesuffix("_tiny")
     assert f"{family}: no transformers class" in lines[0]
     assert "speechssl-probe upstream=DIR" in lines[0] and "load_model_dir(DIR)" in lines[0]

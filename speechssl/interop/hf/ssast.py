@@ -63,7 +63,7 @@ def _hf_config(cfg: Any, architecture: str) -> Any:
     if cfg.cls_tokens != 2:
         raise ConfigError(
             f"transformers' ASTModel has 2 leading tokens (CLS, distillation); this SSAST has "
-            f"cls_tokens={cfg.cls_tokens} (train with model.cls_tokens=2, the ssast_tiny preset)"
+            f"cls_tokens={cfg.cls_tokens} (train with +model.overrides.cls_tokens=2, as the ssast_tiny preset does)"
         )
     if not enc.layer_norm_first:
         raise ConfigError("transformers' ASTModel encoder is pre-LN (encoder.layer_norm_first=true)")  # fmt: skip
