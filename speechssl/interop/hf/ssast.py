@@ -125,7 +125,8 @@ def _feature_extractor(model: PretrainModel) -> Any:
 
 
 def _grid(model: PretrainModel) -> tuple[int, int]:
-    gt, gf = model.frontend.grid  # type: ignore[union-attr]
+    front: Any = model.frontend
+    gt, gf = front.grid
     return int(gt), int(gf)
 
 
