@@ -1,6 +1,6 @@
-"""The probing stage of the speech SSL recipes (egs/synth/speaker_dino, speaker_vicreg,
-ssast) in --dry-run mode: each task next to MFCC, fbank and a random-init encoder of the
-run's own config (``random-init:EXP/train``), the table from ``speechssl probe report``."""
+"""The probing stage of the speech SSL recipes (egs/synth/speaker_dino, speaker_vicreg:
+SID/ASV; ssast: KS/SID, its 12.5 Hz frames are too few for PR's CTC) in --dry-run mode:
+each task next to MFCC, fbank and a random-init encoder of the run's own config (``random-init:EXP/train``), the table from ``speechssl probe report``."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from test_recipes_dryrun import EGS, inner, opts, run, stages
 @pytest.mark.parametrize(
     ("method", "tasks"),
     [("speaker_dino", ["sid", "asv"]), ("speaker_vicreg", ["sid", "asv"]),
-     ("ssast", ["pr", "ks", "sid"])],
+     ("ssast", ["ks", "sid"])],
 )  # fmt: skip
 def test_speech_ssl_recipes_probe_against_random_init(
     method: str, tasks: list[str], tmp_path: Path
