@@ -106,7 +106,9 @@ def add_verbs(verbs: argparse._SubParsersAction) -> None:
         "import`) as a Hugging Face transformers model dir: config.json, model.safetensors, "
         "preprocessor_config.json, README.md (model card), and unless --bare a speechssl/ "
         "side dir with what continued pretraining needs (full config, heads, k-means). "
-        "Written atomically; OUT must not exist unless --overwrite.",
+        "Written atomically; OUT must not exist unless --overwrite. SSAST exports as "
+        "ASTModel; the speaker-embedding families (speaker_dino, speaker_vicreg) have no "
+        "transformers class and are refused (their model dir is the format).",
     )
     hf.add_argument("model_dir", help="speechssl model dir (model.json + model.safetensors)")
     hf.add_argument("out", help="export directory to write")

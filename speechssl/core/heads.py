@@ -58,9 +58,11 @@ class DINOHead(nn.Module):
         hidden_dim: MLP width (2048 in DINO).
         bottleneck_dim: size before the last layer (256 in DINO).
         num_layers: MLP layers before the bottleneck output (3 in DINO).
-        batch_norm: BatchNorm after each hidden layer of the MLP (DINO's ``use_bn``, off
-            for its ViTs; it keeps the outputs apart across a batch when the encoder's
-            pooled features barely differ between inputs, as a small random-init ViT's do).
+        batch_norm: BatchNorm after each hidden layer (DINO's ``use_bn``, its choice for
+            convolutional backbones): it takes the component every item shares out of the
+            hidden features, which otherwise decides the normalised output of inputs that
+            differ little (e.g. mean-pooled utterances) and leaves the centred teacher
+            uniform.
     """
 
     def __init__(

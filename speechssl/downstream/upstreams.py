@@ -8,6 +8,9 @@
 * a speechssl model dir (``model.json`` + ``model.safetensors``: a training's ``final/``,
   ``checkpoints/best/``, ``checkpoints/step-*``, a saved model), or a training exp dir
   (its ``final/`` is used);
+* ``random-init:PATH``: a model of the same config as the speechssl model dir (or training
+  exp dir) ``PATH``, with fresh random weights (seed 0) instead of its trained ones - the
+  honest baseline of an SSL claim (same architecture, no pretraining);
 * a local ``transformers`` model dir (``config.json``), loaded with ``AutoModel``
   (HubertModel, Wav2Vec2Model / Wav2Vec2ForPreTraining, WavLMModel, Data2VecAudioModel,
   and Wav2Vec2BertModel with the fbank feature extractor of its
@@ -39,10 +42,22 @@ from speechssl.errors import CheckpointError, ConfigError
 from speechssl.features.extractors import ExtractorSpec, KaldiExtractor, register_extractor
 from speechssl.features.options import FbankOptions, FrameOptions, MelOptions, MfccOptions
 from speechssl.models.base import PretrainModel
-from speechssl.models.io import CONFIG_NAME, WEIGHTS_NAME, load_model_dir
+from speechssl.models.io import (
+    CONFIG_NAME,
+    WEIGHTS_NAME,
+    build_from_description,
+    load_model_dir,
+    read_model_description,
+)
 
 BASELINES = ("fbank", "mfcc")
 """Names of the classic-feature upstreams."""
+
+RANDOM_INIT = "random-init:"
+"""Prefix of the random-init upstream: ``random-init:PATH`` (PATH a speechssl model dir)."""
+
+RANDOM_INIT_SEED = 0
+"""Seed of the random-init upstream's weights (fixed, so its layer cache is reused)."""
 
 #: transformers model types the AutoModel upstream accepts (the last takes fbank input)
 HF_MODEL_TYPES = ("hubert", "wav2vec2", "wavlm", "data2vec-audio", "wav2vec2-bert")
@@ -349,11 +364,45 @@ def load_any_model(path: str | os.PathLike[str]) -> PretrainModel:
     raise CheckpointError(f"{root}: neither a model dir ({CONFIG_NAME}) nor a transformers export")
 
 
+def _speechssl_model_dir(root: Path) -> Path | None:
+    """``root`` itself if it is a speechssl model dir, its ``final/`` if it is a training exp
+    dir, else None."""
+    if (root / CONFIG_NAME).is_file():
+        return root
+    if (root / "final" / CONFIG_NAME).is_file():
+        return root / "final"
+    return None
+
+
+def random_init_model(path: str | os.PathLike[str]) -> PretrainModel:
+    """A model built from the config of the speechssl model dir (or training exp dir)
+    ``path``, with the fresh weights its factory gives under seed :data:`RANDOM_INIT_SEED`
+    (the trained weights are not read)."""
+    root = _speechssl_model_dir(Path(path))
+    if root is None:
+        raise ConfigError(
+            f"upstream {RANDOM_INIT}{path}: not a speechssl model dir ({CONFIG_NAME}) or a "
+            "training exp dir (final/)"
+        )
+    desc = read_model_description(root)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(RANDOM_INIT_SEED)
+        return build_from_description(desc)
+
+
 def load_upstream(spec: str, device: torch.device | str = "cpu") -> Upstream:
     """The upstream named by ``spec``: ``fbank``, ``mfcc``, a speechssl model dir or
-    training exp dir, or a local ``transformers`` model dir."""
+    training exp dir, ``random-init:`` one of those (same config, random weights), or a
+    local ``transformers`` model dir."""
     if spec in BASELINES:
         return BaselineUpstream(spec, device)
+    if spec.startswith(RANDOM_INIT):
+        path = spec[len(RANDOM_INIT) :]
+        model = random_init_model(path)
+        up = SpeechSSLUpstream(model, spec, device)
+        up.name = f"random-init {model.model_name}"
+        up._sha = _state_digest(model)  # the weights are these, not any file's
+        return up
     root = Path(spec)
     if not root.exists():
         raise ConfigError(

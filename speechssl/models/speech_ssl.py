@@ -121,6 +121,10 @@ class SpeakerSSLConfig:
     """DINO head MLP width."""
     head_bottleneck_dim: int = 32
     """DINO head bottleneck."""
+    head_batch_norm: bool = False
+    """BatchNorm in the DINO head's hidden layers (DINO's ``use_bn``). Mean-pooled crops of
+    different utterances differ little at the start, so without it the centred teacher is
+    the same (uniform) for every item and DINO collapses (``teacher_entropy`` = log K)."""
     student_temp: float = 0.1
     """DINO student temperature."""
     teacher_temp: float = 0.04
@@ -182,6 +186,21 @@ class SpeakerSSLModel(PretrainModel):
         x = frontend(waves).frames.seqs  # crops are unpadded
         return encoder(x, None).last_hidden_state.mean(dim=1)
 
+    @torch.no_grad()
+    def _teacher_stats(self, teacher_logits: Tensor) -> dict[str, Tensor]:
+        """DINO collapse diagnostics of the centred, sharpened teacher distribution:
+        ``teacher_entropy`` (mean per-item entropy; ``log K`` = uniform collapse) and
+        ``teacher_batch_entropy`` (entropy of the batch mean; 0 = every item on one
+        output, the other collapse)."""
+        obj: Any = self.objective
+        p = F.softmax((teacher_logits.float() - obj.center) / obj.teacher_temp, dim=-1)
+        per_item = -(p * p.clamp(min=1e-12).log()).sum(-1).mean()
+        mean = p.mean(0)
+        return {
+            "teacher_entropy": per_item,
+            "teacher_batch_entropy": -(mean * mean.clamp(min=1e-12).log()).sum(),
+        }
+
     def forward(
         self,
         batch: AudioBatch,
@@ -199,10 +218,12 @@ class SpeakerSSLModel(PretrainModel):
             parts: Any = self.teacher.model
             with torch.no_grad():
                 t = parts["head"](self._pooled(parts["frontend"], parts["encoder"], waves))
+            metrics.update(self._teacher_stats(t))  # before the centre moves
             record = self.objective(
                 z.view(2, n, -1), t.view(2, n, -1), int(self.teacher.num_updates)
             )
             metrics["ema_decay"] = torch.tensor(self.teacher.decay)
+            metrics["embedding_std"] = feature_std(pooled[:n].detach())
         elif n < 2 and not self.config.gather_distributed:  # gathered: every rank's rows
             # one utterance: VICReg's variance and covariance terms (batch statistics) are
             # undefined; the step trains the invariance term only and says so in the log
@@ -264,7 +285,7 @@ def build_speaker_ssl(config: SpeakerSSLConfig) -> SpeakerSSLModel:
     if config.loss == "dino":
         head = DINOHead(
             config.encoder.dim, config.out_dim, hidden_dim=config.head_hidden_dim,
-            bottleneck_dim=config.head_bottleneck_dim,
+            bottleneck_dim=config.head_bottleneck_dim, batch_norm=config.head_batch_norm,
         )  # fmt: skip
         objective = DINOObjective(
             config.out_dim, student_temp=config.student_temp, teacher_temp=config.teacher_temp,
@@ -280,8 +301,10 @@ def build_speaker_ssl(config: SpeakerSSLConfig) -> SpeakerSSLModel:
 
 def speaker_dino_tiny_config() -> SpeakerSSLConfig:
     """DINO speaker embeddings: 40-bin fbank at 50 Hz, 2 layers of 64, 1 s crops, head
-    128 -> 32 -> 256, temperatures 0.1 / 0.04, EMA 0.996 -> 1 over 1000 updates."""
-    return SpeakerSSLConfig(loss="dino")
+    128 -> 32 -> 256 with BatchNorm (without it the teacher collapses to uniform within
+    20 updates on the bundled corpus), temperatures 0.1 / 0.04, EMA 0.996 -> 1 over 1000
+    updates."""
+    return SpeakerSSLConfig(loss="dino", head_batch_norm=True)
 
 
 def speaker_vicreg_tiny_config() -> SpeakerSSLConfig:
@@ -309,6 +332,12 @@ class SSASTConfig:
         default_factory=lambda: BlockMaskConfig(mask_prob=0.5, block_size=(2, 2))
     )
     """Block masking of the patch grid (SSAST's cluster masking; exact count)."""
+    position: str = "sincos"
+    """Patch positions: ``sincos`` (fixed 2-D, SSAST's), ``learned`` (an AST import) or ``none``."""
+    cls_tokens: int = 0
+    """Learned tokens put before the patches after masking (0, 1 or 2). SSAST's patch model,
+    like AST, has 2 (a CLS and a distillation token; ``transformers.ASTModel`` needs 2 to
+    export); they take part in attention and are dropped from every output."""
     discrimination_weight: float = 1.0
     """Weight of the discriminative (InfoNCE over masked patches) term."""
     reconstruction_weight: float = 10.0
@@ -318,6 +347,8 @@ class SSASTConfig:
         coerce_subconfigs(self, {"encoder": TransformerEncoderConfig, "mask": BlockMaskConfig})
         if self.encoder.pos_conv_kernel:
             raise ConfigError("ssast: positions come from the patch front end; set encoder.pos_conv_kernel=0")  # fmt: skip
+        if self.cls_tokens not in (0, 1, 2):
+            raise ConfigError(f"ssast: cls_tokens must be 0, 1 or 2, got {self.cls_tokens}")
         if not self.mask.exact_count:
             raise ConfigError("ssast: mask.exact_count must be true (the discriminative term needs it)")  # fmt: skip
 
@@ -326,7 +357,7 @@ class SSASTConfig:
         """The spectrogram segment as a one-channel image (raises if the patch does not divide it)."""
         return PatchEmbeddingConfig(
             image_size=(self.segment_frames, self.num_mel_bins), channels=1,
-            patch_size=self.patch_size, position="sincos",
+            patch_size=self.patch_size, position=self.position,
         )  # fmt: skip
 
 
@@ -352,6 +383,28 @@ class SSASTModel(PretrainModel):
         self.discrimination_head = nn.Linear(config.encoder.dim, patch_dim)
         self.reconstruction_head = nn.Linear(config.encoder.dim, patch_dim)
         self.objective = objective
+        self.cls_tokens: nn.Parameter | None = None
+        if config.cls_tokens:
+            self.cls_tokens = nn.Parameter(torch.zeros(config.cls_tokens, config.encoder.dim))
+            nn.init.trunc_normal_(self.cls_tokens, std=0.02)
+
+    def _encode(
+        self, x: Tensor, *, output_hidden_states: bool = False, num_layers: int | None = None
+    ) -> EncoderOutput:
+        """Positions, the CLS tokens in front, the encoder, the CLS tokens dropped again."""
+        x = self.frontend.add_positions(x)
+        if self.cls_tokens is None:
+            return self.encoder(
+                x, None, output_hidden_states=output_hidden_states, num_layers=num_layers
+            )
+        k = self.cls_tokens.shape[0]
+        cls = self.cls_tokens.to(x.dtype).unsqueeze(0).expand(x.shape[0], -1, -1)
+        out = self.encoder(
+            torch.cat([cls, x], dim=1), None, output_hidden_states=output_hidden_states,
+            num_layers=num_layers,
+        )  # fmt: skip
+        hidden = None if out.hidden_states is None else [h[:, k:] for h in out.hidden_states]
+        return EncoderOutput(last_hidden_state=out.last_hidden_state[:, k:], hidden_states=hidden)
 
     def spectrogram(self, waveforms: Tensor, lengths: Tensor | None) -> tuple[Tensor, Tensor]:
         """Per-utterance normalised log-mel ``[N, F, M]`` (padding 0) and frame counts."""
@@ -387,7 +440,7 @@ class SSASTModel(PretrainModel):
         spec, nf = self.spectrogram(batch.waveforms, batch.lengths)
         front = self.frontend(self._segments(spec, nf, generator))
         x, used = self.masker(front.frames.seqs, front.grid, mask=mask, generator=generator)
-        h = self.encoder(self.frontend.add_positions(x), None).last_hidden_state
+        h = self._encode(x).last_hidden_state
         record, acc = self.objective(
             self.discrimination_head(h), self.reconstruction_head(h), front.patches, used
         )
@@ -405,8 +458,7 @@ class SSASTModel(PretrainModel):
         chunks = max(1, -(-f // seg))
         spec = F.pad(spec, (0, 0, 0, chunks * seg - f)).view(n * chunks, 1, seg, m)
         front = self.frontend(spec)
-        x = self.frontend.add_positions(front.frames.seqs)
-        enc = self.encoder(x, None, output_hidden_states=True, num_layers=num_layers)
+        enc = self._encode(front.frames.seqs, output_hidden_states=True, num_layers=num_layers)
         gt, gf = front.grid
 
         def per_time(t: Tensor) -> Tensor:
@@ -437,9 +489,10 @@ def build_ssast(config: SSASTConfig) -> SSASTModel:
 
 
 def ssast_tiny_config() -> SSASTConfig:
-    """Tiny SSAST: 40 log-mel bins, 0.96 s segments in 8x8 patches (12 x 5 grid), 4 pre-LN
-    layers of 64, half the patches masked in 2x2 blocks, loss d + 10 g."""
-    return SSASTConfig()
+    """Tiny SSAST: 40 log-mel bins, 0.96 s segments in 8x8 patches (12 x 5 grid), 2 CLS
+    tokens (as SSAST's patch model and AST), 4 pre-LN layers of 64, half the patches masked
+    in 2x2 blocks, loss d + 10 g."""
+    return SSASTConfig(cls_tokens=2)
 
 
 register_model("speaker_dino_tiny", family="speaker_dino", make_config=speaker_dino_tiny_config, build=build_speaker_ssl, size="tiny")  # fmt: skip

@@ -5,6 +5,8 @@ spectrogram patches through the vision patch front end). Real audio from the bun
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -144,3 +146,33 @@ def test_vicreg_speaker_model_on_a_batch_of_one_trains_invariance_only(synth_cor
     out.loss.total.backward()
     two = model(make_batch(synth_corpus, 2, 1.0))
     assert two.metrics["single_utterance_batch"] == 0 and two.loss.weights["variance"] == 25.0
+
+
+@pytest.mark.slow  # 2 x 30 updates of the DINO speaker model (about 30 s on 2 shared cores)
+def test_dino_speaker_head_batch_norm_keeps_the_teacher_from_collapsing(synth_corpus):
+    """Regression: without BatchNorm in the DINO head the mean-pooled crops of different
+    utterances give the same centred teacher distribution, which goes uniform
+    (``teacher_entropy`` -> log K, per-item = batch entropy: nothing about the utterance is
+    left to learn from). The preset's BatchNorm keeps the items apart."""
+    waves, lengths, ids = load_synth(synth_corpus, 12, 2.0)
+    batch = AudioBatch(waves, lengths, utt_ids=ids)
+    log_k = math.log(create_model("speaker_dino_tiny").config.out_dim)
+    result = {}
+    for batch_norm in (True, False):
+        torch.manual_seed(0)
+        model = create_model("speaker_dino_tiny", head_batch_norm=batch_norm, crop_seconds=0.5)
+        opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=2e-3)
+        gen = torch.Generator().manual_seed(0)
+        for step in range(1, 31):
+            out = model.train()(batch, generator=gen)
+            opt.zero_grad()
+            out.loss.total.backward()
+            opt.step()
+            model.after_optimizer_step(step)
+        m = out.metrics
+        result[batch_norm] = (float(m["teacher_entropy"]), float(m["teacher_batch_entropy"]))
+    assert create_model("speaker_dino_tiny").config.head_batch_norm  # the preset has it
+    item, whole = result[True]
+    assert item < log_k - 0.8 and whole - item > 0.3, result
+    item, whole = result[False]
+    assert item > log_k - 0.4 and whole - item < 0.2, result

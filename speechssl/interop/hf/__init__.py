@@ -42,6 +42,8 @@ from speechssl.interop.hf import (
     data2vec,
     distilhubert,
     hubert,
+    speaker,
+    ssast,
     vit,
     w2v_bert,
     wav2vec2,
@@ -67,7 +69,7 @@ log = logging.getLogger(__name__)
 #: our family name -> its interop description
 INTEROPS: dict[str, FamilyInterop] = {
     m.INTEROP.family: m.INTEROP
-    for m in (hubert, wav2vec2, w2v_bert, data2vec, wavlm, best_rq, distilhubert)
+    for m in (hubert, wav2vec2, w2v_bert, data2vec, wavlm, best_rq, distilhubert, ssast)
 }
 INTEROPS.update({fam.family: fam for fam in vit.INTEROPS})
 FAMILIES = tuple(INTEROPS)
@@ -78,13 +80,15 @@ MODEL_TYPES = {
 #: families trained on k-means labels (`export hf` copies the one their training names)
 KMEANS_FAMILIES = ("hubert", "wavlm")
 # families whose targets never come from k-means (an export refuses a k-means model)
-_NO_KMEANS = ("w2v_bert", "data2vec_audio", "best_rq", "distilhubert")
+_NO_KMEANS = ("w2v_bert", "data2vec_audio", "best_rq", "distilhubert", "ssast")
 # the export description of these families records the pretraining switch
 _RECORDS_PRETRAINING = ("hubert", "wav2vec2")
 
 
 def interop_for(family: str | None) -> FamilyInterop:
     """The interop of ``family``; other families are a :class:`ConfigError`."""
+    if family in speaker.NO_TRANSFORMERS_CLASS:
+        raise ConfigError(speaker.NO_TRANSFORMERS_CLASS[family])
     if family not in INTEROPS:
         raise ConfigError(f"export to transformers supports {', '.join(FAMILIES)}, not {family!r}")
     return INTEROPS[family]
@@ -230,7 +234,7 @@ def _map_hf_weights(
 ) -> tuple[dict[str, Tensor], bool]:
     """``transformers`` weights -> ours (q/k/v fused). Unexpected or missing encoder
     weights are a :class:`CheckpointError`; returns ``(weights, heads_present)``."""
-    state = fam.from_hf_state(model, state)
+    state = fam.hf_state_in(model, state, where)
     enc_map, head_map = fam.hf_names(model)
     prefix = fam.wrapper_prefix
     wrapped = any(k.startswith(prefix) for k in state)

@@ -143,9 +143,11 @@ class FamilyInterop:
                 side[name] = value
         return hf, side
 
-    def from_hf_state(self, model: PretrainModel, state: dict[str, Tensor]) -> dict[str, Tensor]:
-        """``transformers`` weights reshaped to ours before the names are mapped (identity
-        here; the image families reshape the patch conv and the position table)."""
+    def hf_state_in(
+        self, model: PretrainModel, state: dict[str, Tensor], where: str
+    ) -> dict[str, Tensor]:
+        """``transformers`` weights as the name map expects them; a family whose values
+        are laid out differently from ours (SSAST's patch kernel) rearranges them here."""
         return state
 
     def hf_names(

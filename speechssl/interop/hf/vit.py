@@ -166,7 +166,9 @@ class VisionInterop(FamilyInterop):
         encoder, heads = super().hf_names(model)
         return _part_names(encoder), heads
 
-    def from_hf_state(self, model: PretrainModel, state: dict[str, Tensor]) -> dict[str, Tensor]:
+    def hf_state_in(
+        self, model: PretrainModel, state: dict[str, Tensor], where: str
+    ) -> dict[str, Tensor]:
         """Reshape the patch conv to our matrix; the position table becomes ours
         (``learned``) or is checked against the fixed one (``sincos`` / ``none``)."""
         out = dict(state)
@@ -184,7 +186,7 @@ class VisionInterop(FamilyInterop):
                     table.float(), ours.float(), atol=1e-5
                 ):
                     raise CheckpointError(
-                        f"{key} is not this model's fixed {model.config.patch.position!r} "
+                        f"{where}: {key} is not this model's fixed {model.config.patch.position!r} "
                         "position table (a directory without speechssl/ imports with learned "
                         "positions)"
                     )
