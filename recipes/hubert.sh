@@ -63,12 +63,7 @@ opt train_nodes 1 "nodes for pretraining"
 opt train_nproc 1 "processes (GPUs) per node for pretraining"
 opt ref_world_size 32 "GPUs of the published setup: gradient accumulation = this / (nodes x nproc); 0: no accumulation"
 opt summary_expect_higher "" "metric (e.g. pnmi) the last iteration's units must beat the first's in the summary; empty: no check"
-opt probe_tasks "" "SUPERB-like probing tasks after pretraining, comma-separated (pr,sid,ks); empty: no probing stage"
-opt probe_upstreams "mfcc fbank iter1 iter2" "upstreams to probe: fbank, mfcc, iterN (EXP_DIR/iterN/train) or a model dir"
-opt probe_data "" "task roots <task>/{train,dev,test} with the tasks' label files (see docs/probing.md)"
-opt probe_local_data "" "script writing --probe-data from --data-root, run as SCRIPT --data-root DIR --out DIR (empty: --probe-data exists)"
-opt probe_args "" "speechssl-probe overrides for every probing run (e.g. preset=synth)"
-opt probe_cmd launch_local.sh "launcher for probing runs"
+probe_options "mfcc fbank iter1 iter2" "iterN (EXP_DIR/iterN/train)"
 export_options
 
 add_data_stages # 1 data, 2 validate
@@ -189,32 +184,17 @@ stage_summary() {
   run_cmd speechssl recipe summary "${args[@]}"
 }
 
-stage_probe() {
-  local task up spec name runs=()
-  if [[ -n $probe_local_data ]]; then
-    run_cmd "$probe_local_data" --data-root "$data_root" --out "$probe_data"
+probe_upstream() {
+  # probe_upstream UP (for stage_probe): iterN is EXP_DIR/iterN/train, skipped beyond
+  # --num-iterations; anything else is given to speechssl-probe as it is
+  probe_name=$(basename "$1") probe_spec=$1
+  if [[ $1 =~ ^iter([0-9]+)$ ]]; then
+    if ((BASH_REMATCH[1] > num_iterations)); then
+      log "probe: skipping upstream $1 (--num-iterations $num_iterations)"
+      return 1
+    fi
+    probe_spec=$exp_dir/$1/train
   fi
-  for task in ${probe_tasks//,/ }; do
-    for up in $probe_upstreams; do
-      if [[ $up =~ ^iter([0-9]+)$ ]]; then
-        if ((BASH_REMATCH[1] > num_iterations)); then
-          log "probe: skipping upstream $up (--num-iterations $num_iterations)"
-          continue
-        fi
-        spec=$exp_dir/$up/train
-      else
-        spec=$up
-      fi
-      name=$(basename "$up")
-      # shellcheck disable=SC2086  # override strings are lists of words
-      run_jobs "$probe_cmd" "$logs/probe_${task}_$name.log" \
-        speechssl-probe "task=$task" "upstream=$spec" "data.dir=$probe_data/$task" \
-        "trainer.exp_dir=$exp_dir/probe/${task}_$name" $probe_args
-      runs+=("$name=$exp_dir/probe/${task}_$name")
-    done
-  done
-  run_cmd speechssl probe report "${runs[@]}" --out "$exp_dir/summary" \
-    --note "test-set metric (%) of the lr picked on dev; SYNTHETIC speech if the corpus is the bundled one"
 }
 
 stage_export() { export_hf_model "$exp_dir/iter$num_iterations/train/final"; }
@@ -237,9 +217,7 @@ if [[ $iter1_features == model && (-z $iter1_checkpoint || $iter1_layer -lt 1) ]
 fi
 [[ -n $dump_dir ]] || dump_dir=$exp_dir/dump
 [[ -n $report_set ]] || report_set=${valid_set:-$train_set}
-probing=0 # 1 when --probe-tasks is given (the condition of stage 12)
-if [[ -n $probe_tasks ]]; then probing=1; fi
-if ((probing)) && [[ -z $probe_data ]]; then die "--probe-tasks needs --probe-data DIR"; fi
+check_probe_options # probing: the condition of stage 12
 logs=$exp_dir/logs
 set_export_wanted
 grad_accum=$(grad_accum_for "$ref_world_size" "$train_nodes" "$train_nproc")

@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
 # shellcheck disable=SC2034,SC2154  # option variables are set by opt/parse_options
 # Label-free pretraining (wav2vec 2.0, w2v-BERT, data2vec, BEST-RQ), corpus-agnostic: data ->
-# validate -> pretrain -> summary. recipes/wav2vec2.sh, w2v_bert.sh and data2vec.sh call it
+# validate -> pretrain -> summary [-> probe]. recipes/wav2vec2.sh, w2v_bert.sh and data2vec.sh call it
 # with --family set; the family's defaults (--model, --steps, --ref-world-size) are read from
 # recipes/conf/FAMILY.conf before the command line, so any of them can be overridden; an egs/<corpus>/<method>/run.sh calls those from its own directory
 # (local/data.sh, conf/ and cmd.sh are looked up there).
 #
 # Layout of --exp-dir:
 #   train/      the pretraining experiment (final/: the model, log.jsonl, checkpoints)
-#   summary/    results table, training curves (PNG)
+#   summary/    results table, training curves (PNG); probe.md/probe.json: the probing table
+#   probe/<task>_<upstream>/  speechssl-probe runs (stage 5, with --probe-tasks)
 #   export/hf/  transformers export of the model (--hf-export / --hub-repo)
 #   logs/       one log per stage and per job; .stages/: done sentinels
 . "$(dirname "${BASH_SOURCE[0]}")/utils/common.sh"
@@ -31,12 +32,14 @@ opt train_config_dir conf/train "extra Hydra config dir for speechssl-train, use
 opt train_nodes 1 "nodes for pretraining"
 opt train_nproc 1 "processes (GPUs) per node for pretraining"
 opt ref_world_size "" "GPUs of the published setup: gradient accumulation = this / (nodes x nproc); 0: none"
+probe_options "mfcc fbank model" "model (EXP_DIR/train, shown as FAMILY), teacher (--teacher)"
 export_options
 
 add_data_stages # 1 data, 2 validate
 add_stage 3 train "pretrain"
 add_stage 4 summary "results table (final training metrics), training curves, final model"
-add_stage 5 export "export the model to transformers with a model card (push with --hub-repo)" 'do_export'
+add_stage 5 probe "probe the upstreams on --probe-tasks (speechssl-probe), table in summary/probe.md" 'probing'
+add_stage 6 export "export the model to transformers with a model card (push with --hub-repo)" 'do_export'
 
 stage_train() {
   local args=()
@@ -54,6 +57,16 @@ stage_train() {
 stage_summary() {
   run_cmd speechssl train plot "$exp_dir/train" --out "$exp_dir/summary/curves.png"
   run_cmd speechssl recipe summary --out "$exp_dir/summary" --train "$family=$exp_dir/train"
+}
+
+probe_upstream() {
+  # probe_upstream UP (for stage_probe): model is EXP_DIR/train (named FAMILY in the table),
+  # teacher the --teacher dir; anything else is given to speechssl-probe as it is
+  probe_name=$(basename "$1") probe_spec=$1
+  case $1 in
+    model) probe_name=$family probe_spec=$exp_dir/train ;;
+    teacher) probe_spec=$teacher ;;
+  esac
 }
 
 stage_export() { export_hf_model "$exp_dir/train/final"; }
@@ -78,6 +91,10 @@ parse_options --config "$family_conf" "$@"
 if [[ $family == distilhubert && -z $teacher ]]; then
   die "--family distilhubert distils a teacher: give --teacher DIR (a speechssl model dir, e.g. a HuBERT run's train/final)"
 fi
+check_probe_options # probing: the condition of stage 5
+if ((probing)) && [[ -z $teacher && " $probe_upstreams " == *" teacher "* ]]; then
+  die "--probe-upstreams teacher needs --teacher DIR (the distillation teacher)"
+fi
 require_integers steps ref_world_size train_nodes train_nproc
 logs=$exp_dir/logs
 set_export_wanted
@@ -85,3 +102,4 @@ grad_accum=$(grad_accum_for "$ref_world_size" "$train_nodes" "$train_nproc")
 
 run_stages "$exp_dir"
 show_results "$exp_dir/summary/results.md" 4
+if [[ -n $probe_tasks ]]; then show_results "$exp_dir/summary/probe.md" 5; fi

@@ -58,6 +58,48 @@ show_results() {
   fi
 }
 
+# ------------------------------------------------------------- probing (optional stage)
+
+probe_options() {
+  # probe_options DEFAULT_UPSTREAMS UPSTREAM_NAMES: the probing stage's options; the recipe
+  # defines probe_upstream (below) for the names of its own models (UPSTREAM_NAMES, for --help)
+  opt probe_tasks "" "SUPERB-like probing tasks after pretraining, comma-separated (pr,sid,ks); empty: no probing stage"
+  opt probe_upstreams "$1" "upstreams to probe: fbank, mfcc, $2 or a model dir"
+  opt probe_data "" "task roots <task>/{train,dev,test} with the tasks' label files (see docs/probing.md)"
+  opt probe_local_data "" "script writing --probe-data from --data-root, run as SCRIPT --data-root DIR --out DIR (empty: --probe-data exists)"
+  opt probe_args "" "speechssl-probe overrides for every probing run (e.g. preset=synth)"
+  opt probe_cmd launch_local.sh "launcher for probing runs"
+}
+
+check_probe_options() {
+  # probing=1 when --probe-tasks is given (the condition of the probing stage), else 0
+  probing=0
+  if [[ -n $probe_tasks ]]; then probing=1; fi
+  if ((probing)) && [[ -z $probe_data ]]; then die "--probe-tasks needs --probe-data DIR"; fi
+}
+
+stage_probe() {
+  # every task x upstream as a speechssl-probe run under EXP_DIR/probe/<task>_<name>, then
+  # the table in EXP_DIR/summary/probe.md; the recipe's probe_upstream UP sets probe_name and
+  # probe_spec (the upstream= value) of an entry of --probe-upstreams, status 1 skips it
+  local task up runs=()
+  if [[ -n $probe_local_data ]]; then
+    run_cmd "$probe_local_data" --data-root "$data_root" --out "$probe_data"
+  fi
+  for task in ${probe_tasks//,/ }; do
+    for up in $probe_upstreams; do
+      probe_upstream "$up" || continue
+      # shellcheck disable=SC2086  # override strings are lists of words
+      run_jobs "$probe_cmd" "$logs/probe_${task}_$probe_name.log" \
+        speechssl-probe "task=$task" "upstream=$probe_spec" "data.dir=$probe_data/$task" \
+        "trainer.exp_dir=$exp_dir/probe/${task}_$probe_name" $probe_args
+      runs+=("$probe_name=$exp_dir/probe/${task}_$probe_name")
+    done
+  done
+  run_cmd speechssl probe report "${runs[@]}" --out "$exp_dir/summary" \
+    --note "test-set metric (%) of the lr picked on dev; SYNTHETIC speech if the corpus is the bundled one"
+}
+
 # ------------------------------------------------------------- export (final, optional stage)
 
 export_options() {

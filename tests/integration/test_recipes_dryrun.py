@@ -184,7 +184,7 @@ def test_label_free_templates(tmp_path: Path) -> None:
     res = run(EGS / "synth" / "wav2vec2" / "run.sh", "--dry-run", "true", "--exp-dir", tmp_path)
     assert res.returncode == 0, res.stderr
     plan = stages(res.stdout)
-    assert sorted(plan) == [1, 2, 3, 4, 5] and plan[5] == []  # 5: export, not asked for
+    assert sorted(plan) == [1, 2, 3, 4, 5, 6] and plan[5] == plan[6] == []  # probe, export: off
     train = opts(inner(plan[3][0]))
     assert train["model"] == "wav2vec2_tiny" and train["trainer.max_steps"] == "300"
     assert "data.labels" not in train
@@ -343,3 +343,52 @@ def test_wavlm_and_best_rq_templates_default_to_their_presets(tmp_path: Path) ->
     train = opts(inner(stages(res.stdout)[3][0]))
     assert train["model"] == "best_rq_base" and "data.labels" not in train
     assert (REPO / "speechssl" / "configs" / "model" / "best_rq_base.yaml").is_file()
+
+
+def test_label_free_recipes_probe_stage(tmp_path: Path) -> None:
+    # the shared probing stage (recipes/utils/common_stages.sh) in the label-free template:
+    # stage 5 for BEST-RQ (the model named after the family) and DistilHuBERT (student AND
+    # teacher), the same commands the HuBERT recipe's stage 12 runs
+    exp = tmp_path / "b"
+    res = run(EGS / "synth" / "best_rq" / "run.sh", "--dry-run", "true", "--stage", "5",
+              "--stop-stage", "5", "--exp-dir", exp)  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    plan = stages(res.stdout)[5]
+    assert plan[0] == ["../local/probe_data.sh", "--data-root", "../data", "--out", "../data/probe"]
+    probes = [opts(inner(c)) for c in plan[1:-1]]
+    assert [(p["task"], p["upstream"]) for p in probes[:3]] == [
+        ("pr", "mfcc"), ("pr", "fbank"), ("pr", f"{exp}/train")
+    ]  # fmt: skip
+    assert len(probes) == 9 and all(p["preset"] == "synth" for p in probes)
+    assert f"best_rq={exp}/probe/ks_best_rq" in plan[-1] and plan[-1][:3] == [
+        "speechssl",
+        "probe",
+        "report",
+    ]
+
+    exp = tmp_path / "d"
+    teacher = tmp_path / "teacher" / "final"
+    res = run(EGS / "synth" / "distilhubert" / "run.sh", "--dry-run", "true", "--stage", "5",
+              "--stop-stage", "5", "--exp-dir", exp, "--teacher", teacher)  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    plan = stages(res.stdout)[5]
+    probes = [opts(inner(c)) for c in plan[1:-1]]
+    assert [(p["upstream"], p["trainer.exp_dir"]) for p in probes if p["task"] == "sid"] == [
+        ("mfcc", f"{exp}/probe/sid_mfcc"), ("fbank", f"{exp}/probe/sid_fbank"),
+        (str(teacher), f"{exp}/probe/sid_teacher"), (f"{exp}/train", f"{exp}/probe/sid_distilhubert"),
+    ]  # fmt: skip
+    report = plan[-1]
+    assert (
+        f"teacher={exp}/probe/pr_teacher" in report
+        and f"distilhubert={exp}/probe/pr_distilhubert" in report
+    )
+
+    # without --probe-tasks the stage is off; teacher without --teacher is a one-line error
+    res = run(REPO / "recipes" / "wav2vec2.sh", "--dry-run", "true", "--exp-dir", tmp_path / "w")
+    assert "# stage 5 (probe): " in res.stdout and "[not used: probing is false]" in res.stdout
+    bad = run(REPO / "recipes" / "best_rq.sh", "--dry-run", "true", "--exp-dir", tmp_path / "x",
+              "--probe-tasks", "pr", "--probe-data", tmp_path, "--probe-upstreams", "mfcc teacher")  # fmt: skip
+    assert bad.returncode != 0 and "--probe-upstreams teacher needs --teacher DIR" in bad.stderr
+    bad = run(REPO / "recipes" / "best_rq.sh", "--dry-run", "true", "--exp-dir", tmp_path / "x",
+              "--probe-tasks", "pr")  # fmt: skip
+    assert bad.returncode != 0 and "--probe-tasks needs --probe-data DIR" in bad.stderr

@@ -37,7 +37,7 @@ def test_label_free_export_stage(tmp_path: Path) -> None:
     res = run(script, "--dry-run", "true", "--exp-dir", tmp_path, "--hf-export", "true",
               cwd=tmp_path)  # fmt: skip
     assert res.returncode == 0, res.stderr
-    assert stages(res.stdout)[5] == [
+    assert stages(res.stdout)[6] == [
         ["speechssl", "export", "hf", f"{tmp_path}/train/final", f"{tmp_path}/export/hf",
          "--overwrite", "--summary", f"{tmp_path}/summary"]
     ]  # fmt: skip
