@@ -383,6 +383,10 @@ def test_label_free_recipes_probe_stage(tmp_path: Path) -> None:
         and f"distilhubert={exp}/probe/pr_distilhubert" in report
     )
 
+    # every family's synth recipe documents the probing options in --help
+    for method in ("best_rq", "distilhubert", "wavlm"):
+        res = run(EGS / "synth" / method / "run.sh", "--help")
+        assert all(f"--probe-{o}" in res.stdout for o in ("tasks", "upstreams", "data", "args"))
     # without --probe-tasks the stage is off; teacher without --teacher is a one-line error
     res = run(REPO / "recipes" / "wav2vec2.sh", "--dry-run", "true", "--exp-dir", tmp_path / "w")
     assert "# stage 5 (probe): " in res.stdout and "[not used: probing is false]" in res.stdout

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import signal
 import subprocess
@@ -73,7 +74,8 @@ def test_synth_hubert_one_iteration(synth_corpus: Path, tmp_path: Path) -> None:
 def test_synth_wavlm_one_iteration(synth_corpus: Path, tmp_path: Path) -> None:
     """WavLM through the HuBERT stages (recipes/wavlm.sh), cut like the HuBERT test above."""
     exp = tmp_path / "exp"
-    argv = hubert_args(synth_corpus, exp, "--valid-set", "")
+    # up to the summary: conf/wavlm.conf's probing stage is shown by the BEST-RQ test below
+    argv = hubert_args(synth_corpus, exp, "--valid-set", "", "--stop-stage", "11")
     argv[1] = str(EGS / "wavlm" / "run.sh")
     res = run(argv)
     assert res.returncode == 0, res.stderr[-3000:]
@@ -96,14 +98,25 @@ def test_synth_hubert_two_iterations(synth_corpus: Path, tmp_path: Path) -> None
     assert meta["kind"] == "model" and meta["extractor"]["layer"] == 1
 
 
+# the probing stage shortened: PR only, a few probe updates, one lr (BEST-RQ's conf probes)
+PROBE_ARGS = "preset=synth trainer.max_steps=3 trainer.save_every=3 lr=[1e-2]"
+
+
 # default suite: CI runs a shortened recipe of every method (HuBERT's one-iteration test above)
 @pytest.mark.parametrize("method", ["wav2vec2", "w2v_bert", "best_rq"])
 def test_synth_label_free_recipes(method: str, synth_corpus: Path, tmp_path: Path) -> None:
     exp = tmp_path / "exp"
+    probe: list[str] = []
+    if (
+        method == "best_rq"
+    ):  # conf/best_rq.conf ends with the probing stage (task data written here)
+        probe = ["--probe-tasks", "pr", "--probe-upstreams", "mfcc model",
+                 "--probe-data", str(tmp_path / "probe"), "--probe-args", PROBE_ARGS]  # fmt: skip
     res = run(
         [
             "bash", str(EGS / method / "run.sh"), "--data-root", str(synth_corpus),
             "--stage", "2", "--exp-dir", str(exp), "--steps", "4", "--train-args", TRAIN_ARGS,
+            *probe,
         ]
     )  # fmt: skip
     assert res.returncode == 0, res.stderr[-3000:]
@@ -111,6 +124,17 @@ def test_synth_label_free_recipes(method: str, synth_corpus: Path, tmp_path: Pat
     assert results["train"][0]["step"] == 4 and results["train"][0]["model"] == f"{method}_tiny"
     assert (exp / "summary" / "curves.png").stat().st_size > 1000
     assert f"| {method} | {method}_tiny | 4 |" in res.stdout
+    if probe:
+        rows = json.loads((exp / "summary" / "probe.json").read_text())
+        assert [(r["upstream"], r["task"], r["metric"]) for r in rows] == [
+            ("mfcc", "pr", "per"), ("best_rq", "pr", "per")
+        ]  # fmt: skip
+        assert all(math.isfinite(r["value"]) and r["value"] >= 0 for r in rows)
+        assert (tmp_path / "probe" / "pr" / "test").is_dir()  # the task data stage 5 wrote
+        # the probed model is this run's final model, and the table is printed last
+        assert "| best_rq |" in res.stdout.rsplit("| upstream |", 1)[1]
+    else:
+        assert not (exp / "probe").exists()  # no --probe-tasks in these confs: no stage 5
 
 
 def _session_pids(sid: int) -> list[int]:
