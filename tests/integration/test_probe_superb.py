@@ -92,12 +92,16 @@ def test_superb_runs_skips_and_reports(roots, tmp_path, capsys):
 
 
 def test_superb_interrupted_task_resumes(roots, tmp_path, capsys):
-    """A task whose run was cut short (here: its result removed, its lr run's checkpoints
-    kept) is rerun through speechssl-probe's resume; the finished one is skipped."""
+    """A task cut short after its lr run's checkpoints were written (here: its results and
+    the run's done record removed) is taken up again from those checkpoints, not retrained;
+    the finished task is skipped."""
     out = tmp_path / "superb"
     args = ["probe", "superb", "--upstream", "mfcc", "--data", str(roots), "--out", str(out),
             "--tasks", "ks,pr", *QUICK]  # fmt: skip
     assert cli(args) == 0
+    before = json.loads((out / "pr" / "results.json").read_text())
+    log_path = out / "pr" / "lr-0.01" / "log.jsonl"
+    trained = [x for x in log_path.read_text().splitlines() if '"kind": "train"' in x]
     (out / "pr" / "results.json").unlink()
     (out / "pr" / "lr-0.01.done.json").unlink()
     capsys.readouterr()
@@ -105,10 +109,10 @@ def test_superb_interrupted_task_resumes(roots, tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "superb: ks: finished, skipped" in printed
     assert "superb: pr: running" in printed
-    log = (out / "pr" / "lr-0.01" / "log.jsonl").read_text().splitlines()
-    starts = [json.loads(x) for x in log if '"event": "start"' in x]
-    assert len(starts) == 2 and starts[1]["checkpoint"]  # resumed from a checkpoint
-    assert (out / "pr" / "results.json").is_file()
+    again = [x for x in log_path.read_text().splitlines() if '"kind": "train"' in x]
+    assert again == trained  # no step trained again
+    after = json.loads((out / "pr" / "results.json").read_text())
+    assert (after["dev"], after["test"]) == (before["dev"], before["test"])
 
 
 def test_superb_errors(roots, tmp_path, capsys):
