@@ -180,3 +180,20 @@ def test_baselines_learn_utterance_level_task(tmp_path, upstream):
     state = load_file(str(exp / "lr-0.01" / "final" / "model.safetensors"))
     assert state["featurizer.mean"].shape == state["featurizer.inv_std"].shape
     assert float(state["featurizer.mean"].abs().max()) > 0
+
+
+def test_report_units_directions_and_picks():
+    """Rates in %, QbE's MTWV as it is; each metric's direction; lr or layer picked on dev."""
+    from speechssl.downstream.report import markdown
+
+    rows = [
+        {"upstream": "u", "task": "ks", "metric": "acc", "value": 0.5, "mode": "max", "lr": 0.01},
+        {"upstream": "u", "task": "qbe", "metric": "mtwv", "value": 0.0123, "mode": "max",
+         "lr": None, "layer": 3},
+        {"upstream": "u", "task": "sd", "metric": "der", "value": 0.25, "mode": "min",
+         "lr": 0.001},
+    ]  # fmt: skip
+    table = markdown(rows)
+    assert "| upstream | KS ACC % ↑ | QBE MTWV ↑ | SD DER % ↓ |" in table
+    assert "| u | 50.00 | 0.0123 | 25.00 |" in table
+    assert "| u | lr 0.01 | layer 3 | lr 0.001 |" in table
