@@ -63,7 +63,7 @@ opt train_nodes 1 "nodes for pretraining"
 opt train_nproc 1 "processes (GPUs) per node for pretraining"
 opt ref_world_size 32 "GPUs of the published setup: gradient accumulation = this / (nodes x nproc); 0: no accumulation"
 opt summary_expect_higher "" "metric (e.g. pnmi) the last iteration's units must beat the first's in the summary; empty: no check"
-opt probe_tasks "" "SUPERB-like probing tasks after pretraining, comma-separated (pr,sid,ks); empty: no probing stage"
+opt probe_tasks "" "SUPERB-like probing tasks after pretraining, comma-separated (pr,sid,ks); superb: the bundled set pr,ks,qbe,sid,ic,sd; empty: no probing stage"
 opt probe_upstreams "mfcc fbank iter1 iter2" "upstreams to probe: fbank, mfcc, iterN (EXP_DIR/iterN/train) or a model dir"
 opt probe_data "" "task roots <task>/{train,dev,test} with the tasks' label files (see docs/probing.md)"
 opt probe_local_data "" "script writing --probe-data from --data-root, run as SCRIPT --data-root DIR --out DIR (empty: --probe-data exists)"
@@ -192,7 +192,7 @@ stage_summary() {
 stage_probe() {
   local task up spec name runs=()
   if [[ -n $probe_local_data ]]; then
-    run_cmd "$probe_local_data" --data-root "$data_root" --out "$probe_data"
+    run_cmd "$probe_local_data" --data-root "$data_root" --out "$probe_data" --tasks "$probe_tasks"
   fi
   for task in ${probe_tasks//,/ }; do
     for up in $probe_upstreams; do
@@ -238,6 +238,7 @@ fi
 [[ -n $dump_dir ]] || dump_dir=$exp_dir/dump
 [[ -n $report_set ]] || report_set=${valid_set:-$train_set}
 probing=0 # 1 when --probe-tasks is given (the condition of stage 12)
+if [[ $probe_tasks == superb ]]; then probe_tasks=pr,ks,qbe,sid,ic,sd; fi # the bundled set
 if [[ -n $probe_tasks ]]; then probing=1; fi
 if ((probing)) && [[ -z $probe_data ]]; then die "--probe-tasks needs --probe-data DIR"; fi
 logs=$exp_dir/logs

@@ -197,3 +197,16 @@ def test_report_units_directions_and_picks():
     assert "| upstream | KS ACC % ↑ | QBE MTWV ↑ | SD DER % ↓ |" in table
     assert "| u | 50.00 | 0.0123 | 25.00 |" in table
     assert "| u | lr 0.01 | layer 3 | lr 0.001 |" in table
+
+
+def test_recipe_probe_tasks_superb_is_the_bundled_set(tmp_path):
+    """The main job's stage 12 with `--probe-tasks superb` prepares and probes the bundled set."""
+    from test_recipes_dryrun import EGS, inner, opts, run, stages
+
+    res = run(EGS / "synth" / "hubert" / "run.sh", "--dry-run", "true", "--exp-dir",
+              tmp_path / "exp", "--probe-tasks", "superb")  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    plan = stages(res.stdout)[12]
+    assert plan[0][-2:] == ["--tasks", "pr,ks,qbe,sid,ic,sd"]
+    tasks = list(dict.fromkeys(opts(inner(c))["task"] for c in plan[1:-1]))
+    assert tasks == ["pr", "ks", "qbe", "sid", "ic", "sd"]
