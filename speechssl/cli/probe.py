@@ -147,7 +147,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         description="Run speechssl-probe on every task of --tasks in order for one upstream: "
         "task roots DATA/<task> (as 'speechssl probe prepare-synth' writes them, or "
         "--task-data), experiment dirs OUT/<task>, layer caches OUT/cache shared by tasks "
-        "with the same utterances, OUT/superb.json the run's state, OUT/report the table "
+        "run on the same task root, OUT/superb.json the run's state, OUT/report the table "
         "(probe.json, probe.md, probe_layers.png). A rerun skips finished tasks and resumes "
         "an interrupted one from its checkpoints. Trailing KEY=VALUE arguments are "
         "speechssl-probe overrides for every task (e.g. preset=synth).",

@@ -69,7 +69,8 @@ class Featurizer(nn.Module):
                 f"featurizer expects {len(self.layers)} layers, got {stacked.shape[2]}"
             )
         if self.standardized:
-            stacked = (stacked - self.mean.to(stacked.dtype)) * self.inv_std.to(stacked.dtype)
+            mean, inv_std = self.get_buffer("mean"), self.get_buffer("inv_std")
+            stacked = (stacked - mean.to(stacked.dtype)) * inv_std.to(stacked.dtype)
         if self.pick is not None:
             out = stacked[:, :, self.pick]
             return F.layer_norm(out, out.shape[-1:]) if self.layer_norm else out

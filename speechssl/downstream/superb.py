@@ -5,8 +5,8 @@
     superb.json          the upstream, the task roots, the speechssl-probe overrides, and
                          each task's state (finished ones with their dev/test metric)
     <task>/              that task's speechssl-probe experiment dir (trainer.exp_dir)
-    cache/<key>/         layer caches, one per set of utterances: tasks whose splits are the
-                         same data (same ``wav.scp``/``segments``) share one
+    cache/<key>/         layer caches, one per task root: tasks run on the same root (e.g.
+                         PR and ASR on one LibriSpeech root with both label files) share one
     report/              probe.json, probe.md, probe_layers.png over the finished tasks
 
 A finished task (its ``results.json`` written for this upstream) is skipped on a rerun; an
@@ -71,10 +71,11 @@ def parse_tasks(text: str) -> list[str]:
 
 
 def data_key(root: Path) -> str:
-    """Digest of the utterance lists (every ``wav.scp`` and ``segments`` under ``root``, by
-    relative path): two task roots with the same key have the same audio in the same splits,
-    so their layer caches are the same."""
-    h = hashlib.sha256()
+    """Digest of a task root (its resolved path and every ``wav.scp`` and ``segments`` under
+    it): tasks run on the same root share its layer caches (a cache records the data dir it
+    was made from, so roots elsewhere get their own)."""
+    root = root.resolve()
+    h = hashlib.sha256(str(root).encode() + b"\0")
     files = sorted(p for p in root.rglob("*") if p.name in ("wav.scp", "segments") and p.is_file())
     for path in files:
         h.update(str(path.relative_to(root)).encode() + b"\0")

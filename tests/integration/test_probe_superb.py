@@ -1,5 +1,5 @@
 """`speechssl probe superb` (the task set for one upstream, task after task, resumable, caches
-shared by tasks with the same utterances, then the report) on the tiny bundled SYNTHETIC
+shared by tasks on the same task root, then the report) on the tiny bundled SYNTHETIC
 corpus; and the fbank/MFCC baselines learning an utterance-level task (they were stuck at the
 majority class while the upstream applied per-utterance CMVN)."""
 
@@ -45,7 +45,7 @@ def roots(synth_corpus, tmp_path_factory):
 def test_superb_runs_skips_and_reports(roots, tmp_path, capsys):
     out = tmp_path / "superb"
     base = ["probe", "superb", "--upstream", "fbank", "--data", str(roots), "--out", str(out)]
-    # PR and SID on the same utterances share one layer cache
+    # PR and SID on the same task root share one layer cache
     shared = roots / "pr_sid"
     args = [*base, "--tasks", "pr,sid,ks", "--task-data", f"pr={shared}", "--task-data",
             f"sid={shared}", *QUICK]  # fmt: skip
