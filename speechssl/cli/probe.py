@@ -175,7 +175,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     superb.add_argument("--note", default="", help="a line printed under the table")
     superb.add_argument("--config-dir", default=None, help="user speechssl-probe config dir")
     superb.add_argument(
-        "overrides", nargs="*", metavar="KEY=VALUE", help="speechssl-probe overrides"
+        "overrides",
+        nargs="*",
+        metavar="[TASK:]KEY=VALUE",
+        help="speechssl-probe overrides (after the options)",
     )
     superb.set_defaults(func=_superb)
 
