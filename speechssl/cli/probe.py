@@ -150,7 +150,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "run on the same task root, OUT/superb.json the run's state, OUT/report the table "
         "(probe.json, probe.md, probe_layers.png). A rerun skips finished tasks and resumes "
         "an interrupted one from its checkpoints. Trailing KEY=VALUE arguments are "
-        "speechssl-probe overrides for every task (e.g. preset=synth).",
+        "speechssl-probe overrides for every task (e.g. preset=synth), TASK:KEY=VALUE for one "
+        "task (e.g. sd:trainer.max_steps=40). Guide: docs/probing.md.",
         epilog="example: speechssl probe superb --upstream exp/hubert/iter2/train "
         "--data data/probe --out exp/superb/iter2 preset=synth",
     )
