@@ -134,6 +134,8 @@ def test_superb_errors(roots, tmp_path, capsys):
     assert "superb sets trainer.exp_dir" in capsys.readouterr().err
     assert cli([*base, "--tasks", "pr", "--task-data", "ks=/nowhere", *QUICK]) == 1
     assert "ks is not in --tasks" in capsys.readouterr().err
+    assert cli([*base, "--tasks", "pr", "sd:trainer.max_steps=4"]) == 1
+    assert "task sd is not in --tasks" in capsys.readouterr().err
 
 
 def _voices_sid_root(root: Path) -> Path:
