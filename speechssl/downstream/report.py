@@ -185,6 +185,7 @@ def plot_layer_weights(rows: Sequence[dict[str, Any]], path: Path) -> None:
             else:
                 ax.axis("off")
                 continue
+            ax.set_xticks([int(k) for k in layers])
             ax.set_xlabel("hidden state", fontsize=7)
             ax.tick_params(labelsize=7)
     fig.tight_layout()
