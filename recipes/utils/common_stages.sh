@@ -63,10 +63,10 @@ show_results() {
 probe_options() {
   # probe_options DEFAULT_UPSTREAMS UPSTREAM_NAMES: the probing stage's options; the recipe
   # defines probe_upstream (below) for the names of its own models (UPSTREAM_NAMES, for --help)
-  opt probe_tasks "" "SUPERB-like probing tasks after pretraining, comma-separated (pr,sid,ks); empty: no probing stage"
+  opt probe_tasks "" "SUPERB-like probing tasks after pretraining, comma-separated (pr,sid,ks); superb: the bundled set pr,ks,qbe,sid,ic,sd; empty: no probing stage"
   opt probe_upstreams "$1" "upstreams to probe: fbank, mfcc, $2 or a model dir"
   opt probe_data "" "task roots <task>/{train,dev,test} with the tasks' label files (see docs/probing.md)"
-  opt probe_local_data "" "script writing --probe-data from --data-root, run as SCRIPT --data-root DIR --out DIR (empty: --probe-data exists)"
+  opt probe_local_data "" "script writing --probe-data from --data-root, run as SCRIPT --data-root DIR --out DIR --tasks LIST (empty: --probe-data exists)"
   opt probe_args "" "speechssl-probe overrides for every probing run (e.g. preset=synth)"
   opt probe_cmd launch_local.sh "launcher for probing runs"
 }
@@ -74,6 +74,7 @@ probe_options() {
 check_probe_options() {
   # probing=1 when --probe-tasks is given (the condition of the probing stage), else 0
   probing=0
+  if [[ $probe_tasks == superb ]]; then probe_tasks=pr,ks,qbe,sid,ic,sd; fi # the bundled set
   if [[ -n $probe_tasks ]]; then probing=1; fi
   if ((probing)) && [[ -z $probe_data ]]; then die "--probe-tasks needs --probe-data DIR"; fi
 }
@@ -84,7 +85,7 @@ stage_probe() {
   # probe_spec (the upstream= value) of an entry of --probe-upstreams, status 1 skips it
   local task up runs=()
   if [[ -n $probe_local_data ]]; then
-    run_cmd "$probe_local_data" --data-root "$data_root" --out "$probe_data"
+    run_cmd "$probe_local_data" --data-root "$data_root" --out "$probe_data" --tasks "$probe_tasks"
   fi
   for task in ${probe_tasks//,/ }; do
     for up in $probe_upstreams; do

@@ -43,14 +43,38 @@ def _prepare_synth(args: argparse.Namespace) -> int:
     return 0
 
 
+def _superb(args: argparse.Namespace) -> int:
+    import logging
+    import sys
+
+    from speechssl.downstream.superb import parse_tasks, run_superb
+    from speechssl.errors import ConfigError
+    from speechssl.train.cli import LOG_FORMAT
+
+    task_data: dict[str, str] = {}
+    for item in args.task_data:
+        task, sep, path = item.partition("=")
+        if not sep or not task or not path:
+            raise ConfigError(f"--task-data {item}: expected TASK=DIR")
+        task_data[task] = path
+    tasks = parse_tasks(args.tasks)
+    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT, stream=sys.stdout, force=True)
+    run_superb(
+        args.upstream, args.data, args.out, tasks, args.overrides, task_data=task_data,
+        label=args.label, note=args.note, config_dir=args.config_dir,
+    )  # fmt: skip
+    return 0
+
+
 def _report(args: argparse.Namespace) -> int:
     from speechssl.downstream.report import write_report
+    from speechssl.downstream.superb import expand_run_dirs
 
     runs: list[tuple[str | None, str]] = []
     for item in args.runs:
         label, sep, path = item.partition("=")
         runs.append((label, path) if sep else (None, item))
-    _, table = write_report(runs, args.out, note=args.note)
+    _, table = write_report(expand_run_dirs(runs), args.out, note=args.note)
     print(table, end="")
     return 0
 
@@ -132,15 +156,64 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     prep.add_argument("--seed", type=int, default=0, help="seed of the splits and noise clips")
     prep.set_defaults(func=_prepare_synth)
 
+    superb = verbs.add_parser(
+        "superb",
+        help="run the SUPERB task set for one upstream, task after task (resumable), "
+        "then the report",
+        description="Run speechssl-probe on every task of --tasks in order for one upstream: "
+        "task roots DATA/<task> (as 'speechssl probe prepare-synth' writes them, or "
+        "--task-data), experiment dirs OUT/<task>, layer caches OUT/cache shared by tasks "
+        "run on the same task root, OUT/superb.json the run's state, OUT/report the table "
+        "(probe.json, probe.md, probe_layers.png). A rerun skips finished tasks and resumes "
+        "an interrupted one from its checkpoints. Trailing KEY=VALUE arguments are "
+        "speechssl-probe overrides for every task (e.g. preset=synth), TASK:KEY=VALUE for one "
+        "task (e.g. sd:trainer.max_steps=40). Guide: docs/probing.md.",
+        epilog="example: speechssl probe superb --upstream exp/hubert/iter2/train "
+        "--data data/probe --out exp/superb/iter2 preset=synth",
+    )
+    superb.add_argument("--upstream", required=True, help="fbank, mfcc or a model dir")
+    superb.add_argument("--data", required=True, help="dir of the task roots DATA/<task>")
+    superb.add_argument("--out", required=True, help="output dir (OUT/<task>, OUT/report)")
+    superb.add_argument(
+        "--tasks",
+        default="bundled",
+        help="comma-separated tasks in run order; 'bundled' = pr,ks,qbe,sid,ic,sd (the tasks "
+        "of the bundled corpus), 'superb' = pr,asr,ks,qbe,sid,asv,sd,ic,er,sf "
+        "(default: bundled)",
+    )
+    superb.add_argument(
+        "--task-data",
+        action="append",
+        default=[],
+        metavar="TASK=DIR",
+        help="a task's root elsewhere than DATA/<task> (repeatable)",
+    )
+    superb.add_argument("--label", default="", help="upstream name in the table")
+    superb.add_argument("--note", default="", help="a line printed under the table")
+    superb.add_argument("--config-dir", default=None, help="user speechssl-probe config dir")
+    superb.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="[TASK:]KEY=VALUE",
+        help="speechssl-probe overrides (after the options)",
+    )
+    superb.set_defaults(func=_superb)
+
     report = verbs.add_parser(
         "report",
-        help="SUPERB-like table (JSON + Markdown) over speechssl-probe runs",
+        help="SUPERB-like table (JSON + Markdown + PNG) over speechssl-probe runs",
         description="Read each run's results.json and write OUT/probe.json (rows upstream, "
-        "task, metric, value = test metric of the lr picked on dev) and OUT/probe.md "
-        "(upstreams x tasks); the table is also printed.",
+        "task, metric, direction, value = test metric of the lr picked on dev, the pick, "
+        "the learned layer weights), OUT/probe.md (upstreams x tasks, then what was picked "
+        "on dev) and OUT/probe_layers.png (layer weights, upstreams x tasks); the table is "
+        "also printed. An output dir of 'speechssl probe superb' stands for all its "
+        "finished tasks.",
     )
     report.add_argument(
-        "runs", nargs="+", metavar="[UPSTREAM=]EXP_DIR", help="probe exp dirs, optionally labelled"
+        "runs",
+        nargs="+",
+        metavar="[UPSTREAM=]DIR",
+        help="probe exp dirs or superb output dirs, optionally labelled",
     )
     report.add_argument("--out", required=True, help="dir for probe.json and probe.md")
     report.add_argument("--note", default="", help="a line printed under the table")

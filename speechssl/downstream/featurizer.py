@@ -3,7 +3,10 @@
 Weights start at zero (a uniform average after the softmax); the output is
 ``sum_l softmax(w)_l * h_l`` over hidden states ``h_l``, each optionally layer-normalised
 first (no affine parameters, as s3prl's ``layer_norm`` option). With ``layer`` set, the
-featurizer picks that one hidden state and learns nothing.
+featurizer picks that one hidden state and learns nothing. Given ``stats`` (per-layer mean
+and standard deviation over the training split's frames, for upstreams whose features are
+raw, e.g. fbank/MFCC), each hidden state is standardised first; the statistics are buffers,
+saved with the probe.
 """
 
 from __future__ import annotations
@@ -26,12 +29,29 @@ class Featurizer(nn.Module):
         layers: indices (into the upstream's hidden states) of the ``L`` stacked states.
         layer: pick this hidden state (one of ``layers``) instead of a weighted sum.
         layer_norm: layer-normalise each hidden state before the sum.
+        stats: ``(mean, std)``, each ``[L, D]``: standardise every hidden state first.
     """
 
-    def __init__(self, layers: list[int], layer: int | None = None, layer_norm: bool = False):
+    def __init__(
+        self,
+        layers: list[int],
+        layer: int | None = None,
+        layer_norm: bool = False,
+        stats: tuple[Tensor, Tensor] | None = None,
+    ):
         super().__init__()
         if not layers:
             raise ConfigError("the featurizer needs at least one layer")
+        self.standardized = stats is not None
+        if stats is not None:
+            mean, std = stats
+            if mean.shape != std.shape or mean.dim() != 2 or mean.shape[0] != len(layers):
+                raise ConfigError(
+                    f"featurizer stats must be two [{len(layers)}, D] tensors, got "
+                    f"{tuple(mean.shape)} and {tuple(std.shape)}"
+                )
+            self.register_buffer("mean", mean.float().clone())
+            self.register_buffer("inv_std", 1.0 / std.float().clamp_min(1e-5))
         self.layers = list(layers)
         self.layer_norm = layer_norm
         self.pick: int | None = None
@@ -48,6 +68,9 @@ class Featurizer(nn.Module):
             raise ConfigError(
                 f"featurizer expects {len(self.layers)} layers, got {stacked.shape[2]}"
             )
+        if self.standardized:
+            mean, inv_std = self.get_buffer("mean"), self.get_buffer("inv_std")
+            stacked = (stacked - mean.to(stacked.dtype)) * inv_std.to(stacked.dtype)
         if self.pick is not None:
             out = stacked[:, :, self.pick]
             return F.layer_norm(out, out.shape[-1:]) if self.layer_norm else out

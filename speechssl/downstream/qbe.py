@@ -163,6 +163,12 @@ def read_hits(path: Path, queries: Sequence[str], docs: Sequence[str]) -> np.nda
     return hits
 
 
+def _utterance_cmvn(feats: np.ndarray) -> np.ndarray:
+    """``[T, L, D]`` standardised over its own frames, per layer and dimension."""
+    std = feats.std(0, keepdims=True)
+    return ((feats - feats.mean(0, keepdims=True)) / np.maximum(std, 1e-5)).astype(np.float32)
+
+
 def run_qbe(cfg: Any, env: Any) -> dict[str, Any]:
     """``speechssl-probe task=qbe``: per-layer DTW on dev, the best layer scored on test."""
     from speechssl.data.kaldi_dir import KaldiDataDir
@@ -204,6 +210,8 @@ def run_qbe(cfg: Any, env: Any) -> dict[str, Any]:
             cache = open_layer_cache(out, upstream, layers)
             ids[part] = KaldiDataDir(data).utt_ids()
             feats[part] = [np.asarray(cache.get(u), dtype=np.float32) for u in ids[part]]
+            if upstream.standardize:  # raw fbank/MFCC: per-utterance CMVN (no training split)
+                feats[part] = [_utterance_cmvn(a) for a in feats[part]]
         hits = read_hits(root / split / "hits", ids["queries"], ids["docs"])
         scores = layer_scores(feats["queries"], feats["docs"])
         per_split[split] = {

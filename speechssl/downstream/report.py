@@ -5,7 +5,11 @@ Reads the ``results.json`` of ``speechssl-probe`` experiment dirs and writes, at
 picked on dev, plus ``dev``, ``lr``, ``mode`` and the learned ``layer_weights``),
 ``probe.md`` (one row per upstream, one column per task, as in the SUPERB paper, with each
 metric's direction; then the lr, or for QbE the layer, picked on dev) and
-``probe_layers.png`` (the learned layer weights of every upstream x task run).
+``probe_layers.png`` (one panel per upstream x task: the learned layer weights; for QbE,
+which trains nothing, each layer's dev MTWV, the profile its layer was picked from).
+
+Rates (accuracy, PER, WER, EER, DER, ...) are printed in %, as SUPERB does; MTWV and MAP
+(QbE) are printed as they are (SUPERB's QbE column).
 """
 
 from __future__ import annotations
@@ -24,8 +28,10 @@ PROBE_JSON = "probe.json"
 PROBE_MD = "probe.md"
 PROBE_PNG = "probe_layers.png"
 #: task column order (others follow alphabetically)
-TASK_ORDER = ("pr", "asr", "ks", "ic", "sid", "asv", "qbe", "sd")
+TASK_ORDER = ("pr", "asr", "ks", "qbe", "sid", "asv", "sd", "ic", "er", "sf")
 _ARROW = {"min": "↓", "max": "↑"}
+#: metrics printed as they are (not in %)
+PLAIN_METRICS = ("mtwv", "map")
 
 
 def read_run(exp_dir: str | os.PathLike[str]) -> dict[str, Any]:
@@ -65,6 +71,7 @@ def collect(runs: Sequence[tuple[str | None, str]]) -> list[dict[str, Any]]:
                 "mode": data.get("mode", "max"),
                 "layer_weights": data.get("layer_weights", {}),
                 "layer": data.get("layer"),
+                "per_layer": data.get("per_layer", {}),
                 "exp_dir": str(exp),
             }
         )
@@ -74,7 +81,14 @@ def collect(runs: Sequence[tuple[str | None, str]]) -> list[dict[str, Any]]:
 def _fmt(value: float, metric: str) -> str:
     if not math.isfinite(value):
         return "n/a"
+    if metric in PLAIN_METRICS:
+        return f"{value:.4f}"
     return f"{100 * value:.2f}"
+
+
+def _head(task: str, metric: str, mode: str) -> str:
+    unit = "" if metric in PLAIN_METRICS else " %"
+    return f"{task.upper()} {metric.upper()}{unit} {_ARROW.get(mode, '')}".rstrip()
 
 
 def markdown(rows: Sequence[dict[str, Any]], note: str = "") -> str:
@@ -86,7 +100,7 @@ def markdown(rows: Sequence[dict[str, Any]], note: str = "") -> str:
     heads = []
     for t in tasks:
         r = next(r for r in rows if r["task"] == t)
-        heads.append(f"{t.upper()} {r['metric'].upper()} % {_ARROW.get(r['mode'], '')}")
+        heads.append(_head(t, r["metric"], r["mode"]))
     lines = ["| upstream | " + " | ".join(heads) + " |", "|---|" + "---:|" * len(tasks)]
     for u in upstreams:
         vals = [
@@ -133,7 +147,8 @@ def write_report(
 
 def plot_layer_weights(rows: Sequence[dict[str, Any]], path: Path) -> None:
     """One bar chart per (upstream, task) run of its learned layer weights (softmaxed), the
-    upstreams as rows and the tasks as columns; runs without weights (QbE) are left blank."""
+    upstreams as rows and the tasks as columns; a run that trains nothing (QbE) shows each
+    layer's dev score instead, the picked layer in red."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -153,12 +168,25 @@ def plot_layer_weights(rows: Sequence[dict[str, Any]], path: Path) -> None:
             ax = axes[i][j]
             r = cell.get((u, t))
             weights = (r or {}).get("layer_weights") or {}
-            if not weights:
+            per_layer = (r or {}).get("per_layer") or {}
+            if weights:
+                layers = sorted(weights, key=int)
+                ax.bar([int(k) for k in layers], [weights[k] for k in layers])
+                ax.set_title(f"{u} / {t}: layer weights", fontsize=8)
+            elif per_layer:  # nothing trained (QbE): each layer's dev score, the picked one dark
+                layers = sorted(per_layer, key=int)
+                key = f"dev_{r['metric']}" if r else ""
+                values = [per_layer[k].get(key, math.nan) for k in layers]
+                colors = [
+                    "tab:red" if r and int(k) == r.get("layer") else "tab:gray" for k in layers
+                ]
+                ax.bar([int(k) for k in layers], values, color=colors)
+                ax.set_title(f"{u} / {t}: dev {r['metric'] if r else ''} per layer", fontsize=8)
+            else:
                 ax.axis("off")
                 continue
-            layers = sorted(weights, key=int)
-            ax.bar([int(k) for k in layers], [weights[k] for k in layers])
-            ax.set_title(f"{u} / {t}", fontsize=8)
+            ax.set_xticks([int(k) for k in layers])
+            ax.set_xlabel("hidden state", fontsize=7)
             ax.tick_params(labelsize=7)
     fig.tight_layout()
     tmp = path.with_name(f".{path.name}.tmp.png")

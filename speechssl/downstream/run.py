@@ -23,6 +23,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 import speechssl.downstream.tasks_superb2  # noqa: F401  (registers ic, sd)
@@ -94,6 +95,50 @@ def build_splits(
     return splits
 
 
+def train_feature_stats(
+    split: ProbeSplit, upstream: Upstream, layers: list[int], batch_utts: int = 16
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-layer mean and standard deviation ``[L, D]`` over every frame of ``split`` (the
+    training split), accumulated in float64: how a raw upstream (fbank/MFCC,
+    :attr:`Upstream.standardize`) is normalised, like Kaldi's global CMVN."""
+    count = 0
+    total = torch.zeros(len(layers), upstream.dim, dtype=torch.float64)
+    squares = torch.zeros_like(total)
+
+    def add(feats: torch.Tensor) -> None:  # [T, L, D]
+        nonlocal count, total, squares
+        x = feats.to(torch.float64)
+        count += x.shape[0]
+        total += x.sum(0)
+        squares += x.square().sum(0)
+
+    if split.cache is not None:
+        for u in split.utts:
+            add(torch.from_numpy(np.array(split.cache.get(u), dtype=np.float64)))
+    else:
+        from speechssl.data.audio import LoadOptions
+        from speechssl.data.kaldi_dir import KaldiDataDir, load_utterance
+
+        ddir = KaldiDataDir(split.data_dir)
+        opts = LoadOptions(sample_rate=upstream.sample_rate)
+        for start in range(0, len(split.utts), batch_utts):
+            utts = split.utts[start : start + batch_utts]
+            waves = [load_utterance(ddir, u, opts)[0] for u in utts]
+            lengths = torch.tensor([len(w) for w in waves])
+            padded = torch.zeros(len(waves), int(lengths.max()))
+            for i, w in enumerate(waves):
+                padded[i, : len(w)] = w
+            out = upstream(padded, lengths, layers)
+            stacked = torch.stack(out.hidden_states, dim=2).cpu()
+            for i, n in enumerate(out.frames.tolist()):
+                add(stacked[i, : int(n)])
+    if count == 0:
+        raise ConfigError(f"{split.data_dir}: no frames to normalise the features with")
+    mean = total / count
+    std = (squares / count - mean.square()).clamp_min(1e-10).sqrt()
+    return mean.float(), std.float()
+
+
 def _reduce(sums: dict[str, float], weight: float) -> tuple[dict[str, float], float]:
     parts = dist.all_gather_objects((sums, weight))
     total: dict[str, float] = {}
@@ -154,6 +199,7 @@ def run_probe(cfg: ProbeConfig, env: DistEnv) -> dict[str, Any]:
         )
     layers = [layer] if layer is not None else list(range(upstream.num_layers))
     splits = build_splits(cfg, upstream, layers, targets, env)
+    stats = train_feature_stats(splits["train"], upstream, layers) if upstream.standardize else None
     exp.mkdir(parents=True, exist_ok=True)
 
     def make_task(seed: int) -> ProbeTask:
@@ -161,7 +207,7 @@ def run_probe(cfg: ProbeConfig, env: DistEnv) -> dict[str, Any]:
             spec, upstream, layers, vocab, splits, env, seed=seed, layer=layer,
             layer_norm=cfg.task.layer_norm, proj_dim=cfg.task.proj_dim,
             max_batch_frames=cfg.data.max_batch_frames, max_batch_utts=cfg.data.max_batch_utts,
-            grad_accum=cfg.trainer.grad_accum,
+            grad_accum=cfg.trainer.grad_accum, feature_stats=stats,
         )  # fmt: skip
 
     sweep: list[dict[str, Any]] = []

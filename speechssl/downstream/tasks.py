@@ -565,6 +565,7 @@ class ProbeTask:
         env: this process's place in the world.
         seed: seed of the head's initialisation and the batch order.
         layer: one hidden state to probe, or None for the weighted sum.
+        feature_stats: per-layer ``(mean, std)`` of the training split (raw upstreams).
     """
 
     def __init__(
@@ -583,6 +584,7 @@ class ProbeTask:
         max_batch_frames: int,
         max_batch_utts: int,
         grad_accum: int = 1,
+        feature_stats: tuple[Tensor, Tensor] | None = None,
     ) -> None:
         self.spec, self.upstream, self.layers, self.vocab = spec, upstream, layers, vocab
         self.splits, self.env, self.seed = splits, env, seed
@@ -591,7 +593,7 @@ class ProbeTask:
         self.grad_accum = grad_accum
         self._dirs: dict[str, Any] = {}  # split -> KaldiDataDir (uncached mode)
         torch.manual_seed(seed)
-        featurizer = Featurizer(layers, layer, layer_norm)
+        featurizer = Featurizer(layers, layer, layer_norm, feature_stats)
         head = spec.build_head(upstream.dim, len(vocab), proj_dim)
         self.model: nn.Module = ProbeModel(featurizer, head).to(self.device)
         self.sample_rate = max(1, round(upstream.frame_rate))  # lengths are in frames

@@ -103,6 +103,10 @@ class Upstream:
     frame_rate: float
     sample_rate: int
     device: torch.device
+    standardize: bool = False
+    """The features are raw (not normalised by the upstream): a probe standardises every
+    dimension with statistics over its training split's frames (QbE, which has no training
+    split, per utterance). True for the fbank/MFCC baselines."""
 
     def identity(self) -> dict[str, Any]:
         """What determines the output: name, kind, source and weights digest."""
@@ -135,7 +139,15 @@ class Upstream:
 
 
 class BaselineUpstream(Upstream):
-    """Kaldi fbank or MFCC with deltas and per-utterance CMVN (one hidden state)."""
+    """Kaldi fbank or MFCC with deltas, unnormalised (one hidden state).
+
+    No per-utterance CMVN: after it every utterance's features average to exactly zero, so
+    a mean-pooling head (KS, SID, IC) sees a constant input and can only predict the
+    majority class. The probe standardises the features with its training split's
+    statistics instead (:attr:`Upstream.standardize`).
+    """
+
+    standardize = True
 
     def __init__(self, kind: str, device: torch.device | str = "cpu") -> None:
         if kind not in BASELINES:
@@ -148,7 +160,7 @@ class BaselineUpstream(Upstream):
             opts = MfccOptions(frame=frame)
         self.device = torch.device(device)
         self.extractor = KaldiExtractor(
-            kind=kind, opts=opts, deltas=2, cmvn="meanvar", device=self.device
+            kind=kind, opts=opts, deltas=2, cmvn="none", device=self.device
         )
         self.name = self.kind = kind
         self.num_layers = 1

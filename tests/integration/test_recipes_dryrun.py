@@ -128,6 +128,8 @@ def test_synth_hubert_plan(tmp_path: Path) -> None:
         "../data",
         "--out",
         "../data/probe",
+        "--tasks",
+        "pr,sid,ks",
     ]
     probes = [opts(inner(c)) for c in plan[12][1:-1]]
     assert [(p["task"], p["upstream"]) for p in probes[:4]] == [

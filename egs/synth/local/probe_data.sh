@@ -8,7 +8,7 @@
 usage="Write the bundled corpus's probing task roots (speechssl probe prepare-synth)."
 opt data_root data "the synth corpus (train/ dev/ test/)"
 opt out data/probe "where the task roots go"
-opt tasks pr,sid,ks,asv "tasks to prepare"
+opt tasks pr,sid,ks,asv "tasks to prepare (pr,asr,ks,sid,asv,ic,qbe,sd)"
 opt seed 0 "seed of the splits and the noise clips"
 parse_options "$@"
 
