@@ -356,7 +356,8 @@ def test_label_free_recipes_probe_stage(tmp_path: Path) -> None:
               "--stop-stage", "5", "--exp-dir", exp)  # fmt: skip
     assert res.returncode == 0, res.stderr
     plan = stages(res.stdout)[5]
-    assert plan[0] == ["../local/probe_data.sh", "--data-root", "../data", "--out", "../data/probe"]
+    assert plan[0] == ["../local/probe_data.sh", "--data-root", "../data", "--out", "../data/probe",
+                       "--tasks", "pr,sid,ks"]  # fmt: skip
     probes = [opts(inner(c)) for c in plan[1:-1]]
     assert [(p["task"], p["upstream"]) for p in probes[:3]] == [
         ("pr", "mfcc"), ("pr", "fbank"), ("pr", f"{exp}/train")
