@@ -45,31 +45,49 @@ def cosine_cost(query: np.ndarray, doc: np.ndarray) -> np.ndarray:
     return 1.0 - q @ np.swapaxes(d, -1, -2)
 
 
+def _sdtw_rows(cost: np.ndarray, out: np.ndarray) -> None:  # pragma: no cover (numba)
+    # cost [B, N, W] float64 -> out [B]: row by row, two rows of the accumulated cost
+    n_pairs, n, w = cost.shape
+    for b in range(n_pairs):
+        prev = cost[b, 0].copy()  # free start anywhere in the document
+        cur = np.empty(w)
+        for i in range(1, n):
+            cur[0] = cost[b, i, 0] + prev[0]
+            for j in range(1, w):
+                best = prev[j - 1]
+                if prev[j] < best:
+                    best = prev[j]
+                if cur[j - 1] < best:
+                    best = cur[j - 1]
+                cur[j] = cost[b, i, j] + best
+            prev, cur = cur, prev
+        low = np.inf
+        for j in range(w):
+            if prev[j] < low:
+                low = prev[j]
+        out[b] = low
+
+
+_SDTW: list[Any] = []
+
+
 def subsequence_dtw(cost: np.ndarray) -> np.ndarray:
     """Cheapest subsequence alignment cost of a query ``[..., N, M]`` cost matrix.
 
     The whole query (rows) aligns to any span of the document (columns); returns ``[...]``:
     ``min_j D[N-1, j]`` with ``D[0, j] = C[0, j]`` and
-    ``D[i, j] = C[i, j] + min(D[i-1, j-1], D[i-1, j], D[i, j-1])``. Vectorised over the
-    anti-diagonals (cells of one diagonal depend only on the two before it).
+    ``D[i, j] = C[i, j] + min(D[i-1, j-1], D[i-1, j], D[i, j-1])`` (``inf`` columns: no
+    alignment passes them). A numba kernel, compiled once and cached on disk.
     """
+    if not _SDTW:
+        import numba
+
+        _SDTW.append(numba.njit(cache=True, nogil=True)(_sdtw_rows))
     n, m = cost.shape[-2:]
-    acc = np.full(cost.shape, np.inf)
-    for k in range(n + m - 1):
-        i = np.arange(max(0, k - m + 1), min(n - 1, k) + 1)
-        j = k - i
-        c = cost[..., i, j]
-        best = np.full(c.shape, np.inf)
-        first = i == 0
-        best[..., first] = 0.0  # free start anywhere in the document
-        up = i > 0
-        best[..., up] = np.minimum(best[..., up], acc[..., i[up] - 1, j[up]])
-        left = j > 0
-        best[..., left] = np.minimum(best[..., left], acc[..., i[left], j[left] - 1])
-        diag = up & left
-        best[..., diag] = np.minimum(best[..., diag], acc[..., i[diag] - 1, j[diag] - 1])
-        acc[..., i, j] = c + best
-    return acc[..., n - 1, :].min(axis=-1)
+    flat = np.ascontiguousarray(cost, dtype=np.float64).reshape(-1, n, m)
+    out = np.empty(flat.shape[0])
+    _SDTW[0](flat, out)
+    return out.reshape(cost.shape[:-2])
 
 
 def _targets(hits: np.ndarray) -> np.ndarray:
