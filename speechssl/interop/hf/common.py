@@ -205,6 +205,36 @@ def hf_encoder_fields(cfg: Any, architecture: str) -> dict[str, Any]:
     )
 
 
+def vit_config_fields(enc: Any) -> dict[str, Any]:
+    """The encoder fields of a ``transformers`` ViT-style config (ViT, I-JEPA, AST: BERT's
+    names, GELU, q/k/v biases) from our pre-LN encoder config."""
+    return dict(
+        hidden_size=enc.dim,
+        num_hidden_layers=enc.num_layers,
+        num_attention_heads=enc.num_heads,
+        intermediate_size=enc.ffn_dim,
+        hidden_act="gelu",
+        hidden_dropout_prob=enc.dropout,
+        attention_probs_dropout_prob=enc.attention_dropout,
+        layer_norm_eps=enc.layer_norm_eps,
+        qkv_bias=True,
+    )
+
+
+def vit_encoder_from_hf(hf: Mapping[str, Any]) -> dict[str, Any]:
+    """The inverse of :func:`vit_config_fields`: our ``encoder`` overrides (pre-LN)."""
+    return {
+        "dim": int(hf["hidden_size"]),
+        "num_layers": int(hf["num_hidden_layers"]),
+        "num_heads": int(hf["num_attention_heads"]),
+        "ffn_dim": int(hf["intermediate_size"]),
+        "dropout": float(hf["hidden_dropout_prob"]),
+        "attention_dropout": float(hf["attention_probs_dropout_prob"]),
+        "layer_norm_eps": float(hf["layer_norm_eps"]),
+        "layer_norm_first": True,
+    }
+
+
 def encoder_fields_from_hf(hf: Mapping[str, Any]) -> dict[str, Any]:
     """The inverse of :func:`hf_encoder_fields`: our overrides (``encoder``, ``mask``,
     ``dropout_input``) from a ``transformers`` config dict."""

@@ -33,7 +33,13 @@ import torch
 from torch import Tensor
 
 from speechssl.errors import CheckpointError, ConfigError
-from speechssl.interop.hf.common import FamilyInterop, Rules, require
+from speechssl.interop.hf.common import (
+    FamilyInterop,
+    Rules,
+    require,
+    vit_config_fields,
+    vit_encoder_from_hf,
+)
 from speechssl.models.base import PretrainModel
 
 _PATCH_WEIGHT = "embeddings.patch_embeddings.projection.weight"
@@ -68,15 +74,7 @@ def _hf_config(cfg: Any, architecture: str) -> Any:
     if not enc.layer_norm_first:
         raise ConfigError("transformers' ASTModel encoder is pre-LN (encoder.layer_norm_first=true)")  # fmt: skip
     return ASTConfig(
-        hidden_size=enc.dim,
-        num_hidden_layers=enc.num_layers,
-        num_attention_heads=enc.num_heads,
-        intermediate_size=enc.ffn_dim,
-        hidden_act="gelu",
-        hidden_dropout_prob=enc.dropout,
-        attention_probs_dropout_prob=enc.attention_dropout,
-        layer_norm_eps=enc.layer_norm_eps,
-        qkv_bias=True,
+        **vit_config_fields(enc),
         patch_size=cfg.patch_size,
         frequency_stride=cfg.patch_size,
         time_stride=cfg.patch_size,
@@ -97,14 +95,7 @@ def _config_from_hf(hf: Mapping[str, Any], pre: Mapping[str, Any]) -> dict[str, 
         )
     return {
         "encoder": {
-            "dim": int(hf["hidden_size"]),
-            "num_layers": int(hf["num_hidden_layers"]),
-            "num_heads": int(hf["num_attention_heads"]),
-            "ffn_dim": int(hf["intermediate_size"]),
-            "dropout": float(hf["hidden_dropout_prob"]),
-            "attention_dropout": float(hf["attention_probs_dropout_prob"]),
-            "layer_norm_eps": float(hf["layer_norm_eps"]),
-            "layer_norm_first": True,
+            **vit_encoder_from_hf(hf),
         },
         "num_mel_bins": int(hf["num_mel_bins"]),
         "segment_frames": int(hf["max_length"]),

@@ -31,7 +31,13 @@ import torch
 from torch import Tensor
 
 from speechssl.errors import CheckpointError, ConfigError
-from speechssl.interop.hf.common import FamilyInterop, Rules, require
+from speechssl.interop.hf.common import (
+    FamilyInterop,
+    Rules,
+    require,
+    vit_config_fields,
+    vit_encoder_from_hf,
+)
 from speechssl.models.base import PretrainModel
 
 #: our image families (all encode with the same ViT)
@@ -85,18 +91,10 @@ def _hf_config(cfg: Any, architecture: str) -> Any:
         )
     h, w = patch.image_size
     return IJepaConfig(
-        hidden_size=enc.dim,
-        num_hidden_layers=enc.num_layers,
-        num_attention_heads=enc.num_heads,
-        intermediate_size=enc.ffn_dim,
-        hidden_act="gelu",
-        hidden_dropout_prob=enc.dropout,
-        attention_probs_dropout_prob=enc.attention_dropout,
-        layer_norm_eps=enc.layer_norm_eps,
+        **vit_config_fields(enc),
         image_size=h if h == w else [h, w],
         patch_size=patch.patch_size,
         num_channels=patch.channels,
-        qkv_bias=True,
         architectures=[architecture],
     )
 
@@ -114,14 +112,7 @@ def _config_from_hf(hf: Mapping[str, Any], pre: Mapping[str, Any]) -> dict[str, 
             "position": "learned",
         },
         "encoder": {
-            "dim": int(hf["hidden_size"]),
-            "num_layers": int(hf["num_hidden_layers"]),
-            "num_heads": int(hf["num_attention_heads"]),
-            "ffn_dim": int(hf["intermediate_size"]),
-            "dropout": float(hf["hidden_dropout_prob"]),
-            "attention_dropout": float(hf["attention_probs_dropout_prob"]),
-            "layer_norm_eps": float(hf["layer_norm_eps"]),
-            "layer_norm_first": True,
+            **vit_encoder_from_hf(hf),
             "layer_drop": 0.0,
             "pos_conv_kernel": 0,
         },
