@@ -27,6 +27,7 @@ sequence, a cache that lacks an utterance or was made from another upstream.
 
 from __future__ import annotations
 
+import abc
 import itertools
 import json
 import logging
@@ -81,7 +82,7 @@ class ProbeLabelError(ItemError):
 # --------------------------------------------------------------------------- tasks
 
 
-class ProbeTaskSpec:
+class ProbeTaskSpec(abc.ABC):
     """A probing task (subclass and register in :data:`TASKS`)."""
 
     name: str = ""
@@ -99,7 +100,9 @@ class ProbeTaskSpec:
         return self
 
     def check_data(self, root: Path, labels: dict[str, dict[str, Any]]) -> None:
-        """Refuse a task root whose extra files disagree with its labels (e.g. trials)."""
+        """Refuse a task root whose extra files disagree with its labels (e.g. trials);
+        most tasks have no extra files (nothing to check)."""
+        return None
 
     def parse(self, utt: str, value: str, where: str) -> Any:
         value = value.strip()
@@ -124,26 +127,28 @@ class ProbeTaskSpec:
         if frames < 1:
             raise ProbeLabelError(utt, "the upstream gives no frames for this utterance")
 
+    @abc.abstractmethod
     def build_head(self, in_dim: int, num_classes: int, proj_dim: int) -> nn.Module:
-        raise NotImplementedError
+        """The trained head on top of the featurizer."""
 
+    @abc.abstractmethod
     def loss(
         self, out: Any, targets: list[Any], frames: Tensor
     ) -> tuple[Tensor, dict[str, Tensor]]:
         """Mean loss of a batch and training scalars."""
-        raise NotImplementedError
 
     def score(self, out: Any, targets: list[Any], frames: Tensor) -> tuple[dict[str, float], float]:
-        """``(sums, weight)`` for the metric: ``sums[metric] / weight`` is the metric."""
-        raise NotImplementedError
+        """``(sums, weight)`` for the metric: ``sums[metric] / weight`` is the metric
+        (tasks with ``pooled = False``)."""
+        raise NotImplementedError(f"{self.name} is scored over whole splits (pooled)")
 
     def outputs(self, out: Any, utts: list[str]) -> dict[str, Any]:
         """Per-utterance outputs kept for :meth:`score_pooled` (pooled tasks only)."""
-        raise NotImplementedError
+        raise NotImplementedError(f"{self.name} is scored per batch (not pooled)")
 
     def score_pooled(self, outputs: dict[str, Any], data_dir: Path) -> dict[str, float]:
         """Metrics of a whole split from every utterance's output (pooled tasks only)."""
-        raise NotImplementedError
+        raise NotImplementedError(f"{self.name} is scored per batch (not pooled)")
 
 
 TASKS: Registry[ProbeTaskSpec] = Registry("probing task")

@@ -27,6 +27,7 @@ This module also registers ``features dump --kind model`` (one hidden layer as f
 
 from __future__ import annotations
 
+import abc
 import hashlib
 import json
 import os
@@ -92,7 +93,7 @@ def _zero_padding(hidden: list[Tensor], frames: Tensor) -> list[Tensor]:
     return [h * keep for h in hidden]
 
 
-class Upstream:
+class Upstream(abc.ABC):
     """The interface (see the module doc). Subclasses set the attributes and ``forward``."""
 
     name: str
@@ -108,16 +109,16 @@ class Upstream:
     dimension with statistics over its training split's frames (QbE, which has no training
     split, per utterance). True for the fbank/MFCC baselines."""
 
+    @abc.abstractmethod
     def identity(self) -> dict[str, Any]:
         """What determines the output: name, kind, source and weights digest."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def forward(
         self, waves: Tensor, lengths: Tensor, layers: Sequence[int] | None = None
     ) -> UpstreamOutput:
         """Hidden states of ``waves [N, T]`` (float in [-1, 1]) with ``lengths [N]``; only
         ``layers`` (indices into all hidden states) when given."""
-        raise NotImplementedError
 
     def __call__(
         self, waves: Tensor, lengths: Tensor, layers: Sequence[int] | None = None
