@@ -35,14 +35,15 @@ BETA = 999.9
 QBE_SPLITS = ("dev", "test")
 
 
+def _unit_rows(x: np.ndarray) -> np.ndarray:
+    x = x.astype(np.float64)
+    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+
+
 def cosine_cost(query: np.ndarray, doc: np.ndarray) -> np.ndarray:
     """``[..., N, M]`` cosine distances ``1 - cos`` between frames ``[..., N, D]`` and
     ``[..., M, D]`` (float64)."""
-    q = query.astype(np.float64)
-    d = doc.astype(np.float64)
-    q = q / np.maximum(np.linalg.norm(q, axis=-1, keepdims=True), 1e-12)
-    d = d / np.maximum(np.linalg.norm(d, axis=-1, keepdims=True), 1e-12)
-    return 1.0 - q @ np.swapaxes(d, -1, -2)
+    return 1.0 - _unit_rows(query) @ np.swapaxes(_unit_rows(doc), -1, -2)
 
 
 def _sdtw_rows(cost: np.ndarray, out: np.ndarray) -> None:  # pragma: no cover (numba)
@@ -147,12 +148,18 @@ def layer_scores(queries: Sequence[np.ndarray], docs: Sequence[np.ndarray]) -> n
     for i, d in enumerate(docs):
         padded[i, : d.shape[0]] = d
         valid[i, : d.shape[0]] = True
-    doc_layers = np.transpose(padded, (2, 0, 1, 3))  # [L, M, W, D]
-    raw = np.zeros((n_layers, len(queries), len(docs)))
+    # unit-length document frames once, each layer as one [M * W, D] matrix
+    doc_rows = _unit_rows(np.transpose(padded, (2, 0, 1, 3))).reshape(n_layers, -1, padded.shape[3])
+    n_docs = len(docs)
+    raw = np.zeros((n_layers, len(queries), n_docs))
     for qi, q in enumerate(queries):
-        qt = np.swapaxes(q.astype(np.float64), 0, 1)[:, None]  # [L, 1, N, D]
-        cost = cosine_cost(qt, doc_layers)  # [L, M, N, W]
-        cost = np.where(valid[None, :, None, :], cost, np.inf)
+        qt = _unit_rows(np.swapaxes(q, 0, 1))  # [L, N, D]
+        n = qt.shape[1]
+        cost = np.empty((n_layers, n_docs, n, width))
+        for li in range(n_layers):  # one [N, D] x [D, M * W] product per layer
+            sim = (qt[li] @ doc_rows[li].T).reshape(n, n_docs, width)
+            cost[li] = 1.0 - np.swapaxes(sim, 0, 1)
+        cost[:, ~valid[:, None, :].repeat(n, axis=1)] = np.inf
         raw[:, qi, :] = -subsequence_dtw(cost) / q.shape[0]
     mean = raw.mean(axis=2, keepdims=True)
     std = raw.std(axis=2, keepdims=True)
