@@ -23,7 +23,8 @@ def test_speech_ssl_recipes_probe_against_random_init(
               "--stop-stage", "5", "--exp-dir", exp)  # fmt: skip
     assert res.returncode == 0, res.stderr
     plan = stages(res.stdout)[5]
-    assert plan[0] == ["../local/probe_data.sh", "--data-root", "../data", "--out", "../data/probe"]
+    assert plan[0] == ["../local/probe_data.sh", "--data-root", "../data", "--out", "../data/probe",
+                       "--tasks", ",".join(tasks)]  # fmt: skip
     probes = [opts(inner(c)) for c in plan[1:-1]]
     ups = ["mfcc", "fbank", f"random-init:{exp}/train", f"{exp}/train"]
     names = ["mfcc", "fbank", "random-init", method]
