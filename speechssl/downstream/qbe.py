@@ -10,7 +10,8 @@ For every layer of the upstream, each (query, document) pair is scored by subseq
 (:func:`subsequence_dtw`: cosine distance between frames, free start and end in the
 document, steps (1,1), (1,0), (0,1) of weight 1), as ``-cost / query frames``; each query's
 scores are then standardised over the documents (zero mean, unit variance), as in SUPERB's
-QbE. The layer with the best dev MTWV is picked and scored on test (MTWV and MAP).
+QbE. The layer with the best dev MTWV is picked (:func:`pick_layer`: ties, e.g. every layer at
+MTWV 0 on a hard collection, go to the best dev MAP) and scored on test (MTWV and MAP).
 
 :func:`mtwv` is the maximum term-weighted value of TRECVID/QUESST (beta 999.9:
 ``C/V (1/P_target - 1)`` with ``C=1, V=1000, P_target=1e-4``) and :func:`mean_average_precision`
@@ -248,7 +249,7 @@ def run_qbe(cfg: Any, env: Any) -> dict[str, Any]:
             "hits": int(hits.sum()),
         }
     dev = per_split["dev"]["mtwv"]
-    best = int(np.argmax(dev))
+    best = pick_layer(dev, per_split["dev"]["map"])
     results = {
         "task": "qbe",
         "upstream": upstream.name,
@@ -276,6 +277,13 @@ def run_qbe(cfg: Any, env: Any) -> dict[str, Any]:
         exp.mkdir(parents=True, exist_ok=True)
         atomic_write_json(exp / "results.json", results)
     return results
+
+
+def pick_layer(dev_mtwv: Sequence[float], dev_map: Sequence[float]) -> int:
+    """Index of the layer with the best dev MTWV; equal MTWVs go to the best dev MAP, then
+    to the lowest layer. (MTWV is 0 for every layer when no threshold beats the miss and
+    false-alarm costs, as on small collections; MAP still ranks the layers there.)"""
+    return max(range(len(dev_mtwv)), key=lambda i: (dev_mtwv[i], dev_map[i], -i))
 
 
 # --------------------------------------------------------------------------- bundled corpus

@@ -18,6 +18,7 @@ from speechssl.downstream.qbe import (
     layer_scores,
     mean_average_precision,
     mtwv,
+    pick_layer,
     subsequence_dtw,
 )
 
@@ -77,6 +78,12 @@ def test_mtwv_and_map_match_independent_computations():
     assert mtwv(-perfect, hits) == (0.0, math.inf)
 
 
+def test_pick_layer_breaks_mtwv_ties_by_map():
+    assert pick_layer([0.0, 0.0, 0.0], [0.10, 0.30, 0.20]) == 1
+    assert pick_layer([0.2, 0.5, 0.5], [0.9, 0.1, 0.4]) == 2  # MTWV first, MAP only on ties
+    assert pick_layer([0.0, 0.0], [0.3, 0.3]) == 0  # a full tie: the lowest layer
+
+
 def test_layer_scores_find_the_planted_query():
     rng = np.random.default_rng(2)
     query = rng.standard_normal((8, 2, 4))
@@ -103,6 +110,10 @@ def test_probe_qbe_bundled_corpus(synth_corpus, tmp_path, capsys):
     assert res["task"] == "qbe" and res["metric"] == "mtwv" and res["mode"] == "max"
     assert 0.0 <= res["test"] <= 1.0 and 0.0 <= res["test_map"] <= 1.0
     assert res["dev"] == max(v["dev_mtwv"] for v in res["per_layer"].values())
+    per = res["per_layer"]
+    names = list(per)
+    picked = pick_layer([per[n]["dev_mtwv"] for n in names], [per[n]["dev_map"] for n in names])
+    assert str(res["layer"]) == names[picked]
     # the report takes the run beside the trained tasks
     assert cli(["probe", "report", f"mfcc={exp}", "--out", str(tmp_path / "rep")]) == 0
     assert "QBE MTWV" in (tmp_path / "rep" / "probe.md").read_text()
