@@ -276,7 +276,33 @@ class PhoneRecognition(ProbeTaskSpec):
         return {"per": float(edits), "loss": loss}, ref_len
 
 
-class SpeechRecognition(ProbeTaskSpec):
+class CTCTask(ProbeTaskSpec):
+    """A BiLSTM CTC head (:class:`BiLSTMCTCHead`; projection and LSTM width ``task.proj_dim``)
+    over token sequences: ASR (characters) and SF (characters and slot tags)."""
+
+    #: what the target's tokens are, for the too-few-frames error
+    ctc_tokens = "characters and word boundaries"
+
+    def check_frames(self, utt: str, frames: int, target: Any) -> None:
+        # CTC needs a frame per token and a blank between two equal neighbours
+        need = len(target) + sum(1 for a, b in itertools.pairwise(target) if a == b)
+        if frames < need:
+            raise ProbeLabelError(
+                utt, f"the upstream gives {frames} frames for {len(target)} {self.ctc_tokens}; "
+                f"CTC needs at least {need}",
+            )  # fmt: skip
+
+    def build_head(self, in_dim: int, num_classes: int, proj_dim: int) -> nn.Module:
+        return BiLSTMCTCHead(in_dim, num_classes, hidden=proj_dim, proj_dim=proj_dim)
+
+    def loss(
+        self, out: tuple[Tensor, Tensor], targets: list[Any], frames: Tensor
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        loss = ctc_loss(out[0], out[1], targets)
+        return loss, {"loss": loss.detach()}
+
+
+class SpeechRecognition(CTCTask):
     """SUPERB ASR: a 2-layer BiLSTM CTC head over characters (:mod:`.asr`), scored by WER.
 
     The head's projection and LSTM width are ``task.proj_dim`` (SUPERB: 1024 for both).
@@ -327,23 +353,6 @@ class SpeechRecognition(ProbeTaskSpec):
                 "(the task root's chars.txt, else the training transcripts)", where,
             )  # fmt: skip
         return CharVocabulary(list(vocab)).encode(label, utt)
-
-    def check_frames(self, utt: str, frames: int, target: Any) -> None:
-        need = len(target) + sum(1 for a, b in itertools.pairwise(target) if a == b)
-        if frames < need:
-            raise ProbeLabelError(
-                utt, f"the upstream gives {frames} frames for a transcript of {len(target)} "
-                f"characters and word boundaries; CTC needs at least {need}",
-            )  # fmt: skip
-
-    def build_head(self, in_dim: int, num_classes: int, proj_dim: int) -> nn.Module:
-        return BiLSTMCTCHead(in_dim, num_classes, hidden=proj_dim, proj_dim=proj_dim)
-
-    def loss(
-        self, out: tuple[Tensor, Tensor], targets: list[Any], frames: Tensor
-    ) -> tuple[Tensor, dict[str, Tensor]]:
-        loss = ctc_loss(out[0], out[1], targets)
-        return loss, {"loss": loss.detach()}
 
     def decode(self, out: tuple[Tensor, Tensor]) -> list[str]:
         if self.vocab is None:

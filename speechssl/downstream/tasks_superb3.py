@@ -20,7 +20,6 @@ CER of the words.
 
 from __future__ import annotations
 
-import itertools
 import json
 import math
 import os
@@ -30,11 +29,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from torch import Tensor, nn
+from torch import Tensor
 
 from speechssl.data.prep.iemocap import EMOTIONS
 from speechssl.data.prep.snips import SLOTS
-from speechssl.downstream.asr import BiLSTMCTCHead, ctc_loss, greedy_decode
+from speechssl.downstream.asr import greedy_decode
 from speechssl.downstream.metrics import edit_distance_counts
 from speechssl.downstream.slots import (
     SlotVocabulary,
@@ -44,7 +43,13 @@ from speechssl.downstream.slots import (
     slot_type_f1,
     slot_value_cer,
 )
-from speechssl.downstream.tasks import TASKS, ClassificationTask, ProbeLabelError, ProbeTaskSpec
+from speechssl.downstream.tasks import (
+    TASKS,
+    ClassificationTask,
+    CTCTask,
+    ProbeLabelError,
+    ProbeTaskSpec,
+)
 from speechssl.errors import ConfigError, LabelError
 
 
@@ -66,8 +71,9 @@ class EmotionRecognition(ClassificationTask):
         return list(EMOTIONS)  # all four, even if a fold's training set lacked one
 
 
-class SlotFilling(ProbeTaskSpec):
+class SlotFilling(CTCTask):
     name = "sf"
+    ctc_tokens = "characters, word boundaries and slot tags"
     label_file = "utt2slots"
     metric = "slot_type_f1"
     mode = "max"
@@ -107,23 +113,6 @@ class SlotFilling(ProbeTaskSpec):
             return SlotVocabulary(list(vocab)).encode(label, utt)
         except LabelError as err:
             raise ProbeLabelError(utt, err.reason, where) from None
-
-    def check_frames(self, utt: str, frames: int, target: Any) -> None:
-        need = len(target) + sum(1 for a, b in itertools.pairwise(target) if a == b)
-        if frames < need:
-            raise ProbeLabelError(
-                utt, f"the upstream gives {frames} frames for {len(target)} characters, "
-                f"word boundaries and slot tags; CTC needs at least {need}",
-            )  # fmt: skip
-
-    def build_head(self, in_dim: int, num_classes: int, proj_dim: int) -> nn.Module:
-        return BiLSTMCTCHead(in_dim, num_classes, hidden=proj_dim, proj_dim=proj_dim)
-
-    def loss(
-        self, out: tuple[Tensor, Tensor], targets: list[Any], frames: Tensor
-    ) -> tuple[Tensor, dict[str, Tensor]]:
-        loss = ctc_loss(out[0], out[1], targets)
-        return loss, {"loss": loss.detach()}
 
     def outputs(self, out: tuple[Tensor, Tensor], utts: list[str]) -> dict[str, Any]:
         if self.vocab is None:
