@@ -355,30 +355,3 @@ def test_cuda_fit_matches_cpu(gmm, tmp_path):
         np.concatenate([labels[u] == cpu.assign(np.asarray(store[u]))[0].numpy() for u in truth])
     )
     assert agree > 0.999
-
-
-@pytest.mark.parametrize("threads", [1, 2])
-def test_row_min_kernel_matches_torch_min(threads: int) -> None:
-    from speechssl.units.kmeans.lloyd import row_min
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        g = torch.Generator().manual_seed(threads)
-        d = torch.randn(3000, 37, generator=g)
-        d[3, 5] = float("nan")  # NaN mid-row: torch reports it
-        d[7, 0] = float("nan")  # NaN first
-        d[9, 4] = d[9, 2] = -100.0  # a tie: the first index
-        d[11, :] = 1.0  # all equal
-        best, idx = row_min(d)
-        ref_best, ref_idx = d.min(dim=1)
-        assert torch.equal(idx, ref_idx)
-        assert torch.allclose(best, ref_best, equal_nan=True)
-        assert idx[9] == 2 and idx[11] == 0 and torch.isnan(best[3])
-        assert torch.get_num_threads() == threads  # numba's pool left torch's count alone
-        # a non-contiguous view and an empty matrix
-        view = d[:, ::2]
-        assert torch.equal(row_min(view)[1], view.min(dim=1)[1])
-        assert row_min(torch.empty(0, 4))[1].shape == (0,)
-    finally:
-        torch.set_num_threads(before)

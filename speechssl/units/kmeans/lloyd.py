@@ -32,10 +32,6 @@ import torch
 from torch import Tensor
 
 from speechssl import distributed as udist
-from speechssl.utils import numba_pool
-
-if numba_pool.available():
-    import numba
 
 log = logging.getLogger(__name__)
 
@@ -59,55 +55,9 @@ def assign_nearest(x: Tensor, centroids: Tensor, cnorm: Tensor) -> tuple[Tensor,
     Returns ``(labels [n] int64, sq_dist [n] float32)``.
     """
     partial = torch.addmm(cnorm.unsqueeze(0), x, centroids.t(), beta=1.0, alpha=-2.0)
-    best, idx = row_min(partial)
+    best, idx = partial.min(dim=1)
     xnorm = torch.linalg.vector_norm(x, dim=1)
     return idx, best.add_(xnorm * xnorm).clamp_min_(0.0)
-
-
-def _row_min_impl(d, best, idx):
-    for r in numba.prange(d.shape[0]):
-        row = d[r]
-        value = row[0]
-        arg = 0
-        for j in range(1, row.shape[0]):
-            v = row[j]
-            if v < value:  # strict: the first of equal minima, as torch.min
-                value = v
-                arg = j
-            elif v != v:  # NaN: torch.min reports the first one
-                value = v
-                arg = j
-                break
-        best[r] = value
-        idx[r] = arg
-
-
-_ROW_MIN: dict[bool, Any] = {}
-
-
-def row_min(d: Tensor) -> tuple[Tensor, Tensor]:
-    """``d.min(dim=1)`` (values, first index of the minimum) of a ``[n, k]`` matrix.
-
-    On the CPU a numba kernel (one pass per row, on torch's thread count): torch's
-    ``min(dim=1)`` over a short last dimension took about as long as the distance matmul
-    itself (0.13 s against 0.12 s per million 39-d frames at k=100, one thread), the kernel
-    about a third of that. A row holding NaN gives NaN and its first index, as torch.
-    """
-    if d.device.type != "cpu" or d.dtype != torch.float32 or not numba_pool.available():
-        return d.min(dim=1)
-    if d.shape[0] == 0 or d.shape[1] == 0:
-        return d.min(dim=1)
-    d = d.contiguous()
-    best = torch.empty(d.shape[0], dtype=torch.float32)
-    idx = torch.empty(d.shape[0], dtype=torch.int64)
-    with numba_pool.torch_threads_kept():
-        parallel = numba_pool.parallel_threads() > 1
-        if parallel not in _ROW_MIN:
-            _ROW_MIN[parallel] = numba.njit(parallel=parallel, cache=True, nogil=True)(
-                _row_min_impl
-            )
-        _ROW_MIN[parallel](d.numpy(), best.numpy(), idx.numpy())
-    return best, idx
 
 
 class PrevAssignments:
