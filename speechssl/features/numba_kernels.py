@@ -41,10 +41,13 @@ from torch import Tensor
 
 from speechssl.features import tables
 from speechssl.features.options import FbankOptions, FeatureOptions, MfccOptions, SpectrogramOptions
-from speechssl.utils import numba_pool
 
-if numba_pool.available():  # numba is a dependency, but the torch path stands in without it
+try:  # numba is a dependency, but the torch path stands in when it cannot be imported
     import numba
+
+    _HAVE_NUMBA = True
+except ImportError:  # pragma: no cover - exercised only without numba
+    _HAVE_NUMBA = False
 
 ENERGY_CODES = {"none": 0, "raw": 1, "windowed": 2}
 KIND_FBANK, KIND_MFCC, KIND_SPECTROGRAM = 0, 1, 2
@@ -52,7 +55,7 @@ KIND_FBANK, KIND_MFCC, KIND_SPECTROGRAM = 0, 1, 2
 
 def available() -> bool:
     """Whether the fused CPU kernels can run here (numba importable)."""
-    return numba_pool.available()
+    return _HAVE_NUMBA
 
 
 def _frames_impl(
@@ -294,13 +297,25 @@ def mel_runs(
     return runs
 
 
+def _threads() -> int:
+    pool = int(getattr(numba.config, "NUMBA_NUM_THREADS", 1))
+    return max(1, min(torch.get_num_threads(), pool))
+
+
 def compute_features(waves: Tensor, lengths: Tensor, nf: Tensor, opts: FeatureOptions) -> Tensor:
     """``[N, F, D]`` float32 features of a padded float32 CPU batch (zeros past ``nf``).
 
     ``waves [N, T]``, ``lengths [N]`` and ``nf [N]`` (frame counts) on the CPU; no dither.
     """
-    with numba_pool.torch_threads_kept():
+    torch_threads = torch.get_num_threads()
+    try:
         return _compute_features(waves, lengths, nf, opts)
+    finally:
+        # numba's OpenMP threading layer starts on the first call and sets the process's
+        # OpenMP thread count, which torch shares: a data-loader worker (1 torch thread)
+        # would otherwise run every later torch op on all cores
+        if torch.get_num_threads() != torch_threads:
+            torch.set_num_threads(torch_threads)
 
 
 def _compute_features(waves: Tensor, lengths: Tensor, nf: Tensor, opts: FeatureOptions) -> Tensor:
@@ -313,8 +328,10 @@ def _compute_features(waves: Tensor, lengths: Tensor, nf: Tensor, opts: FeatureO
     out = torch.empty(n, nframes, dim, dtype=torch.float32)
     if n == 0 or nframes == 0:
         return out
-    threads = numba_pool.parallel_threads()
+    threads = _threads()
     parallel = threads > 1
+    if parallel:
+        numba.set_num_threads(threads)
     frames_k, head_k, zero_k = _kernels(parallel)
     wave_np = np.ascontiguousarray(waves.detach().to(torch.float32).numpy())
     len_np = lengths.to(torch.int64).numpy()
